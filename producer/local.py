@@ -1,0 +1,196 @@
+"""``dcmpress compress``: the engine over files on local disk, in N processes.
+
+Each input file becomes exactly one record (done / skipped / failed). A native codec
+crash kills only a pool process: the files that were in flight are retried one at a
+time in a fresh pool, and the one that kills it again is recorded ``codec_crashed``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worker.engine import Result, process
+from worker.errors import ConfigurationError
+from worker.settings import CompressionOptions
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file and where its output goes."""
+
+    path: Path
+    output: Path
+
+
+def plan_jobs(inputs: Iterable[Path], out_dir: Path) -> Iterator[Job]:
+    """Walk files and directory trees; outputs mirror paths relative to each input.
+
+    ``a/b.dcm`` given as a file lands at ``OUT/b.dcm``; a directory ``scans`` holding
+    ``x/y.dcm`` lands at ``OUT/x/y.dcm``.
+    """
+    out_dir = out_dir.resolve()
+    seen: dict[Path, Path] = {}
+    for given in inputs:
+        if not given.exists():
+            raise ConfigurationError(f"input {given} does not exist")
+        root = given.resolve()
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for path in files:
+            if path.is_relative_to(out_dir):
+                continue  # never re-process our own outputs when OUT is inside an input
+            relative = Path(path.name) if root.is_file() else path.relative_to(root)
+            output = out_dir / relative
+            if output == path:
+                raise ConfigurationError(f"output {output} would overwrite its input")
+            if output in seen:
+                raise ConfigurationError(
+                    f"{path} and {seen[output]} would both be written to {output}"
+                )
+            seen[output] = path
+            yield Job(path, output)
+
+
+def run_job(job: Job, options: CompressionOptions) -> dict[str, Any]:
+    """Compress one file and write its output; return the record (runs in a pool)."""
+    started = time.perf_counter()
+    try:
+        data = job.path.read_bytes()
+    except OSError as exc:
+        return io_error_record(job.path, f"cannot read the input: {exc}")
+    result = process(data, options)
+    written: Path | None = None
+    try:
+        if result.output is not None:
+            _write_atomically(job.output, result.output)
+            written = job.output
+        elif result.copy_source:
+            _write_atomically(job.output, None, source=job.path)
+            written = job.output
+    except OSError as exc:
+        return io_error_record(job.path, f"cannot write {job.output}: {exc}")
+    return record(job.path, written, result, time.perf_counter() - started)
+
+
+def record(path: Path, output: Path | None, result: Result, seconds: float) -> dict[str, Any]:
+    """The JSON-serialisable outcome record of one input file."""
+    return {
+        "path": str(path),
+        "output": str(output) if output else None,
+        **result.summary(),
+        "seconds": round(seconds, 4),
+    }
+
+
+def crash_record(path: Path, message: str) -> dict[str, Any]:
+    """Record for a file whose processing killed its worker process."""
+    return _failure_record(path, "codec_crashed", message)
+
+
+def io_error_record(path: Path, message: str) -> dict[str, Any]:
+    """Record for a file that could not be read or whose output could not be written."""
+    return _failure_record(path, "io_error", message)
+
+
+def _failure_record(path: Path, code: str, message: str) -> dict[str, Any]:
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0
+    return {
+        "path": str(path),
+        "output": None,
+        "outcome": "failed",
+        "code": code,
+        "message": message,
+        "bytes_in": size,
+        "bytes_out": 0,
+        "ratio": None,
+        "seconds": 0.0,
+    }
+
+
+def _write_atomically(output: Path, data: bytes | None, source: Path | None = None) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.")
+    try:
+        with os.fdopen(handle, "wb") as temp:
+            if data is not None:
+                temp.write(data)
+            elif source is not None:
+                with source.open("rb") as src:
+                    shutil.copyfileobj(src, temp)
+        os.replace(temp_name, output)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def run_all(
+    jobs: Iterable[Job],
+    options: CompressionOptions,
+    processes: int,
+    on_record: Callable[[dict[str, Any]], None],
+) -> None:
+    """Run every job, calling ``on_record`` exactly once per job as results arrive."""
+    remaining: Iterator[Job] = iter(jobs)
+    while True:
+        suspects, remaining_list = _run_pool(remaining, options, processes, on_record)
+        # Files in flight when a pool process died are retried alone, so the culprit
+        # is known exactly and the others still get compressed.
+        for job in suspects:
+            lost, _ = _run_pool(iter([job]), options, 1, on_record)
+            if lost:
+                on_record(crash_record(job.path, "a codec crashed the process (e.g. SIGABRT)"))
+        if not remaining_list:
+            return
+        remaining = iter(remaining_list)
+
+
+def _run_pool(
+    jobs: Iterator[Job],
+    options: CompressionOptions,
+    processes: int,
+    on_record: Callable[[dict[str, Any]], None],
+) -> tuple[list[Job], list[Job]]:
+    """Run ``jobs`` until done or until the pool breaks.
+
+    Returns the jobs that were in flight when it broke and the jobs not yet started.
+    """
+    in_flight: dict[Future[dict[str, Any]], Job] = {}
+    unstarted: list[Job] = []
+    window = max(1, processes) * 2  # bounded, so huge trees do not queue millions
+    with ProcessPoolExecutor(max_workers=max(1, processes)) as pool:
+        broken = False
+        while not broken:
+            for job in jobs:
+                try:
+                    in_flight[pool.submit(run_job, job, options)] = job
+                except BrokenProcessPool:
+                    unstarted.append(job)
+                    broken = True
+                    break
+                if len(in_flight) >= window:
+                    break
+            if broken:
+                break
+            if not in_flight:
+                break
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                try:
+                    record_ = future.result()
+                except BrokenProcessPool:
+                    broken = True
+                    continue
+                del in_flight[future]
+                on_record(record_)
+    return list(in_flight.values()), unstarted + list(jobs)

@@ -1,0 +1,220 @@
+"""Compression targets described as data: name, transfer syntax, plugins and limits.
+
+This is the one place that knows which pydicom encoding plugins exist for which
+transfer syntax, which pip package brings each one, and what each target can take.
+``dcmpress doctor`` prints it; :func:`resolve_plugin` turns a missing plugin into a
+:class:`~worker.errors.ConfigurationError` at start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydicom.pixels.encoders.base import get_encoder
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+
+from worker.errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """One pydicom encoding plugin and the pip packages it needs."""
+
+    name: str
+    packages: tuple[str, ...]
+
+
+PYJPEGLS = Plugin("pyjpegls", ("pyjpegls",))
+PYLIBJPEG_J2K = Plugin("pylibjpeg", ("pylibjpeg", "pylibjpeg-openjpeg"))
+PYLIBJPEG_RLE = Plugin("pylibjpeg", ("pylibjpeg", "pylibjpeg-rle"))
+PYDICOM_RLE = Plugin("pydicom", ())
+GDCM_RLE = Plugin("gdcm", ("python-gdcm",))
+
+
+@dataclass(frozen=True)
+class Target:
+    """A compressed transfer syntax dcmpress can write.
+
+    ``plugins`` is in order of preference when the user names none: fast and safe
+    first. ``max_bits_stored`` / ``bits_allocated`` are what the encoders accept.
+    """
+
+    name: str
+    uid: UID
+    lossy: bool
+    plugins: tuple[Plugin, ...]
+    bits_allocated: frozenset[int]
+    max_bits_stored: int
+    options: frozenset[str]  # which compress() options apply to this target
+    summary: str
+
+    def allowed_error(self, jls_error: int) -> int | None:
+        """Largest pixel error a result may show; None where only PSNR is recorded."""
+        if not self.lossy:
+            return 0
+        return jls_error if "jls_error" in self.options else None
+
+    def plugin(self, name: str) -> Plugin:
+        """Return the plugin called ``name`` or raise ConfigurationError."""
+        for plugin in self.plugins:
+            if plugin.name == name:
+                return plugin
+        known = ", ".join(p.name for p in self.plugins)
+        raise ConfigurationError(
+            f"target {self.name!r} has no plugin {name!r}; choose one of: {known}"
+        )
+
+
+TARGETS: dict[str, Target] = {
+    t.name: t
+    for t in (
+        Target(
+            name="jpeg-ls",
+            uid=JPEGLSLossless,
+            lossy=False,
+            plugins=(PYJPEGLS,),
+            bits_allocated=frozenset({8, 16}),
+            max_bits_stored=16,
+            options=frozenset(),
+            summary="JPEG-LS lossless: fast, about 2.5x on CT/CR.",
+        ),
+        Target(
+            name="jpeg-ls-near",
+            uid=JPEGLSNearLossless,
+            lossy=True,
+            plugins=(PYJPEGLS,),
+            bits_allocated=frozenset({8, 16}),
+            max_bits_stored=16,
+            options=frozenset({"jls_error"}),
+            summary="JPEG-LS near-lossless: every pixel within jls_error of the source.",
+        ),
+        Target(
+            name="j2k",
+            uid=JPEG2000Lossless,
+            lossy=False,
+            plugins=(PYLIBJPEG_J2K,),
+            bits_allocated=frozenset({8, 16, 32}),
+            max_bits_stored=24,
+            options=frozenset(),
+            summary="JPEG 2000 lossless: widely readable, slower to encode.",
+        ),
+        Target(
+            name="j2k-lossy",
+            uid=JPEG2000,
+            lossy=True,
+            plugins=(PYLIBJPEG_J2K,),
+            bits_allocated=frozenset({8, 16, 32}),
+            max_bits_stored=24,
+            options=frozenset({"j2k_cr", "j2k_psnr"}),
+            summary="JPEG 2000 lossy: size set by j2k_cr (ratios) or j2k_psnr (dB).",
+        ),
+        Target(
+            name="rle",
+            uid=RLELossless,
+            lossy=False,
+            plugins=(PYLIBJPEG_RLE, PYDICOM_RLE, GDCM_RLE),
+            bits_allocated=frozenset({8, 16, 32}),
+            max_bits_stored=32,
+            options=frozenset(),
+            summary="RLE lossless: readable everywhere, about 1.7x.",
+        ),
+    )
+}
+
+_BY_UID: dict[str, Target] = {t.uid: t for t in TARGETS.values()}
+
+
+def get_target(name_or_uid: str) -> Target:
+    """Return the target for a short name (``jpeg-ls``) or transfer syntax UID."""
+    key = name_or_uid.strip()
+    target = TARGETS.get(key.lower()) or _BY_UID.get(key)
+    if target is None:
+        known = ", ".join(TARGETS)
+        raise ConfigurationError(
+            f"unknown target {name_or_uid!r}; choose one of: {known} (or their UIDs)"
+        )
+    return target
+
+
+def target_for_syntax(uid: str) -> Target | None:
+    """Return the target that writes transfer syntax ``uid``, if dcmpress has one."""
+    return _BY_UID.get(uid)
+
+
+@dataclass(frozen=True)
+class PluginStatus:
+    """Whether a plugin is usable here, and if not, what to install."""
+
+    target: Target
+    plugin: Plugin
+    available: bool
+    missing: str  # pydicom's own explanation, empty when available
+
+    @property
+    def install_hint(self) -> str:
+        """The pip command that would make the plugin available."""
+        if not self.plugin.packages:
+            return ""
+        return "pip install " + " ".join(self.plugin.packages)
+
+
+def plugin_status(target: Target, plugin: Plugin) -> PluginStatus:
+    """Ask pydicom whether ``plugin`` can encode ``target`` on this machine."""
+    encoder = get_encoder(target.uid)
+    available = plugin.name in encoder.available_plugins
+    missing = ""
+    if not available:
+        deps = encoder._unavailable.get(plugin.name)  # pydicom keeps the reason here
+        missing = "requires " + ", ".join(deps) if deps else "not registered in pydicom"
+    return PluginStatus(target, plugin, available, missing)
+
+
+def all_plugin_status() -> list[PluginStatus]:
+    """Availability of every plugin of every target, for ``dcmpress doctor``."""
+    return [plugin_status(t, p) for t in TARGETS.values() for p in t.plugins]
+
+
+def resolve_plugin(target: Target, requested: str = "") -> Plugin:
+    """Pick the plugin to encode ``target`` with, failing early if it is missing.
+
+    With ``requested`` empty, the first available plugin in preference order wins.
+    """
+    if requested:
+        status = plugin_status(target, target.plugin(requested))
+        if not status.available:
+            raise ConfigurationError(
+                f"plugin {requested!r} for target {target.name!r} is not usable: "
+                f"{status.missing}. Install it with: {status.install_hint}"
+            )
+        return status.plugin
+    statuses = [plugin_status(target, p) for p in target.plugins]
+    for status in statuses:
+        if status.available:
+            return status.plugin
+    hints = "; ".join(f"{s.plugin.name}: {s.install_hint}" for s in statuses)
+    raise ConfigurationError(
+        f"no encoding plugin is installed for target {target.name!r}. Install one: {hints}"
+    )
+
+
+# Encapsulated transfer syntaxes whose pixels are exactly the original ones, so
+# ``--transcode`` may decode and re-encode them. Everything else encapsulated is,
+# or may be, lossy and is never re-encoded.
+LOSSLESS_ENCAPSULATED = frozenset(
+    {
+        "1.2.840.10008.1.2.5",  # RLE Lossless
+        "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Non-Hierarchical (Process 14)
+        "1.2.840.10008.1.2.4.70",  # JPEG Lossless, SV1
+        "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+        "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless Only
+        "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless Only
+        "1.2.840.10008.1.2.4.202",  # HTJ2K with RPCL Options Lossless Only
+    }
+)

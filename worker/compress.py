@@ -1,0 +1,273 @@
+"""Dataset in, compressed Dataset out.
+
+Three steps, each a function so the pipeline can time them separately:
+
+* :func:`decode_source` - decode the source pixels once and make the dataset describe
+  them exactly as they will be encoded (little endian, interleaved samples, YBR_FULL
+  for native YBR_FULL_422...). Both encoding and verification use this array.
+* :func:`check_supported` - refuse, with a specific code, images a target cannot take,
+  *before* a codec sees them (some codecs fail silently or crash on them).
+* :func:`encode` - ``pydicom.pixels.compress`` with the work-arounds pydicom 3.0 needs,
+  then the DICOM attributes of a lossy result (PS3.3 C.7.6.1.1.5).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom import dcmwrite
+from pydicom.dataset import Dataset
+from pydicom.filewriter import correct_ambiguous_vr
+from pydicom.multival import MultiValue
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.utils import compress as pydicom_compress
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRBigEndian, generate_uid
+
+from worker.codecs import Plugin, Target
+from worker.errors import PermanentError, UnsupportedImage
+from worker.isolation import CodecCrashed, run_isolated
+from worker.settings import DEFAULT_J2K_CR, CompressionOptions
+
+# Tags of the pixel data variants; only (7FE0,0010) Pixel Data can be compressed.
+FLOAT_PIXEL_DATA = 0x7FE00008
+DOUBLE_FLOAT_PIXEL_DATA = 0x7FE00009
+PIXEL_DATA = 0x7FE00010
+
+# openjpeg's encoder uses 6 resolution levels, so each side needs 2**5 pixels.
+J2K_MIN_SIDE = 32
+# Below this many pixels per frame the JPEG-LS / J2K encoders may refuse to encode.
+TINY_IMAGE_PIXELS = 256
+
+# PS3.3 C.7.6.1.1.5.1: Lossy Image Compression Method defined terms.
+LOSSY_METHODS = {"jpeg-ls-near": "ISO_14495_1", "j2k-lossy": "ISO_15444_1"}
+
+_BYTE_SWAP_VRS = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+@dataclass
+class SourceImage:
+    """The source dataset (without pixel data) and its decoded pixels."""
+
+    dataset: Dataset
+    pixels: np.ndarray
+    pixel_bytes: int  # size of the uncompressed pixel data, for ratios
+
+    @property
+    def bits_stored(self) -> int:
+        """Bits Stored of the source image."""
+        return int(self.dataset.BitsStored)
+
+
+def decode_source(ds: Dataset) -> SourceImage:
+    """Decode ``ds``'s native or compressed pixels; raise ``invalid_pixel_data``."""
+    syntax = ds.file_meta.TransferSyntaxUID
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr, meta = get_decoder(syntax).as_array(ds, raw=True)
+    except Exception as exc:
+        raise PermanentError(
+            "invalid_pixel_data", f"cannot decode the source pixels: {exc}"
+        ) from exc
+    dataset = copy.copy(ds)
+    del dataset[PIXEL_DATA]
+    dataset = copy.deepcopy(dataset)
+    if syntax == ExplicitVRBigEndian:
+        _swap_words_to_little_endian(dataset)
+    # pydicom returns samples interleaved and YBR_FULL_422 upsampled to YBR_FULL:
+    # describe the array we will actually encode.
+    dataset.PhotometricInterpretation = meta.get(
+        "photometric_interpretation", dataset.PhotometricInterpretation
+    )
+    if int(dataset.SamplesPerPixel) > 1:
+        dataset.PlanarConfiguration = 0
+    return SourceImage(dataset, arr, int(arr.nbytes))
+
+
+def _swap_words_to_little_endian(ds: Dataset) -> None:
+    """Byte-swap OW/OF/OL/OD/OV values read from a big-endian file.
+
+    pydicom converts numbers (US, SS, FL...) itself when writing little endian, but
+    keeps the bytes of "other" VRs as they were read.
+    """
+    for element in ds.iterall():
+        width = _BYTE_SWAP_VRS.get(element.VR)
+        if width and element.value:
+            words = np.frombuffer(element.value, dtype=f">u{width}")
+            element.value = words.astype(f"<u{width}").tobytes()
+
+
+def check_supported(source: SourceImage, target: Target, jls_error: int) -> None:
+    """Raise UnsupportedImage if ``target`` cannot take this image."""
+    ds = source.dataset
+    bits_allocated = int(ds.BitsAllocated)
+    bits_stored = int(ds.BitsStored)
+    samples = int(ds.SamplesPerPixel)
+    photometric = str(ds.PhotometricInterpretation)
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    if bits_allocated not in target.bits_allocated:
+        raise UnsupportedImage(
+            "unsupported_bits_allocated",
+            f"{target.name} cannot encode Bits Allocated {bits_allocated} "
+            f"(it takes {sorted(target.bits_allocated)})",
+        )
+    if bits_stored > target.max_bits_stored:
+        raise UnsupportedImage(
+            "unsupported_bits_stored",
+            f"{target.name} encodes at most {target.max_bits_stored} bits stored, "
+            f"the image has {bits_stored}",
+        )
+    if samples not in (1, 3):
+        raise UnsupportedImage("unsupported_samples", f"Samples per Pixel {samples}")
+    if target.lossy and photometric == "PALETTE COLOR":
+        raise UnsupportedImage(
+            "unsupported_photometric",
+            f"PALETTE COLOR indices cannot be compressed lossily ({target.name})",
+        )
+    if target.uid.startswith("1.2.840.10008.1.2.4.9") and min(rows, columns) < J2K_MIN_SIDE:
+        raise UnsupportedImage(
+            "image_too_small",
+            f"{target.name} needs both sides >= {J2K_MIN_SIDE} px, image is {rows}x{columns}",
+        )
+    if "jls_error" in target.options and int(ds.PixelRepresentation) == 1:
+        _check_signed_near_lossless(source, jls_error)
+
+
+def _check_signed_near_lossless(source: SourceImage, jls_error: int) -> None:
+    """Signed pixels within ``jls_error`` of the Bits Stored limits would wrap.
+
+    pyjpegls codes signed samples as their two's-complement bit pattern, so the
+    near-lossless reconstruction of a value at the edge of the range can wrap to the
+    other end (an error of 2**BitsStored - 1). Values away from the edges are safe.
+    """
+    half = 2 ** (source.bits_stored - 1)
+    low, high = -half + jls_error, half - 1 - jls_error
+    pixels = source.pixels
+    if pixels.size and (int(pixels.min()) < low or int(pixels.max()) > high):
+        raise UnsupportedImage(
+            "signed_near_lossless",
+            f"signed pixels span {int(pixels.min())}..{int(pixels.max())}; JPEG-LS "
+            f"near-lossless with jls_error {jls_error} is safe only within {low}..{high}",
+        )
+
+
+def encode(
+    source: SourceImage, target: Target, plugin: Plugin, options: CompressionOptions
+) -> Dataset:
+    """Return a new dataset holding ``source`` compressed to ``target``."""
+    ds = copy.deepcopy(source.dataset)
+    kwargs = dict(options.plugin_options)
+    if "jls_error" in target.options:
+        kwargs["jls_error"] = options.jls_error
+    if "j2k_cr" in target.options:
+        if options.j2k_psnr:
+            kwargs["j2k_psnr"] = list(options.j2k_psnr)
+        else:
+            kwargs["j2k_cr"] = list(options.j2k_cr or DEFAULT_J2K_CR)
+
+    # pydicom 3.0 RLE writes too few byte segments when Bits Stored <= 8 in 16-bit
+    # containers; encoding with Bits Stored = Bits Allocated is equivalent and correct.
+    bits_stored = int(ds.BitsStored)
+    widen = target.name == "rle" and bits_stored <= 8 < int(ds.BitsAllocated)
+    if widen:
+        ds.BitsStored, ds.HighBit = int(ds.BitsAllocated), int(ds.BitsAllocated) - 1
+
+    def run() -> Dataset:
+        pydicom_compress(
+            ds,
+            target.uid,
+            source.pixels,
+            encoding_plugin=plugin.name,
+            encapsulate_ext=options.encapsulate_ext,
+            generate_instance_uid=False,  # the UID rule is ours, see below
+            **kwargs,
+        )
+        return ds
+
+    try:
+        # python-gdcm aborts the process on some inputs: keep it in a throw-away fork.
+        ds = run_isolated(run) if plugin.name == "gdcm" else run()
+    except CodecCrashed:
+        raise
+    except (RuntimeError, ValueError) as exc:
+        pixels_per_frame = int(ds.Rows) * int(ds.Columns)
+        code = "image_too_small" if pixels_per_frame < TINY_IMAGE_PIXELS else "encoder_rejected"
+        raise UnsupportedImage(code, f"{target.name}/{plugin.name}: {_first_line(exc)}") from exc
+    if widen:
+        ds.BitsStored, ds.HighBit = bits_stored, bits_stored - 1
+    if _new_uid_wanted(target, options):
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if target.lossy:
+        mark_lossy(ds, source, target)
+    return ds
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " | ".join(lines[:3]) or type(exc).__name__
+
+
+def _new_uid_wanted(target: Target, options: CompressionOptions) -> bool:
+    if options.generate_instance_uid is None:
+        return target.lossy  # PS3.3 C.7.6.1.1.5: lossy compression makes a new instance
+    return options.generate_instance_uid
+
+
+def mark_lossy(ds: Dataset, source: SourceImage, target: Target) -> None:
+    """Set the attributes DICOM requires on a lossily compressed image.
+
+    Image Type value 1 DERIVED, Lossy Image Compression 01, and the ratio and method
+    *appended* to any earlier values (PS3.3 C.7.6.1.1.5); plus a Derivation
+    Description and a Source Image Sequence pointing at the original instance.
+    """
+    compressed = len(ds.PixelData)
+    ratio = source.pixel_bytes / compressed if compressed else 0.0
+    image_type = list(ds.get("ImageType", []) or ["DERIVED", "PRIMARY"])
+    image_type[0] = "DERIVED"
+    ds.ImageType = image_type
+    ds.LossyImageCompression = "01"
+    ratios = [str(v) for v in _as_list(ds.get("LossyImageCompressionRatio"))]
+    methods = [str(v) for v in _as_list(ds.get("LossyImageCompressionMethod"))]
+    ds.LossyImageCompressionRatio = [*ratios, f"{ratio:.2f}"]
+    ds.LossyImageCompressionMethod = [*methods, LOSSY_METHODS[target.name]]
+    description = f"Lossy compression {target.name}, ratio {ratio:.2f}:1, by dcmpress"
+    previous = str(ds.get("DerivationDescription", "") or "")
+    ds.DerivationDescription = (f"{previous}; {description}" if previous else description)[:1024]
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source.dataset.SOPClassUID
+    reference.ReferencedSOPInstanceUID = source.dataset.SOPInstanceUID
+    existing = list(ds.get("SourceImageSequence", []) or [])
+    ds.SourceImageSequence = Sequence([*existing, reference])
+
+
+def _as_list(value: object) -> list[object]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, list | tuple | MultiValue):
+        return list(value)
+    return [value]
+
+
+def serialize(ds: Dataset) -> bytes:
+    """Write ``ds`` as a Part 10 file in its (new) transfer syntax."""
+    buffer = io.BytesIO()
+    try:
+        dcmwrite(buffer, ds, enforce_file_format=True)
+    except Exception as first:
+        # Elements whose VR depends on other elements (US or SS...) can fail to
+        # encode after a syntax change; resolve them and try once more.
+        try:
+            correct_ambiguous_vr(ds, is_little_endian=True)
+            buffer = io.BytesIO()
+            dcmwrite(buffer, ds, enforce_file_format=True)
+        except Exception as exc:
+            raise PermanentError(
+                "invalid_dicom", f"cannot write the compressed dataset: {first}; {exc}"
+            ) from exc
+    return buffer.getvalue()

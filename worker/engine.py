@@ -1,0 +1,288 @@
+"""One object's bytes in, one :class:`Result` out: parse, classify, compress, verify.
+
+No I/O and no Celery here: the local command and the S3 pipeline both call
+:func:`process`, and write (or copy) what it says. Every input ends in exactly one
+terminal state with a code from :data:`worker.errors.CODES`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.pixels.decoders.base import get_decoder
+
+from worker.codecs import LOSSLESS_ENCAPSULATED, Plugin, Target, plugin_status, resolve_plugin
+from worker.compress import (
+    DOUBLE_FLOAT_PIXEL_DATA,
+    FLOAT_PIXEL_DATA,
+    PIXEL_DATA,
+    SourceImage,
+    check_supported,
+    decode_source,
+    encode,
+    serialize,
+)
+from worker.errors import (
+    CODES,
+    ConfigurationError,
+    PermanentError,
+    State,
+    TransientError,
+    UnsupportedImage,
+)
+from worker.isolation import CodecCrashed
+from worker.parse import read_dataset
+from worker.settings import CompressionOptions
+from worker.verify import Verification, verify
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Result:
+    """The outcome of one object.
+
+    ``output`` holds the bytes to write for a compressed result; ``copy_source`` says
+    the source must be copied unchanged instead; with neither, nothing is written.
+    """
+
+    state: State
+    code: str
+    message: str
+    bytes_in: int
+    output: bytes | None = None
+    copy_source: bool = False
+    target: str | None = None
+    plugin: str | None = None
+    transfer_syntax: str | None = None
+    sop_instance_uid: str | None = None
+    max_error: int | None = None
+    psnr: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.code not in CODES:
+            raise ValueError(f"undeclared outcome code {self.code!r}")
+
+    @property
+    def bytes_out(self) -> int:
+        """Size of what is written: the result, the copied source, or nothing."""
+        if self.output is not None:
+            return len(self.output)
+        return self.bytes_in if self.copy_source else 0
+
+    @property
+    def ratio(self) -> float | None:
+        """bytes_in / bytes_out, when something is written."""
+        return round(self.bytes_in / self.bytes_out, 4) if self.bytes_out else None
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the output bytes, JSON-serialisable."""
+        return {
+            "outcome": self.state,
+            "code": self.code,
+            "message": self.message,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "ratio": self.ratio,
+            "target": self.target,
+            "plugin": self.plugin,
+            "transfer_syntax": self.transfer_syntax,
+            "max_error": self.max_error,
+            "psnr": None if self.psnr is None else round(self.psnr, 2),
+            "timings": {k: round(v, 5) for k, v in self.timings.items()},
+        }
+
+
+class _Stages:
+    """Accumulates seconds per pipeline stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+
+def process(data: bytes, options: CompressionOptions) -> Result:
+    """Compress one DICOM object held in memory, as ``options`` say.
+
+    Never raises for a bad object; raises only TransientError and ConfigurationError.
+    """
+    stages = _Stages()
+    try:
+        result = _process(data, options, stages)
+    except PermanentError as exc:
+        result = Result(exc.state, exc.code, exc.message, len(data))
+    except (TransientError, ConfigurationError):
+        raise
+    except Exception as exc:  # a bug of ours or a library's: record it, keep going
+        log.exception("internal error while compressing an object")
+        result = Result("failed", "internal_error", f"{type(exc).__name__}: {exc}", len(data))
+    result.timings = stages.seconds
+    return result
+
+
+def _process(data: bytes, options: CompressionOptions, stage: _Stages) -> Result:
+    with stage("parse"):
+        ds = read_dataset(data)
+    early = _classify(ds, data, options)
+    if early is not None:
+        return early
+    with stage("decode"):
+        source = decode_source(ds)
+    refusals: list[UnsupportedImage] = []
+    for target in options.targets():
+        try:
+            check_supported(source, target, options.jls_error)
+            with stage("encode"):
+                encoded, plugin, note = _encode_any_plugin(source, target, options)
+            with stage("serialize"):
+                output = serialize(encoded)
+        except UnsupportedImage as exc:
+            refusals.append(exc)
+            continue
+        checked = Verification(0, None)
+        if options.verify:
+            with stage("verify"):
+                checked = verify(
+                    output, source.pixels, target, source.bits_stored, options.jls_error
+                )
+        return _finish(data, output, encoded, target, plugin, checked, note, options)
+    return _unsupported(refusals, len(data), options)
+
+
+def _classify(ds: Dataset, data: bytes, options: CompressionOptions) -> Result | None:
+    """Objects that are not compressed at all: no pixels, float pixels, compressed."""
+    if FLOAT_PIXEL_DATA in ds or DOUBLE_FLOAT_PIXEL_DATA in ds:
+        refusal = UnsupportedImage(
+            "float_pixel_data", "Float/Double Float Pixel Data has no compressed syntax"
+        )
+        return _unsupported([refusal], len(data), options)
+    if PIXEL_DATA not in ds:
+        copy = options.no_pixel_data == "copy"
+        what = "copied unchanged" if copy else "not written"
+        return Result(
+            "skipped",
+            "no_pixel_data",
+            f"no Pixel Data ({_sop_class(ds)}); {what}",
+            len(data),
+            copy_source=copy,
+        )
+    syntax = ds.file_meta.TransferSyntaxUID
+    if not syntax.is_encapsulated:
+        return None
+    if not options.transcode:
+        return Result(
+            "skipped",
+            "already_compressed",
+            f"already compressed: {syntax.name}; copied",
+            len(data),
+            copy_source=True,
+        )
+    if syntax not in LOSSLESS_ENCAPSULATED or str(ds.get("LossyImageCompression", "")) == "01":
+        return Result(
+            "skipped",
+            "lossy_source",
+            f"{syntax.name} is (or may be) lossy; never re-encoded; copied",
+            len(data),
+            copy_source=True,
+        )
+    if not get_decoder(syntax).is_available:
+        return Result(
+            "skipped",
+            "no_decoder",
+            f"no installed decoder for {syntax.name}: "
+            + "; ".join(get_decoder(syntax).missing_dependencies),
+            len(data),
+            copy_source=True,
+        )
+    return None
+
+
+def _sop_class(ds: Dataset) -> str:
+    uid = ds.SOPClassUID
+    return str(getattr(uid, "name", uid))
+
+
+def _encode_any_plugin(
+    source: SourceImage, target: Target, options: CompressionOptions
+) -> tuple[Dataset, Plugin, str]:
+    """Encode with the chosen plugin; if it crashes natively, with the next one."""
+    plugin = resolve_plugin(target, options.plugin_for(target))
+    try:
+        return encode(source, target, plugin, options), plugin, ""
+    except CodecCrashed as crash:
+        for other in target.plugins:
+            if other != plugin and plugin_status(target, other).available:
+                note = f"{plugin.name} crashed ({crash}); encoded with {other.name}"
+                return encode(source, target, other, options), other, note
+        raise PermanentError("codec_crashed", f"{target.name}/{plugin.name}: {crash}") from crash
+
+
+def _finish(
+    data: bytes,
+    output: bytes,
+    encoded: Dataset,
+    target: Target,
+    plugin: Plugin,
+    checked: Verification,
+    note: str,
+    options: CompressionOptions,
+) -> Result:
+    ratio = len(data) / len(output)
+    common: dict[str, Any] = {
+        "target": target.name,
+        "plugin": plugin.name,
+        "max_error": checked.max_error,
+        "psnr": checked.psnr,
+    }
+    if options.min_ratio and ratio < options.min_ratio:
+        return Result(
+            "skipped",
+            "no_gain",
+            f"{target.name} gave {ratio:.2f}x, below min_ratio {options.min_ratio}; copied",
+            len(data),
+            copy_source=True,
+            **common,
+        )
+    verified = "verified" if options.verify else "NOT verified (verify off)"
+    message = f"{target.name}/{plugin.name} {ratio:.2f}x, {verified}"
+    if checked.max_error:
+        message += f", max error {checked.max_error}"
+    if checked.psnr is not None:
+        message += f", PSNR {checked.psnr:.1f} dB"
+    if note:
+        message += f"; {note}"
+    return Result(
+        "done",
+        "compressed",
+        message,
+        len(data),
+        output=output,
+        transfer_syntax=str(target.uid),
+        sop_instance_uid=str(encoded.SOPInstanceUID),
+        **common,
+    )
+
+
+def _unsupported(
+    refusals: list[UnsupportedImage], bytes_in: int, options: CompressionOptions
+) -> Result:
+    """No target took the image: copy and skip it, or fail it, as configured."""
+    first = refusals[0]
+    reasons = "; ".join(exc.message for exc in refusals)
+    if options.unsupported == "fail":
+        return Result("failed", first.code, reasons, bytes_in)
+    return Result("skipped", first.code, f"{reasons}; copied unchanged", bytes_in, copy_source=True)

@@ -1,0 +1,135 @@
+"""The error taxonomy, and the registry of outcome codes.
+
+Three families, caught by family by the callers:
+
+* :class:`TransientError` - the world was briefly unhappy (network, throttling, a Redis
+  hiccup). The queue retries the object later with backoff.
+* :class:`PermanentError` - this object can never succeed as asked. It carries a stable,
+  machine-readable ``code``; the object is recorded and never retried.
+  :class:`UnsupportedImage` is the permanent error for images a *target* cannot take:
+  the engine tries the next target of the fallback list before giving up.
+* :class:`ConfigurationError` - the operator asked for something impossible (an
+  unknown target, a plugin that is not installed). Raised at start-up.
+
+Every code an object can end with is declared in :data:`CODES`; the README documents
+each one and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+State = Literal["done", "skipped", "failed"]
+
+
+@dataclass(frozen=True)
+class CodeInfo:
+    """What an outcome code means and which terminal state it normally lands in."""
+
+    state: State
+    description: str
+
+
+# code -> meaning. ``state`` is the default; ``--unsupported fail`` turns skipped
+# "unsupported" codes into failures.
+CODES: dict[str, CodeInfo] = {
+    # done
+    "compressed": CodeInfo("done", "Compressed, verified and written."),
+    # skipped: the object is copied unchanged (by default) so the archive stays complete
+    "already_compressed": CodeInfo(
+        "skipped", "Pixel data already uses a compressed transfer syntax (see --transcode)."
+    ),
+    "lossy_source": CodeInfo(
+        "skipped", "--transcode was given but the source is lossy; it is never re-encoded."
+    ),
+    "no_pixel_data": CodeInfo(
+        "skipped", "No Pixel Data element (SR, KOS, PR, RT plans...): nothing to compress."
+    ),
+    "no_decoder": CodeInfo(
+        "skipped", "--transcode was given but no installed plugin decodes the source syntax."
+    ),
+    "no_gain": CodeInfo(
+        "skipped", "The compressed result was not smaller than the source (see min_ratio)."
+    ),
+    "unsupported_bits_allocated": CodeInfo(
+        "skipped", "Bits Allocated (e.g. 1 or 32) that no requested target can encode."
+    ),
+    "unsupported_bits_stored": CodeInfo(
+        "skipped", "Bits Stored above what the requested targets can encode."
+    ),
+    "float_pixel_data": CodeInfo(
+        "skipped", "Float or Double Float Pixel Data: no DICOM compressed syntax exists."
+    ),
+    "unsupported_photometric": CodeInfo(
+        "skipped",
+        "Photometric Interpretation the targets cannot take (e.g. PALETTE COLOR under a "
+        "lossy target).",
+    ),
+    "unsupported_samples": CodeInfo("skipped", "Samples per Pixel other than 1 or 3."),
+    "image_too_small": CodeInfo(
+        "skipped", "Rows or Columns below what the target's encoder accepts."
+    ),
+    "signed_near_lossless": CodeInfo(
+        "skipped",
+        "Signed pixels within jls_error of their range limits: they would wrap under "
+        "JPEG-LS near-lossless.",
+    ),
+    "encoder_rejected": CodeInfo(
+        "skipped", "Every requested target's encoder refused the image (message says why)."
+    ),
+    # failed
+    "not_dicom": CodeInfo("failed", "The object is not a DICOM file."),
+    "invalid_dicom": CodeInfo(
+        "failed", "A DICOM file that cannot be parsed or written (truncated, corrupt)."
+    ),
+    "invalid_pixel_data": CodeInfo(
+        "failed",
+        "Pixel Data length or Image Pixel attributes are inconsistent, so the pixels "
+        "cannot be decoded.",
+    ),
+    "verification_failed": CodeInfo(
+        "failed",
+        "The compressed result did not decode to the source pixels (or beyond the allowed "
+        "error); it was discarded.",
+    ),
+    "codec_crashed": CodeInfo("failed", "A native codec crashed the process handling this object."),
+    "io_error": CodeInfo(
+        "failed", "Reading the source or writing the output failed (local files)."
+    ),
+    "internal_error": CodeInfo(
+        "failed", "An unexpected error in dcmpress itself; please report it."
+    ),
+}
+
+
+class DcmpressError(Exception):
+    """Base class of every error dcmpress raises on purpose."""
+
+
+class ConfigurationError(DcmpressError):
+    """The configuration cannot work; raised before any object is touched."""
+
+
+class TransientError(DcmpressError):
+    """A failure that may go away on its own; the object is retried later."""
+
+
+class PermanentError(DcmpressError):
+    """This object cannot be processed as asked; record ``code`` and move on."""
+
+    def __init__(self, code: str, message: str) -> None:
+        if code not in CODES:
+            raise ValueError(f"undeclared outcome code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def state(self) -> State:
+        """The terminal state this error normally leads to."""
+        return CODES[self.code].state
+
+
+class UnsupportedImage(PermanentError):
+    """The image cannot be encoded by one target; another target may take it."""

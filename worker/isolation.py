@@ -1,0 +1,57 @@
+"""Run a function in a forked child so a native crash cannot take the caller down.
+
+python-gdcm's RLE encoder aborts the whole process (SIGABRT) on some inputs. A Celery
+worker child that dies mid-task has its message redelivered, which would crash again:
+a crash loop. Running such a codec in a throw-away fork turns the crash into an
+ordinary exception, :class:`CodecCrashed`, that the engine can act on.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class CodecCrashed(Exception):
+    """The isolated function killed its process (signal or abnormal exit)."""
+
+
+def run_isolated(func: Callable[[], T]) -> T:
+    """Call ``func()`` in a forked child and return its result (or re-raise its error).
+
+    The result (or exception) travels back pickled through a pipe.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never return into the caller's stack
+        os.close(read_fd)
+        status = 0
+        try:
+            try:
+                payload = pickle.dumps((True, func()))
+            except BaseException as exc:
+                payload = pickle.dumps((False, exc))
+            with os.fdopen(write_fd, "wb") as pipe:
+                pipe.write(payload)
+        except BaseException:
+            status = 70
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        payload = pipe.read()
+    _, wait_status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(wait_status):
+        name = signal.Signals(os.WTERMSIG(wait_status)).name
+        raise CodecCrashed(f"codec process killed by {name}")
+    if os.WEXITSTATUS(wait_status) != 0 or not payload:
+        raise CodecCrashed(f"codec process exited with status {os.WEXITSTATUS(wait_status)}")
+    ok, value = pickle.loads(payload)
+    if ok:
+        return value  # type: ignore[no-any-return]
+    raise value

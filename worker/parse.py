@@ -1,0 +1,104 @@
+"""Bytes in, a complete Part 10 Dataset out, or a specific permanent error.
+
+Real archives hold files without the 128-byte preamble and file meta (raw datasets
+written by old modalities), big-endian files, and objects that are not DICOM at all.
+This module is the single place that decides which is which.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from worker.errors import PermanentError
+
+# A raw dataset (no preamble) starts with its lowest tag; real ones start in these groups.
+_RAW_DATASET_FIRST_GROUPS = {0x0000, 0x0002, 0x0008}
+
+
+def read_dataset(data: bytes) -> Dataset:
+    """Parse ``data`` into a Dataset that has complete, consistent file meta.
+
+    Raises PermanentError ``not_dicom`` or ``invalid_dicom``.
+    """
+    if len(data) < 8:
+        raise PermanentError("not_dicom", f"only {len(data)} bytes: too short to be DICOM")
+    ds = _read(data)
+    _complete_file_meta(ds)
+    return ds
+
+
+def _read(data: bytes) -> Dataset:
+    with warnings.catch_warnings():
+        # pydicom warns about many harmless oddities; a broken file raises below anyway.
+        warnings.simplefilter("ignore")
+        try:
+            ds: Dataset = dcmread(io.BytesIO(data))
+        except InvalidDicomError:
+            if not _looks_like_raw_dataset(data):
+                raise PermanentError(
+                    "not_dicom", "no DICM prefix and no recognisable DICOM data set"
+                ) from None
+            ds = _read_raw(data)
+        except Exception as exc:  # pydicom raises many types on corrupt files
+            raise PermanentError("invalid_dicom", f"cannot parse: {exc}") from exc
+        try:
+            # pydicom parses lazily; touch every top-level element now so that a
+            # corrupt file fails here, with a clear code, not halfway through encoding.
+            for _ in ds:
+                pass
+        except Exception as exc:
+            raise PermanentError("invalid_dicom", f"cannot parse an element: {exc}") from exc
+    if "SOPClassUID" not in ds:
+        raise PermanentError(
+            "invalid_dicom", "no SOP Class UID (0008,0016): not a storable DICOM instance"
+        )
+    return ds
+
+
+def _looks_like_raw_dataset(data: bytes) -> bool:
+    """True when ``data`` starts like a data set without preamble (either byte order)."""
+    little = int.from_bytes(data[0:2], "little")
+    big = int.from_bytes(data[0:2], "big")
+    return little in _RAW_DATASET_FIRST_GROUPS or big in _RAW_DATASET_FIRST_GROUPS
+
+
+def _read_raw(data: bytes) -> Dataset:
+    try:
+        ds = dcmread(io.BytesIO(data), force=True)
+    except Exception as exc:
+        raise PermanentError("invalid_dicom", f"cannot parse raw data set: {exc}") from exc
+    if len(ds) == 0:
+        raise PermanentError("not_dicom", "no DICOM elements found")
+    return ds
+
+
+def _complete_file_meta(ds: Dataset) -> None:
+    """Give ``ds`` file meta that matches its contents (raw data sets have none)."""
+    meta = ds.get("file_meta") or FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        meta.TransferSyntaxUID = _guess_syntax(ds)
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    if "SOPInstanceUID" in ds:
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.setdefault("ImplementationClassUID", PYDICOM_IMPLEMENTATION_UID)
+    ds.file_meta = meta
+
+
+def _guess_syntax(ds: Dataset) -> UID:
+    """The transfer syntax a raw data set was actually read with."""
+    implicit, little = ds.original_encoding
+    if not little:
+        return ExplicitVRBigEndian
+    return ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian

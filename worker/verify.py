@@ -1,0 +1,78 @@
+"""Decode a compressed result and prove it matches the source pixels.
+
+Lossless targets must decode bit-identical; ``jpeg-ls-near`` within ``jls_error``;
+lossy JPEG 2000 records the PSNR it achieved. The check decodes the *serialised*
+bytes, exactly what will be uploaded, not the in-memory dataset.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.pixels.decoders.base import get_decoder
+
+from worker.codecs import Target
+from worker.errors import PermanentError
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What the decode of the result showed."""
+
+    max_error: int
+    psnr: float | None  # dB; None when identical (infinite)
+
+
+def decode_raw(data: bytes) -> np.ndarray:
+    """Decode the pixels of a Part 10 file without colour conversion."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = dcmread(io.BytesIO(data))
+        decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
+        arr, _ = decoder.as_array(ds, raw=True)
+    return arr
+
+
+def compare(source: np.ndarray, decoded: np.ndarray, bits_stored: int) -> Verification:
+    """Maximum absolute error and PSNR of ``decoded`` against ``source``."""
+    if source.shape != decoded.shape:
+        raise PermanentError(
+            "verification_failed",
+            f"decoded shape {decoded.shape} differs from source shape {source.shape}",
+        )
+    if source.dtype.kind == "f" or decoded.dtype.kind == "f":
+        diff = np.abs(source.astype(np.float64) - decoded.astype(np.float64))
+    else:
+        diff = np.abs(source.astype(np.int64) - decoded.astype(np.int64))
+    max_error = int(diff.max()) if diff.size else 0
+    if max_error == 0:
+        return Verification(0, None)
+    mse = float(np.mean(diff.astype(np.float64) ** 2))
+    peak = float(2**bits_stored - 1)
+    return Verification(max_error, 10.0 * math.log10(peak * peak / mse))
+
+
+def verify(
+    output: bytes, source: np.ndarray, target: Target, bits_stored: int, jls_error: int
+) -> Verification:
+    """Raise ``verification_failed`` unless ``output`` decodes within the target's bound."""
+    try:
+        decoded = decode_raw(output)
+    except Exception as exc:
+        raise PermanentError(
+            "verification_failed", f"the {target.name} result does not decode: {exc}"
+        ) from exc
+    result = compare(source, decoded, bits_stored)
+    allowed = target.allowed_error(jls_error)
+    if allowed is not None and result.max_error > allowed:
+        raise PermanentError(
+            "verification_failed",
+            f"the {target.name} result differs from the source by up to "
+            f"{result.max_error} (allowed {allowed}); output discarded",
+        )
+    return result
