@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import copy
 import io
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
-from pydicom.filewriter import correct_ambiguous_vr
 from pydicom.multival import MultiValue
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import compress as pydicom_compress
@@ -31,12 +29,15 @@ from pydicom.uid import ExplicitVRBigEndian, generate_uid
 from worker.codecs import Plugin, Target
 from worker.errors import PermanentError, UnsupportedImage
 from worker.isolation import CodecCrashed, run_isolated
+from worker.repair import resolve_ambiguous_vrs, swap_words_to_little_endian
 from worker.settings import DEFAULT_J2K_CR, CompressionOptions
 
 # Tags of the pixel data variants; only (7FE0,0010) Pixel Data can be compressed.
 FLOAT_PIXEL_DATA = 0x7FE00008
 DOUBLE_FLOAT_PIXEL_DATA = 0x7FE00009
 PIXEL_DATA = 0x7FE00010
+EXTENDED_OFFSET_TABLE = 0x7FE00001
+EXTENDED_OFFSET_TABLE_LENGTHS = 0x7FE00002
 
 # openjpeg's encoder uses 6 resolution levels, so each side needs 2**5 pixels.
 J2K_MIN_SIDE = 32
@@ -45,8 +46,6 @@ TINY_IMAGE_PIXELS = 256
 
 # PS3.3 C.7.6.1.1.5.1: Lossy Image Compression Method defined terms.
 LOSSY_METHODS = {"jpeg-ls-near": "ISO_14495_1", "j2k-lossy": "ISO_15444_1"}
-
-_BYTE_SWAP_VRS = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 
 
 @dataclass
@@ -67,18 +66,20 @@ def decode_source(ds: Dataset) -> SourceImage:
     """Decode ``ds``'s native or compressed pixels; raise ``invalid_pixel_data``."""
     syntax = ds.file_meta.TransferSyntaxUID
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            arr, meta = get_decoder(syntax).as_array(ds, raw=True)
+        arr, meta = get_decoder(syntax).as_array(ds, raw=True)
     except Exception as exc:
         raise PermanentError(
             "invalid_pixel_data", f"cannot decode the source pixels: {exc}"
         ) from exc
     dataset = copy.copy(ds)
-    del dataset[PIXEL_DATA]
+    for tag in (PIXEL_DATA, EXTENDED_OFFSET_TABLE, EXTENDED_OFFSET_TABLE_LENGTHS):
+        # a stale Extended Offset Table of a compressed source would be kept by
+        # pydicom and point into the wrong fragments of the new encoding
+        if tag in dataset:
+            del dataset[tag]
     dataset = copy.deepcopy(dataset)
     if syntax == ExplicitVRBigEndian:
-        _swap_words_to_little_endian(dataset)
+        swap_words_to_little_endian(dataset)
     # pydicom returns samples interleaved and YBR_FULL_422 upsampled to YBR_FULL:
     # describe the array we will actually encode.
     dataset.PhotometricInterpretation = meta.get(
@@ -86,20 +87,12 @@ def decode_source(ds: Dataset) -> SourceImage:
     )
     if int(dataset.SamplesPerPixel) > 1:
         dataset.PlanarConfiguration = 0
-    return SourceImage(dataset, arr, int(arr.nbytes))
-
-
-def _swap_words_to_little_endian(ds: Dataset) -> None:
-    """Byte-swap OW/OF/OL/OD/OV values read from a big-endian file.
-
-    pydicom converts numbers (US, SS, FL...) itself when writing little endian, but
-    keeps the bytes of "other" VRs as they were read.
-    """
-    for element in ds.iterall():
-        width = _BYTE_SWAP_VRS.get(element.VR)
-        if width and element.value:
-            words = np.frombuffer(element.value, dtype=f">u{width}")
-            element.value = words.astype(f"<u{width}").tobytes()
+    pixel_bytes = int(arr.nbytes)
+    if int(dataset.BitsAllocated) == 32 and int(dataset.BitsStored) <= 16:
+        # Values fit a 16-bit container exactly; then RLE and JPEG-LS can take them.
+        arr = arr.astype(np.int16 if int(dataset.PixelRepresentation) else np.uint16)
+        dataset.BitsAllocated = 16
+    return SourceImage(dataset, arr, pixel_bytes)
 
 
 def check_supported(source: SourceImage, target: Target, jls_error: int) -> None:
@@ -263,7 +256,7 @@ def serialize(ds: Dataset) -> bytes:
         # Elements whose VR depends on other elements (US or SS...) can fail to
         # encode after a syntax change; resolve them and try once more.
         try:
-            correct_ambiguous_vr(ds, is_little_endian=True)
+            resolve_ambiguous_vrs(ds, signed=int(ds.get("PixelRepresentation", 0)) == 1)
             buffer = io.BytesIO()
             dcmwrite(buffer, ds, enforce_file_format=True)
         except Exception as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ class Result:
     max_error: int | None = None
     psnr: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.code not in CODES:
@@ -97,6 +99,7 @@ class Result:
             "max_error": self.max_error,
             "psnr": None if self.psnr is None else round(self.psnr, 2),
             "timings": {k: round(v, 5) for k, v in self.timings.items()},
+            "warnings": self.warnings,
         }
 
 
@@ -121,6 +124,26 @@ def process(data: bytes, options: CompressionOptions) -> Result:
     Never raises for a bad object; raises only TransientError and ConfigurationError.
     """
     stages = _Stages()
+    with warnings.catch_warnings(record=True) as caught:
+        # pydicom warns about many harmless oddities of real files (invalid UI values,
+        # odd lengths); they are reported with the outcome, not raised or printed.
+        warnings.simplefilter("always")
+        result = _process_recording_errors(data, options, stages)
+    result.timings = stages.seconds
+    result.warnings = _distinct_messages(caught)
+    return result
+
+
+def _distinct_messages(caught: list[warnings.WarningMessage], limit: int = 5) -> list[str]:
+    messages: list[str] = []
+    for item in caught:
+        text = str(item.message).split("\n")[0][:200]
+        if text not in messages:
+            messages.append(text)
+    return messages[:limit]
+
+
+def _process_recording_errors(data: bytes, options: CompressionOptions, stages: _Stages) -> Result:
     try:
         result = _process(data, options, stages)
     except PermanentError as exc:
@@ -130,7 +153,6 @@ def process(data: bytes, options: CompressionOptions) -> Result:
     except Exception as exc:  # a bug of ours or a library's: record it, keep going
         log.exception("internal error while compressing an object")
         result = Result("failed", "internal_error", f"{type(exc).__name__}: {exc}", len(data))
-    result.timings = stages.seconds
     return result
 
 

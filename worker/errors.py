@@ -107,7 +107,7 @@ class DcmpressError(Exception):
     """Base class of every error dcmpress raises on purpose."""
 
 
-class ConfigurationError(DcmpressError):
+class ConfigurationError(DcmpressError, ValueError):
     """The configuration cannot work; raised before any object is touched."""
 
 
@@ -124,6 +124,10 @@ class PermanentError(DcmpressError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+    def __reduce__(self) -> tuple[type[PermanentError], tuple[str, str]]:
+        # keeps the error picklable across process boundaries (pools, forks)
+        return (type(self), (self.code, self.message))
 
     @property
     def state(self) -> State:

@@ -8,6 +8,7 @@ ordinary exception, :class:`CodecCrashed`, that the engine can act on.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import pickle
 import signal
@@ -30,6 +31,7 @@ def run_isolated(func: Callable[[], T]) -> T:
     pid = os.fork()
     if pid == 0:  # child: never return into the caller's stack
         os.close(read_fd)
+        faulthandler.disable()  # a crash here is expected and reported by the parent
         status = 0
         try:
             try:

@@ -8,7 +8,6 @@ This module is the single place that decides which is which.
 from __future__ import annotations
 
 import io
-import warnings
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -22,6 +21,7 @@ from pydicom.uid import (
 )
 
 from worker.errors import PermanentError
+from worker.repair import resolve_ambiguous_vrs
 
 # A raw dataset (no preamble) starts with its lowest tag; real ones start in these groups.
 _RAW_DATASET_FIRST_GROUPS = {0x0000, 0x0002, 0x0008}
@@ -40,31 +40,35 @@ def read_dataset(data: bytes) -> Dataset:
 
 
 def _read(data: bytes) -> Dataset:
-    with warnings.catch_warnings():
-        # pydicom warns about many harmless oddities; a broken file raises below anyway.
-        warnings.simplefilter("ignore")
-        try:
-            ds: Dataset = dcmread(io.BytesIO(data))
-        except InvalidDicomError:
-            if not _looks_like_raw_dataset(data):
-                raise PermanentError(
-                    "not_dicom", "no DICM prefix and no recognisable DICOM data set"
-                ) from None
-            ds = _read_raw(data)
-        except Exception as exc:  # pydicom raises many types on corrupt files
-            raise PermanentError("invalid_dicom", f"cannot parse: {exc}") from exc
-        try:
-            # pydicom parses lazily; touch every top-level element now so that a
-            # corrupt file fails here, with a clear code, not halfway through encoding.
-            for _ in ds:
-                pass
-        except Exception as exc:
-            raise PermanentError("invalid_dicom", f"cannot parse an element: {exc}") from exc
+    try:
+        ds: Dataset = dcmread(io.BytesIO(data))
+    except InvalidDicomError:
+        if not _looks_like_raw_dataset(data):
+            raise PermanentError(
+                "not_dicom", "no DICM prefix and no recognisable DICOM data set"
+            ) from None
+        ds = _read_raw(data)
+    except Exception as exc:  # pydicom raises many types on corrupt files
+        raise PermanentError("invalid_dicom", f"cannot parse: {exc}") from exc
+    try:
+        # pydicom parses lazily; convert every element now (giving the VR-ambiguous
+        # ones a concrete VR) so a corrupt file fails here, with a clear code, and
+        # not halfway through encoding.
+        resolve_ambiguous_vrs(ds, signed=_is_signed(ds))
+    except Exception as exc:
+        raise PermanentError("invalid_dicom", f"cannot parse an element: {exc}") from exc
     if "SOPClassUID" not in ds:
         raise PermanentError(
             "invalid_dicom", "no SOP Class UID (0008,0016): not a storable DICOM instance"
         )
     return ds
+
+
+def _is_signed(ds: Dataset) -> bool:
+    try:
+        return int(ds.get("PixelRepresentation", 0) or 0) == 1
+    except (TypeError, ValueError):
+        return False
 
 
 def _looks_like_raw_dataset(data: bytes) -> bool:

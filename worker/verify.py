@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,11 +29,8 @@ class Verification:
 
 def decode_raw(data: bytes) -> np.ndarray:
     """Decode the pixels of a Part 10 file without colour conversion."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = dcmread(io.BytesIO(data))
-        decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
-        arr, _ = decoder.as_array(ds, raw=True)
+    ds = dcmread(io.BytesIO(data))
+    arr, _ = get_decoder(ds.file_meta.TransferSyntaxUID).as_array(ds, raw=True)
     return arr
 
 

@@ -1,0 +1,314 @@
+"""Outcomes, options and DICOM rules of the engine, one behaviour per test."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+from typing import Any
+
+import numpy as np
+import pytest
+from pydicom import dcmwrite, examples
+from pydicom.uid import JPEGLSLossless
+
+from producer.samples import make_image, to_bytes
+from tests.support import assert_lossless, read, run, source_pixels
+from worker import compress as compress_module
+from worker import verify as verify_module
+from worker.codecs import TARGETS, resolve_plugin
+from worker.errors import CODES, ConfigurationError, PermanentError
+from worker.isolation import CodecCrashed, run_isolated
+from worker.settings import CompressionOptions, EngineSettings
+
+
+def test_text_file_is_not_dicom() -> None:
+    result = run(b"patient list\n" * 50)
+    assert (result.state, result.code, result.output, result.copy_source) == (
+        "failed",
+        "not_dicom",
+        None,
+        False,
+    )
+
+
+@pytest.mark.parametrize("data", [b"", b"DICM", b"\0" * 7])
+def test_empty_and_tiny_objects_are_not_dicom(data: bytes) -> None:
+    assert run(data).code == "not_dicom"
+
+
+def test_preamble_without_dicom_data_is_invalid() -> None:
+    result = run(b"\0" * 128 + b"DICM" + b"\xff" * 40)
+    assert result.state == "failed"
+    assert result.code in ("invalid_dicom", "not_dicom")
+
+
+def test_truncated_pixel_data_is_a_specific_failure() -> None:
+    data = to_bytes(make_image(64, 64))
+    result = run(data[: len(data) - 3000])
+    assert result.state == "failed"
+    assert result.code in ("invalid_pixel_data", "invalid_dicom")
+    assert result.output is None and not result.copy_source
+
+
+def test_dataset_without_sop_class_cannot_become_part_10() -> None:
+    ds = make_image(32, 32)
+    del ds.SOPClassUID
+    buffer = io.BytesIO()
+    dcmwrite(buffer, ds, implicit_vr=False, little_endian=True)  # no file meta
+    assert run(buffer.getvalue()).code in ("invalid_dicom", "not_dicom")
+
+
+def test_already_compressed_input_is_copied_and_skipped() -> None:
+    result = run(to_bytes(examples.jpeg2k), target=["jpeg-ls"])
+    assert (result.state, result.code, result.copy_source) == (
+        "skipped",
+        "already_compressed",
+        True,
+    )
+
+
+def test_transcode_re_encodes_lossless_compressed_input() -> None:
+    ds = examples.jpeg2k
+    result = run(to_bytes(ds), target=["jpeg-ls"], transcode=True, min_ratio=0)
+    out = assert_lossless(result, source_pixels(ds))
+    assert out.file_meta.TransferSyntaxUID == JPEGLSLossless
+    assert out.SOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_transcode_never_re_encodes_lossy_input() -> None:
+    result = run(to_bytes(examples.ybr_color), target=["jpeg-ls"], transcode=True)
+    assert (result.state, result.code, result.copy_source) == ("skipped", "lossy_source", True)
+
+
+def test_lossless_syntax_marked_lossy_is_never_re_encoded() -> None:
+    ds = make_image(40, 40)
+    ds.LossyImageCompression = "01"
+    encoded = run(ds, target=["rle"], min_ratio=0)
+    marked = read(encoded.output or b"")
+    assert run(to_bytes(marked), target=["jpeg-ls"], transcode=True).code == "lossy_source"
+
+
+@pytest.mark.parametrize(("policy", "copied"), [("copy", True), ("skip", False)])
+def test_objects_without_pixel_data_are_copied_or_skipped(policy: str, copied: bool) -> None:
+    result = run(to_bytes(examples.rt_plan), no_pixel_data=policy)
+    assert (result.state, result.code, result.copy_source) == ("skipped", "no_pixel_data", copied)
+    assert "RT Plan" in result.message
+
+
+def test_verification_mismatch_fails_and_discards_the_output(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = verify_module.decode_raw
+
+    def corrupt(data: bytes) -> np.ndarray:
+        arr = real(data).copy()
+        arr.flat[17] ^= 1  # one bit of one pixel
+        return arr
+
+    monkeypatch.setattr(verify_module, "decode_raw", corrupt)
+    result = run(make_image(40, 40), target=["jpeg-ls"])
+    assert (result.state, result.code) == ("failed", "verification_failed")
+    assert result.output is None and not result.copy_source
+    assert "differs from the source by up to 1" in result.message
+
+
+def test_verification_is_on_by_default_and_can_be_turned_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+    real = verify_module.verify
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("worker.engine.verify", counting)
+    assert run(make_image(40, 40)).state == "done"
+    assert calls == [1]
+    result = run(make_image(40, 40), verify=False)
+    assert result.state == "done" and "NOT verified" in result.message
+    assert calls == [1]
+
+
+def test_incompressible_noise_is_kept_unchanged_as_no_gain() -> None:
+    ds = make_image(64, 64, bits_stored=16)
+    ds.PixelData = np.random.default_rng(0).integers(0, 65536, 64 * 64, np.uint16).tobytes()
+    result = run(ds, target=["rle"])
+    assert (result.state, result.code, result.copy_source) == ("skipped", "no_gain", True)
+    assert run(ds, target=["rle"], min_ratio=0).state == "done"
+
+
+def test_encapsulate_ext_writes_an_extended_offset_table() -> None:
+    ds = make_image(48, 48, frames=4, bits_stored=12)
+    result = run(ds, target=["jpeg-ls"], encapsulate_ext=True)
+    out = assert_lossless(result, source_pixels(ds))
+    offsets = np.frombuffer(out.ExtendedOffsetTable, "<u8")
+    lengths = np.frombuffer(out.ExtendedOffsetTableLengths, "<u8")
+    assert len(offsets) == len(lengths) == 4
+    assert offsets[0] == 0 and all(np.diff(offsets) > 0)
+    plain = read(run(ds, target=["jpeg-ls"]).output or b"")
+    assert "ExtendedOffsetTable" not in plain
+
+
+def test_lossless_keeps_uid_unless_asked_and_lossy_gets_a_new_one() -> None:
+    ds = make_image(40, 40)
+    assert read(run(ds).output or b"").SOPInstanceUID == ds.SOPInstanceUID
+    renamed = read(run(ds, generate_instance_uid=True).output or b"")
+    assert renamed.SOPInstanceUID != ds.SOPInstanceUID
+    assert renamed.file_meta.MediaStorageSOPInstanceUID == renamed.SOPInstanceUID
+    lossy = read(run(ds, target=["jpeg-ls-near"]).output or b"")
+    assert lossy.SOPInstanceUID != ds.SOPInstanceUID
+    assert lossy.file_meta.MediaStorageSOPInstanceUID == lossy.SOPInstanceUID
+    kept = read(run(ds, target=["jpeg-ls-near"], generate_instance_uid=False).output or b"")
+    assert kept.SOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_lossy_attributes_are_appended_after_earlier_lossy_steps() -> None:
+    ds = make_image(64, 64, bits_stored=12)
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionRatio = "3.5"
+    ds.LossyImageCompressionMethod = "ISO_10918_1"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    out = read(run(ds, target=["j2k-lossy"], j2k_cr=[8]).output or b"")
+    assert list(out.ImageType) == ["DERIVED", "PRIMARY", "AXIAL"]
+    assert out.LossyImageCompression == "01"
+    assert list(out.LossyImageCompressionMethod) == ["ISO_10918_1", "ISO_15444_1"]
+    ratios = [float(v) for v in out.LossyImageCompressionRatio]
+    assert ratios[0] == 3.5 and 5 < ratios[1] < 12
+    assert "j2k-lossy" in out.DerivationDescription
+
+
+def test_lossy_jpeg_ls_method_and_ratio_are_recorded() -> None:
+    ds = make_image(64, 64, bits_stored=12)
+    out = read(run(ds, target=["jpeg-ls-near"], jls_error=4).output or b"")
+    assert out.LossyImageCompressionMethod == "ISO_14495_1"
+    assert float(out.LossyImageCompressionRatio) > 1
+
+
+def test_j2k_psnr_option_reaches_the_encoder() -> None:
+    ds = make_image(64, 64, bits_stored=12)
+    low = run(ds, target=["j2k-lossy"], j2k_psnr=[40])
+    high = run(ds, target=["j2k-lossy"], j2k_psnr=[70])
+    assert low.psnr is not None and high.psnr is not None
+    assert high.psnr > low.psnr and high.bytes_out > low.bytes_out
+
+
+def test_jls_error_bounds_every_pixel() -> None:
+    ds = make_image(64, 64, bits_stored=12)
+    for error in (1, 5):
+        result = run(ds, target=["jpeg-ls-near"], jls_error=error)
+        assert result.max_error is not None and 0 < result.max_error <= error
+
+
+def test_plugin_keyword_options_reach_the_plugin() -> None:
+    ds = make_image(64, 64, bits_stored=12)
+    # pylibjpeg's own name for the quality layers overrides pydicom's j2k_cr
+    plain = run(ds, target=["j2k-lossy"], j2k_cr=[5])
+    native = run(ds, target=["j2k-lossy"], j2k_cr=[5], plugin_options={"compression_ratios": [40]})
+    assert native.bytes_out < plain.bytes_out * 0.7
+
+
+def test_missing_plugin_is_a_configuration_error_naming_the_package(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydicom.pixels.encoders.base import get_encoder
+
+    encoder = get_encoder(TARGETS["rle"].uid)
+    monkeypatch.setitem(encoder._unavailable, "gdcm", ("gdcm>=3.0.10",))
+    monkeypatch.delitem(encoder._available, "gdcm")
+    with pytest.raises(ConfigurationError, match="pip install python-gdcm"):
+        resolve_plugin(TARGETS["rle"], "gdcm")
+    assert resolve_plugin(TARGETS["rle"]).name == "pylibjpeg"
+
+
+def test_unknown_target_and_plugin_are_configuration_errors() -> None:
+    with pytest.raises(ValueError, match="unknown target"):
+        CompressionOptions(target=["jpeg-xl"])
+    with pytest.raises(ConfigurationError, match="has no plugin"):
+        resolve_plugin(TARGETS["jpeg-ls"], "gdcm")
+
+
+def test_settings_come_from_dcmpress_environment_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DCMPRESS_TARGET", "j2k-lossy,rle")
+    monkeypatch.setenv("DCMPRESS_J2K_CR", "20,5")
+    monkeypatch.setenv("DCMPRESS_ENCODING_PLUGIN", "rle=gdcm")
+    monkeypatch.setenv("DCMPRESS_PLUGIN_OPTIONS", '{"use_mct": false}')
+    monkeypatch.setenv("DCMPRESS_UNSUPPORTED", "fail")
+    options = EngineSettings().compression_options()
+    assert options.target == ["j2k-lossy", "rle"]
+    assert options.j2k_cr == [20.0, 5.0]
+    assert options.plugin_for(TARGETS["rle"]) == "gdcm"
+    assert options.plugin_for(TARGETS["j2k-lossy"]) == ""
+    assert options.plugin_options == {"use_mct": False}
+    assert options.unsupported == "fail"
+
+
+def test_target_accepts_transfer_syntax_uids() -> None:
+    assert CompressionOptions(target=["1.2.840.10008.1.2.4.80"]).target == ["jpeg-ls"]
+
+
+def test_j2k_cr_and_psnr_are_exclusive() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        CompressionOptions(j2k_cr=[10], j2k_psnr=[50])
+
+
+def test_pydicom_warnings_are_reported_with_the_outcome() -> None:
+    result = run(to_bytes(examples.rt_dose), target=["j2k"])
+    assert any("Invalid value for VR UI" in w for w in result.warnings)
+
+
+def _raise_permanent() -> None:
+    raise PermanentError("not_dicom", "from the child")
+
+
+def test_isolated_crash_becomes_an_exception() -> None:
+    with pytest.raises(CodecCrashed, match="SIGABRT"):
+        run_isolated(lambda: os.kill(os.getpid(), signal.SIGABRT))
+    assert run_isolated(lambda: 41 + 1) == 42
+    with pytest.raises(PermanentError, match="from the child"):
+        run_isolated(_raise_permanent)
+
+
+def test_gdcm_crash_without_another_plugin_is_codec_crashed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def crash(func: Any) -> Any:
+        raise CodecCrashed("codec process killed by SIGABRT")
+
+    monkeypatch.setattr(compress_module, "run_isolated", crash)
+    monkeypatch.setattr(
+        "worker.engine.plugin_status", lambda target, plugin: type("S", (), {"available": False})()
+    )
+    result = run(make_image(40, 40), target=["rle"], encoding_plugin=["gdcm"])
+    assert (result.state, result.code) == ("failed", "codec_crashed")
+
+
+def test_unexpected_exceptions_are_recorded_as_internal_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("boom")
+
+    monkeypatch.setattr("worker.engine.decode_source", broken)
+    result = run(make_image(40, 40))
+    assert (result.state, result.code) == ("failed", "internal_error")
+    assert "boom" in result.message
+
+
+def test_every_result_code_is_declared() -> None:
+    with pytest.raises(ValueError, match="undeclared"):
+        PermanentError("made_up", "x")
+    assert all(info.state in ("done", "skipped", "failed") for info in CODES.values())
+
+
+@pytest.mark.parametrize("name", ["ct", "mr", "rgb_color", "overlay"])
+@pytest.mark.parametrize("target", ["jpeg-ls", "j2k", "rle"])
+def test_pydicom_example_files_compress_losslessly(name: str, target: str) -> None:
+    ds = getattr(examples, name)
+    result = run(to_bytes(ds), target=[target], min_ratio=0)
+    out = assert_lossless(result, source_pixels(ds))
+    assert out.SOPInstanceUID == ds.SOPInstanceUID
+    assert out.PatientName == ds.PatientName
