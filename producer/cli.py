@@ -23,6 +23,7 @@ from rich.progress import (
 from rich.table import Table
 
 from producer.local import plan_jobs, run_all
+from producer.samples import demo_files
 from worker.codecs import TARGETS, all_plugin_status, resolve_plugin
 from worker.errors import CODES, ConfigurationError
 from worker.settings import CompressionOptions, EngineSettings
@@ -238,6 +239,20 @@ def summary_table(records: list[dict[str, Any]]) -> Table:
         f"{total_in / total_out:.2f}" if total_out else "-",
     )
     return table
+
+
+@app.command()
+def samples(
+    directory: Annotated[Path, typer.Argument(help="Where to write the sample files.")],
+) -> None:
+    """Write sample DICOM files (pydicom's bundled examples and synthetic images)."""
+    count = 0
+    for name, data in demo_files():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        count += 1
+    Console(stderr=True).print(f"wrote {count} sample files to {directory}")
 
 
 @app.command()

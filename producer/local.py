@@ -45,7 +45,7 @@ def plan_jobs(inputs: Iterable[Path], out_dir: Path) -> Iterator[Job]:
         root = given.resolve()
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for path in files:
-            if path.is_relative_to(out_dir):
+            if root.is_dir() and path.is_relative_to(out_dir):
                 continue  # never re-process our own outputs when OUT is inside an input
             relative = Path(path.name) if root.is_file() else path.relative_to(root)
             output = out_dir / relative

@@ -7,8 +7,10 @@ anatomy-like pattern plus a little noise, so lossless codecs reach realistic rat
 
 from __future__ import annotations
 
+import copy
 import io
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from pydicom import dcmwrite, examples
@@ -124,18 +126,30 @@ def to_bytes(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
+def without_file_meta(ds: Dataset) -> bytes:
+    """``ds`` as a raw data set: no preamble, no DICM, no file meta (old modalities)."""
+    raw = copy.deepcopy(ds)
+    del raw.file_meta
+    buffer = io.BytesIO()
+    dcmwrite(buffer, raw, implicit_vr=True, little_endian=True)
+    return buffer.getvalue()
+
+
 def demo_files() -> Iterator[tuple[str, bytes]]:
-    """Sample files for the demo: pydicom's bundled examples plus synthesized ones."""
-    for name in ("ct", "mr", "rgb_color", "ybr_color", "jpeg2k", "no_meta"):
-        ds = getattr(examples, name)
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=name != "no_meta")
-        yield f"examples/{name}.dcm", buffer.getvalue()
-    shapes = [
+    """Sample files: pydicom's bundled examples plus synthesized ones, a few odd."""
+    for name in ("ct", "mr", "rgb_color", "palette_color", "jpeg2k", "ybr_color", "rt_plan"):
+        yield f"examples/{name}.dcm", to_bytes(getattr(examples, name))
+    shapes: list[tuple[str, dict[str, Any]]] = [
         ("ct-16bit", {"rows": 256, "cols": 256, "bits_stored": 12, "signed": True}),
         ("cr-16bit", {"rows": 384, "cols": 320, "bits_stored": 14}),
         ("us-rgb", {"rows": 240, "cols": 320, "bits_allocated": 8, "samples": 3}),
         ("mr-multiframe", {"rows": 128, "cols": 128, "frames": 8, "bits_stored": 12}),
+        (
+            "big-endian",
+            {"rows": 128, "cols": 128, "bits_stored": 12, "syntax": ExplicitVRBigEndian},
+        ),
+        ("rgb-planar1", {"rows": 96, "cols": 128, "bits_allocated": 8, "samples": 3, "planar": 1}),
     ]
     for index, (name, kwargs) in enumerate(shapes):
-        yield f"synthetic/{name}.dcm", to_bytes(make_image(seed=index, **kwargs))  # type: ignore[arg-type]
+        yield f"synthetic/{name}.dcm", to_bytes(make_image(seed=index, **kwargs))
+    yield "synthetic/no-file-meta.dcm", without_file_meta(make_image(96, 96, bits_stored=12))

@@ -27,10 +27,11 @@ class Verification:
     psnr: float | None  # dB; None when identical (infinite)
 
 
-def decode_raw(data: bytes) -> np.ndarray:
+def decode_raw(data: bytes, plugin: str = "") -> np.ndarray:
     """Decode the pixels of a Part 10 file without colour conversion."""
     ds = dcmread(io.BytesIO(data))
-    arr, _ = get_decoder(ds.file_meta.TransferSyntaxUID).as_array(ds, raw=True)
+    decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
+    arr, _ = decoder.as_array(ds, raw=True, decoding_plugin=plugin)
     return arr
 
 
@@ -58,7 +59,7 @@ def verify(
 ) -> Verification:
     """Raise ``verification_failed`` unless ``output`` decodes within the target's bound."""
     try:
-        decoded = decode_raw(output)
+        decoded = decode_raw(output, target.decoder())
     except Exception as exc:
         raise PermanentError(
             "verification_failed", f"the {target.name} result does not decode: {exc}"

@@ -101,8 +101,8 @@ def test_verification_mismatch_fails_and_discards_the_output(
 ) -> None:
     real = verify_module.decode_raw
 
-    def corrupt(data: bytes) -> np.ndarray:
-        arr = real(data).copy()
+    def corrupt(data: bytes, plugin: str = "") -> np.ndarray:
+        arr = real(data, plugin).copy()
         arr.flat[17] ^= 1  # one bit of one pixel
         return arr
 

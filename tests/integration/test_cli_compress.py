@@ -1,0 +1,194 @@
+"""``dcmpress compress`` and ``dcmpress doctor`` as a user runs them: real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydicom import examples
+
+from producer import local
+from producer.samples import make_image, to_bytes
+from tests.support import independent_decode, read, source_pixels
+from worker.settings import CompressionOptions
+
+pytestmark = pytest.mark.integration
+
+DCMPRESS = [sys.executable, "-m", "producer"]
+
+
+def dcmpress(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real command line in a child process."""
+    return subprocess.run(
+        [*DCMPRESS, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "160", **(env or {})},
+        check=False,
+    )
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A small archive: images in nested folders, a non-image object, a text file."""
+    root = tmp_path / "archive"
+    (root / "study1" / "series1").mkdir(parents=True)
+    (root / "study2").mkdir()
+    (root / "study1" / "series1" / "ct1.dcm").write_bytes(
+        to_bytes(make_image(64, 64, bits_stored=12, signed=True, seed=1))
+    )
+    (root / "study1" / "series1" / "IM0002").write_bytes(
+        to_bytes(make_image(64, 64, bits_stored=12, seed=2))
+    )
+    (root / "study2" / "rgb.dcm").write_bytes(to_bytes(examples.rgb_color))
+    (root / "study2" / "plan.dcm").write_bytes(to_bytes(examples.rt_plan))
+    return root
+
+
+def records(stdout: str) -> dict[str, dict[str, Any]]:
+    """JSON lines keyed by the input path relative to the archive."""
+    rows = [json.loads(line) for line in stdout.splitlines() if line.strip()]
+    return {row["path"].split("archive/")[-1]: row for row in rows}
+
+
+def test_compress_tree_writes_mirrored_outputs_and_one_record_per_file(
+    tree: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    proc = dcmpress("compress", str(tree), "--out", str(out), "--target", "jpeg-ls", "--jsonl")
+    assert proc.returncode == 0, proc.stderr
+    rows = records(proc.stdout)
+    assert set(rows) == {
+        "study1/series1/ct1.dcm",
+        "study1/series1/IM0002",
+        "study2/rgb.dcm",
+        "study2/plan.dcm",
+    }
+    for row in rows.values():
+        assert set(row) >= {
+            "path", "output", "outcome", "code", "message",
+            "bytes_in", "bytes_out", "ratio", "seconds",
+        }  # fmt: skip
+    ct = rows["study1/series1/ct1.dcm"]
+    assert (ct["outcome"], ct["code"]) == ("done", "compressed")
+    assert ct["output"] == str(out / "study1" / "series1" / "ct1.dcm")
+    assert ct["bytes_out"] == Path(ct["output"]).stat().st_size < ct["bytes_in"]
+    source = read((tree / "study1" / "series1" / "ct1.dcm").read_bytes())
+    np.testing.assert_array_equal(
+        independent_decode(Path(ct["output"]).read_bytes()), source_pixels(source)
+    )
+    plan = rows["study2/plan.dcm"]
+    assert (plan["outcome"], plan["code"]) == ("skipped", "no_pixel_data")
+    assert Path(plan["output"]).read_bytes() == (tree / "study2" / "plan.dcm").read_bytes()
+    assert "dcmpress summary" in proc.stderr  # stdout stays pure JSON lines
+
+
+def test_a_failed_file_makes_the_exit_status_non_zero(tree: Path, tmp_path: Path) -> None:
+    (tree / "notes.txt").write_text("not an image\n" * 20)
+    proc = dcmpress("compress", str(tree), "-o", str(tmp_path / "out"), "--jsonl", "-j", "2")
+    assert proc.returncode == 1
+    row = records(proc.stdout)["notes.txt"]
+    assert (row["outcome"], row["code"], row["output"]) == ("failed", "not_dicom", None)
+    assert not (tmp_path / "out" / "notes.txt").exists()
+
+
+def test_summary_table_is_printed_without_jsonl(tree: Path, tmp_path: Path) -> None:
+    proc = dcmpress("compress", str(tree), "-o", str(tmp_path / "out"), "--target", "rle")
+    assert proc.returncode == 0, proc.stderr
+    assert "dcmpress summary" in proc.stdout
+    assert "no_pixel_data" in proc.stdout and "compressed" in proc.stdout
+
+
+def test_fallback_targets_and_lossy_options_from_the_command_line(tmp_path: Path) -> None:
+    small = tmp_path / "archive" / "small.dcm"
+    small.parent.mkdir()
+    small.write_bytes(to_bytes(make_image(16, 16, bits_stored=12)))
+    big = tmp_path / "archive" / "big.dcm"
+    big.write_bytes(to_bytes(make_image(64, 64, bits_stored=12)))
+    proc = dcmpress(
+        "compress", str(small.parent), "-o", str(tmp_path / "out"),
+        "--target", "j2k-lossy,rle", "--j2k-cr", "12", "--jsonl", "--min-ratio", "0",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = records(proc.stdout)
+    assert rows["small.dcm"]["target"] == "rle"
+    assert rows["big.dcm"]["target"] == "j2k-lossy" and rows["big.dcm"]["psnr"] > 20
+    assert read(Path(rows["big.dcm"]["output"]).read_bytes()).LossyImageCompression == "01"
+
+
+def test_environment_variables_configure_the_command(tree: Path, tmp_path: Path) -> None:
+    proc = dcmpress(
+        "compress", str(tree), "-o", str(tmp_path / "out"), "--jsonl",
+        env={"DCMPRESS_TARGET": "rle", "DCMPRESS_NO_PIXEL_DATA": "skip"},
+    )  # fmt: skip
+    rows = records(proc.stdout)
+    assert rows["study2/rgb.dcm"]["target"] == "rle"
+    assert rows["study2/plan.dcm"]["output"] is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "jpeg-xl"], "unknown target"),
+        (["--target", "rle", "--plugin", "rle=turbo"], "has no plugin"),
+        (["--j2k-cr", "10", "--j2k-psnr", "50", "--target", "j2k-lossy"], "not both"),
+        (["--unsupported", "maybe"], "unsupported"),
+    ],
+)
+def test_bad_options_fail_before_any_work(
+    tree: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    proc = dcmpress("compress", str(tree), "-o", str(tmp_path / "out"), *args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_directory_that_would_overwrite_inputs_is_refused(tree: Path) -> None:
+    single = tree / "study2" / "rgb.dcm"
+    proc = dcmpress("compress", str(single), "-o", str(single.parent))
+    assert proc.returncode == 2
+    assert "would overwrite its input" in proc.stderr
+
+
+def test_doctor_lists_every_target_and_plugin() -> None:
+    proc = dcmpress("doctor")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("jpeg-ls", "jpeg-ls-near", "j2k", "j2k-lossy", "rle", "pyjpegls", "gdcm"):
+        assert name in proc.stdout
+    assert "available" in proc.stdout
+
+
+def _abort_on_marked_files(job: local.Job, options: CompressionOptions) -> dict[str, Any]:
+    if job.path.name.startswith("crash"):
+        os.kill(os.getpid(), signal.SIGABRT)  # a native codec crash, injected
+    return REAL_RUN_JOB(job, options)
+
+
+REAL_RUN_JOB = local.run_job
+
+
+def test_a_pool_process_crash_is_recorded_and_the_rest_still_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    for index in range(6):
+        (source / f"ok{index}.dcm").write_bytes(to_bytes(make_image(40, 40, seed=index)))
+    (source / "crash.dcm").write_bytes(to_bytes(make_image(40, 40)))
+    monkeypatch.setattr(local, "run_job", _abort_on_marked_files)  # inherited by fork
+    jobs = list(local.plan_jobs([source], tmp_path / "out"))
+    seen: list[dict[str, Any]] = []
+    local.run_all(jobs, CompressionOptions(), 2, seen.append)
+    by_name = {Path(row["path"]).name: row for row in seen}
+    assert len(seen) == len(by_name) == 7  # exactly one record per file
+    assert by_name["crash.dcm"]["code"] == "codec_crashed"
+    assert all(by_name[f"ok{i}.dcm"]["outcome"] == "done" for i in range(6))

@@ -1,0 +1,59 @@
+"""The project's own promises: lint, types, README in step with the code, CI script."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from worker.errors import CODES
+from worker.settings import CompressionOptions
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("ruff", "check", "."), ("ruff", "format", "--check", "."), ("mypy",)],
+    ids=["ruff-check", "ruff-format", "mypy"],
+)
+def test_code_is_lint_and_type_clean(command: tuple[str, ...]) -> None:
+    proc = _run(*command)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_outcome_code_is_documented_in_the_readme() -> None:
+    documented = set(re.findall(r"^\| `([a-z_]+)` \| (?:done|skipped|failed) \|", README, re.M))
+    assert documented == set(CODES)
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    for name in CompressionOptions.model_fields:
+        assert f"`DCMPRESS_{name.upper()}`" in README
+
+
+def _block_after(marker: str) -> str:
+    match = re.search(rf"<!-- {marker} -->\s*```sh\n(.+?)\n```", README, re.S)
+    assert match, marker
+    return match.group(1).strip()
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "test-command" in ci  # .ci/run extracts the command from the README
+    assert _block_after("test-command") == 'python -m pip install -e ".[test]" && python -m pytest'
+
+
+def test_quick_start_runs_the_compress_command_on_samples() -> None:
+    command = _block_after("quickstart-command")
+    assert "dcmpress samples" in command and "dcmpress compress" in command
