@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,21 +13,29 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.live import Live
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
 
+from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages
 from producer.local import plan_jobs, run_all
 from producer.samples import demo_files
+from producer.sources import KeyFilter, listing_pages
+from producer.status import BatchStatus, render, report_rows, snapshot, write_report
 from worker.codecs import TARGETS, all_plugin_status, resolve_plugin
-from worker.errors import CODES, ConfigurationError
-from worker.settings import CompressionOptions, EngineSettings
+from worker.contract import BatchSpec, S3Location, default_batch_id
+from worker.errors import CODES, ConfigurationError, DcmpressError
+from worker.ledger import Ledger
+from worker.settings import CompressionOptions, EngineSettings, WorkerSettings
+from worker.storage import Storage
 
 app = typer.Typer(
     help="Compress DICOM archives losslessly (or lossily, if you choose), verified.",
@@ -274,3 +283,199 @@ def doctor() -> None:
         )
     console.print(table)
     console.print(f"{len(CODES)} outcome codes; see README 'Outcome codes'.")
+
+
+def _connect() -> tuple[WorkerSettings, Ledger]:
+    try:
+        settings = WorkerSettings()
+    except ValidationError as exc:
+        raise _fail(_validation_message(exc)) from None
+    return settings, Ledger.from_url(settings.redis_url, settings.retention_seconds)
+
+
+@app.command()
+def enqueue(
+    source: Annotated[str, typer.Argument(help="s3://bucket/prefix to compress.")],
+    dest: Annotated[
+        str | None, typer.Option(help="s3://bucket/prefix for outputs (keys are mirrored).")
+    ] = None,
+    in_place: Annotated[
+        bool,
+        typer.Option(
+            "--in-place",
+            help="Replace each source object (conditional on its ETag). Irreversible "
+            "for lossy targets.",
+        ),
+    ] = False,
+    target: Annotated[str | None, typer.Option(help="Target(s), comma-separated.")] = None,
+    plugin: Annotated[str | None, typer.Option(help="Encoding plugin(s).")] = None,
+    jls_error: Annotated[int | None, typer.Option(help="jpeg-ls-near: max error.")] = None,
+    j2k_cr: Annotated[str | None, typer.Option(help="j2k-lossy: ratios per layer.")] = None,
+    j2k_psnr: Annotated[str | None, typer.Option(help="j2k-lossy: PSNR per layer.")] = None,
+    unsupported: Annotated[str | None, typer.Option(help="skip (copy) or fail.")] = None,
+    transcode: Annotated[
+        bool | None, typer.Option("--transcode/--no-transcode", help="Re-encode lossless input.")
+    ] = None,
+    batch: Annotated[
+        str | None,
+        typer.Option(help="Batch name (default: derived from source, dest and options)."),
+    ] = None,
+    suffix: Annotated[
+        list[str] | None, typer.Option(help="Only keys ending with this (repeatable).")
+    ] = None,
+    exclude_suffix: Annotated[list[str] | None, typer.Option(help="Skip keys ending so.")] = None,
+    min_size: Annotated[int, typer.Option(help="Skip smaller objects (bytes).")] = 1,
+    max_size: Annotated[int | None, typer.Option(help="Skip larger objects (bytes).")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Process again objects already done.")
+    ] = False,
+) -> None:
+    """List s3://bucket/prefix page by page and enqueue one job per object."""
+    options = build_options(
+        {
+            "target": target,
+            "encoding_plugin": plugin,
+            "jls_error": jls_error,
+            "j2k_cr": j2k_cr,
+            "j2k_psnr": j2k_psnr,
+            "unsupported": unsupported,
+            "transcode": transcode,
+        }
+    )
+    try:
+        source_location = S3Location.parse(source)
+        dest_location = S3Location.parse(dest) if dest else None
+    except ConfigurationError as exc:
+        raise _fail(str(exc)) from None
+    if (dest_location is None) == (not in_place):
+        raise _fail("give exactly one of --dest s3://bucket/prefix and --in-place")
+    settings, ledger = _connect()
+    batch_id = batch or default_batch_id(source_location, dest_location, options)
+    existing = ledger.get_batch(batch_id)
+    spec = existing or BatchSpec(
+        batch=batch_id,
+        source=source_location,
+        dest=dest_location,
+        in_place=in_place,
+        options=options,
+        created=time.time(),
+    )
+    if existing and (existing.source, existing.dest, existing.options) != (
+        source_location,
+        dest_location,
+        options,
+    ):
+        raise _fail(f"batch {batch_id!r} exists with other source/dest/options; pick a new --batch")
+    ledger.save_batch(spec)
+    info = ledger.batch_info(batch_id)
+    resuming = existing is not None and "listing_done" not in info
+    start_after = info.get("checkpoint", "") if resuming else ""
+    # never enqueue our own outputs when the destination lies inside the source
+    excluded: tuple[str, ...] = ()
+    if dest_location and dest_location.bucket == source_location.bucket and dest_location.prefix:
+        excluded = (dest_location.prefix,)
+    key_filter = KeyFilter(
+        suffixes=tuple(suffix or ()),
+        exclude_suffixes=tuple(exclude_suffix or ()),
+        exclude_prefixes=excluded,
+        min_size=min_size,
+        max_size=max_size,
+    )
+    console = Console(stderr=True)
+    console.print(
+        f"batch [bold]{batch_id}[/]" + (f" (resuming after {start_after!r})" if start_after else "")
+    )
+    report = EnqueueReport(batch=batch_id, resumed_from=start_after)
+    from worker import app as celery_app
+
+    enqueuer = Enqueuer(celery_app, ledger, spec, settings.queue, force=force)
+    storage = Storage(settings)
+    with Progress(
+        SpinnerColumn(), TextColumn("[bold]enqueue"), TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(), console=console,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("enqueue", detail="")
+
+        def on_page(current: EnqueueReport) -> None:
+            progress.update(
+                task,
+                detail=f"{current.listed:,} listed, {current.enqueued:,} enqueued, "
+                f"{current.already_done:,} already done",
+            )
+
+        try:
+            pages = listing_pages(
+                storage, source_location.bucket, source_location.prefix, start_after, key_filter
+            )
+            enqueue_pages(enqueuer, pages, report, resuming, on_page)
+        except DcmpressError as exc:
+            raise _fail(f"{exc} (run the same command again to resume)") from None
+    report.filtered = dict(key_filter.rejected)
+    print(json.dumps(report.__dict__))
+
+
+@app.command()
+def status(
+    batch: Annotated[str, typer.Argument(help="Batch id (see `dcmpress batches`).")],
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Refresh until the batch is done.")
+    ] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 2.0,
+) -> None:
+    """Counts, bytes saved, rate, ETA and the most common failures of a batch."""
+    _, ledger = _connect()
+    if ledger.get_batch(batch) is None:
+        raise _fail(f"no batch {batch!r} in the ledger")
+    current = snapshot(ledger, batch)
+    if not watch:
+        Console().print(render(current))
+        return
+    previous: BatchStatus | None = None
+    with Live(render(current), console=Console(), auto_refresh=False) as live:
+        while True:
+            live.update(render(current, previous), refresh=True)
+            if current.complete:
+                break
+            time.sleep(interval)
+            previous, current = current, snapshot(ledger, batch)
+
+
+@app.command()
+def batches() -> None:
+    """List known batches with their progress."""
+    _, ledger = _connect()
+    table = Table(title="dcmpress batches")
+    for column in ("batch", "source", "dest", "targets", "done", "skipped", "failed", "pending"):
+        table.add_column(column)
+    for batch_id in ledger.batch_ids():
+        spec = ledger.get_batch(batch_id)
+        if spec is None:
+            continue
+        current = snapshot(ledger, batch_id)
+        table.add_row(
+            batch_id, str(spec.source), str(spec.dest or "in place"), ",".join(spec.options.target),
+            *(str(int(current.counts.get(s, 0))) for s in ("done", "skipped", "failed")),
+            str(current.pending),
+        )  # fmt: skip
+    Console().print(table)
+
+
+@app.command()
+def report(
+    batch: Annotated[str, typer.Argument(help="Batch id.")],
+    format: Annotated[str, typer.Option("--format", help="csv or ndjson.")] = "csv",
+    output: Annotated[Path | None, typer.Option(help="File to write (default: stdout).")] = None,
+) -> None:
+    """One row per object of the batch: key, state, code, message, sizes..."""
+    if format not in ("csv", "ndjson"):
+        raise _fail("--format must be csv or ndjson")
+    _, ledger = _connect()
+    if ledger.get_batch(batch) is None:
+        raise _fail(f"no batch {batch!r} in the ledger")
+    rows = report_rows(ledger, batch)
+    if output is None:
+        count = write_report(rows, sys.stdout, format)
+    else:
+        with output.open("w", newline="") as handle:
+            count = write_report(rows, handle, format)
+    Console(stderr=True).print(f"{count} rows")

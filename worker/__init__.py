@@ -1,0 +1,7 @@
+"""dcmpress workers: ``celery -A worker worker`` finds :data:`app` here."""
+
+from worker.app import create_app
+
+app = create_app()
+
+__all__ = ["app", "create_app"]

@@ -49,6 +49,9 @@ CODES: dict[str, CodeInfo] = {
     "no_decoder": CodeInfo(
         "skipped", "--transcode was given but no installed plugin decodes the source syntax."
     ),
+    "own_output": CodeInfo(
+        "skipped", "The object is a dcmpress output (metadata marker); never processed again."
+    ),
     "no_gain": CodeInfo(
         "skipped", "The compressed result was not smaller than the source (see min_ratio)."
     ),
@@ -96,6 +99,33 @@ CODES: dict[str, CodeInfo] = {
     "codec_crashed": CodeInfo("failed", "A native codec crashed the process handling this object."),
     "io_error": CodeInfo(
         "failed", "Reading the source or writing the output failed (local files)."
+    ),
+    "source_missing": CodeInfo(
+        "failed", "The source object no longer exists (deleted after it was enqueued)."
+    ),
+    "source_changed": CodeInfo(
+        "failed", "In-place mode: the source changed while it was compressed; not replaced."
+    ),
+    "source_unavailable": CodeInfo(
+        "failed", "The storage refuses to serve the source (e.g. archived to Glacier)."
+    ),
+    "access_denied": CodeInfo(
+        "failed", "The credentials may not read the source or write the destination."
+    ),
+    "storage_rejected": CodeInfo(
+        "failed", "The storage refused a request for another reason (message says which)."
+    ),
+    "retries_exhausted": CodeInfo(
+        "failed", "A transient error (S3 5xx, throttling, connection) outlasted max_retries."
+    ),
+    "worker_lost": CodeInfo(
+        "failed",
+        "The object's worker process died max_attempts times (native crash, out of "
+        "memory, hard time limit); not tried again.",
+    ),
+    "time_limit": CodeInfo("failed", "Processing exceeded task_soft_time_limit."),
+    "unknown_batch": CodeInfo(
+        "failed", "A job message named a batch the ledger does not know (expired?)."
     ),
     "internal_error": CodeInfo(
         "failed", "An unexpected error in dcmpress itself; please report it."

@@ -125,3 +125,89 @@ class EngineSettings(BaseSettings, CompressionOptions):
     def compression_options(self) -> CompressionOptions:
         """The plain options, detached from the environment."""
         return CompressionOptions(**self.model_dump(include=set(CompressionOptions.model_fields)))
+
+
+class WorkerSettings(BaseSettings):
+    """Connections and queue behaviour of workers and producers (``DCMPRESS_*``).
+
+    The time limits are chosen together: Redis's ``visibility_timeout`` must exceed the
+    hard time limit, or a message is delivered again while its task still runs; the
+    per-object claim lives a little longer than the hard limit, so a killed worker's
+    object becomes workable again soon after its message is restored.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DCMPRESS_", extra="ignore", frozen=True)
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="Redis for the ledger and the broker."
+    )
+    broker_url: str | None = Field(
+        default=None, description="Celery broker URL; defaults to redis_url."
+    )
+    queue: str = Field(default="dcmpress", description="Celery queue name.")
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, Ceph, SeaweedFS); unset = AWS."
+    )
+    s3_region: str | None = Field(default=None, description="S3 region; unset = AWS chain.")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto", description="Bucket addressing; `path` for most S3-compatible servers."
+    )
+    s3_connect_timeout: float = Field(default=10.0, gt=0, description="Seconds.")
+    s3_read_timeout: float = Field(default=120.0, gt=0, description="Seconds.")
+    s3_max_attempts: int = Field(
+        default=3, ge=1, description="botocore attempts per S3 call before the task retries."
+    )
+    multipart_threshold_mb: int = Field(
+        default=64,
+        ge=5,
+        description="Objects above this are downloaded to a temporary file and uploaded "
+        "in multipart chunks of this size.",
+    )
+    task_soft_time_limit: int = Field(
+        default=1800, ge=1, description="Seconds before a task is asked to stop."
+    )
+    task_time_limit: int = Field(
+        default=2100, ge=1, description="Seconds before a task's process is killed."
+    )
+    visibility_timeout: int = Field(
+        default=2400,
+        ge=1,
+        description="Seconds an unacknowledged message waits before Redis redelivers it; "
+        "must exceed task_time_limit.",
+    )
+    max_retries: int = Field(
+        default=8, ge=0, description="Retries of transient failures (S3 5xx, throttling...)."
+    )
+    retry_backoff_max: int = Field(
+        default=600, ge=1, description="Longest retry delay (exponential backoff, jitter)."
+    )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Deliveries of one object that may die with their worker (crash, "
+        "kill, hard time limit) before it is recorded failed/worker_lost.",
+    )
+    retention_days: float = Field(
+        default=30, gt=0, description="Days ledger records live after their last update."
+    )
+    worker_concurrency: int | None = Field(
+        default=None, description="Worker processes per `celery worker` (default: cores)."
+    )
+
+    @model_validator(mode="after")
+    def _limits_fit_together(self) -> WorkerSettings:
+        if self.task_soft_time_limit >= self.task_time_limit:
+            raise ValueError("task_soft_time_limit must be below task_time_limit")
+        if self.visibility_timeout <= self.task_time_limit:
+            raise ValueError("visibility_timeout must exceed task_time_limit")
+        return self
+
+    @property
+    def claim_ttl(self) -> int:
+        """Seconds a per-object claim lives: just beyond the hard time limit."""
+        return self.task_time_limit + 30
+
+    @property
+    def retention_seconds(self) -> int:
+        """Record retention in seconds."""
+        return int(self.retention_days * 86400)

@@ -1,0 +1,139 @@
+"""Batch progress and per-object reports, read from the ledger."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+from rich.table import Table
+
+from worker.errors import CODES
+from worker.ledger import TERMINAL, Ledger
+
+REPORT_FIELDS = (
+    "key", "state", "code", "message", "bytes_in", "bytes_out", "ratio", "target",
+    "plugin", "attempts", "seconds", "worker", "etag", "updated",
+)  # fmt: skip
+
+
+@dataclass
+class BatchStatus:
+    """A snapshot of one batch."""
+
+    batch: str
+    counts: dict[str, float]
+    info: dict[str, str]
+    taken_at: float
+
+    @property
+    def finished(self) -> int:
+        """Objects in a terminal state."""
+        return int(sum(self.counts.get(state, 0) for state in TERMINAL))
+
+    @property
+    def pending(self) -> int:
+        """Objects queued or running."""
+        return int(self.counts.get("queued", 0) + self.counts.get("running", 0))
+
+    @property
+    def total(self) -> int:
+        """Objects known to the batch."""
+        return self.finished + self.pending
+
+    @property
+    def complete(self) -> bool:
+        """Listing finished and nothing left to do."""
+        return "listing_done" in self.info and self.pending == 0
+
+    def rate(self, previous: BatchStatus | None = None) -> float:
+        """Objects finished per second: since ``previous``, else over the batch's life."""
+        if previous is not None and self.taken_at > previous.taken_at:
+            return (self.finished - previous.finished) / (self.taken_at - previous.taken_at)
+        started = self.counts.get("started_at")
+        last = self.counts.get("finished_at")
+        if not started or not last or last <= started:
+            return 0.0
+        return self.finished / (last - started)
+
+    def failures(self, limit: int = 5) -> list[tuple[str, int]]:
+        """The most common failure codes."""
+        codes = [
+            (name.removeprefix("code:"), int(value))
+            for name, value in self.counts.items()
+            if name.startswith("code:") and value > 0
+            and CODES.get(name.removeprefix("code:"), CODES["internal_error"]).state == "failed"
+        ]  # fmt: skip
+        return sorted(codes, key=lambda item: -item[1])[:limit]
+
+
+def snapshot(ledger: Ledger, batch: str) -> BatchStatus:
+    """Read the batch's counters now."""
+    return BatchStatus(batch, ledger.counts(batch), ledger.batch_info(batch), time.time())
+
+
+def render(status: BatchStatus, previous: BatchStatus | None = None) -> Table:
+    """A table for humans: counts, bytes saved, rate, ETA, top failures."""
+    counts = status.counts
+    bytes_in, bytes_out = counts.get("bytes_in", 0.0), counts.get("bytes_out", 0.0)
+    rate = status.rate(previous)
+    eta = f"{status.pending / rate:,.0f} s" if rate > 0 and status.pending else "-"
+    table = Table(title=f"batch {status.batch}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    listing = "complete" if "listing_done" in status.info else "in progress"
+    table.add_row("listing", f"{listing}, {status.info.get('enqueued', '0')} enqueued")
+    for state in ("queued", "running", "done", "skipped", "failed"):
+        table.add_row(state, f"{int(counts.get(state, 0)):,}")
+    table.add_row("progress", f"{status.finished:,} / {status.total:,}")
+    table.add_row("bytes in", f"{bytes_in / 1e6:,.1f} MB")
+    table.add_row("bytes out", f"{bytes_out / 1e6:,.1f} MB")
+    saved = bytes_in - bytes_out if bytes_out else 0.0
+    ratio = f" ({bytes_in / bytes_out:.2f}x)" if bytes_out else ""
+    table.add_row("saved", f"{saved / 1e6:,.1f} MB{ratio}")
+    table.add_row("rate", f"{rate:,.1f} objects/s")
+    table.add_row("ETA", eta)
+    for code, count in status.failures():
+        table.add_row(f"failed: {code}", f"{count:,}")
+    return table
+
+
+def report_rows(ledger: Ledger, batch: str) -> Iterator[dict[str, Any]]:
+    """One dict per object of the batch, in ledger order."""
+    for key, record, message in ledger.iter_records(batch):
+        ratio = round(record.bytes_in / record.bytes_out, 4) if record.bytes_out else None
+        yield {
+            "key": key,
+            "state": record.state,
+            "code": record.code,
+            "message": message or (f"{record.target}/{record.plugin}" if record.target else ""),
+            "bytes_in": record.bytes_in,
+            "bytes_out": record.bytes_out,
+            "ratio": ratio,
+            "target": record.target,
+            "plugin": record.plugin,
+            "attempts": record.attempts,
+            "seconds": record.millis / 1000,
+            "worker": record.worker,
+            "etag": record.etag,
+            "updated": record.updated,
+        }
+
+
+def write_report(rows: Iterator[dict[str, Any]], out: IO[str], fmt: str) -> int:
+    """Write rows as CSV or NDJSON; return how many."""
+    count = 0
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=REPORT_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+            count += 1
+    else:
+        for row in rows:
+            out.write(json.dumps(row) + "\n")
+            count += 1
+    return count

@@ -1,0 +1,130 @@
+"""Real servers for the integration tests: Redis, SeaweedFS S3, a Celery worker.
+
+Each is started once per test session on 127.0.0.1 with free ports, by the same code
+``dcmpress demo`` uses (producer/stack.py), and stopped at the end. Tests isolate
+themselves with their own buckets and batch ids.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from producer.stack import CeleryWorker, RedisServer, SeaweedS3
+from worker.ledger import Ledger
+from worker.settings import WorkerSettings
+from worker.storage import Storage
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A throwaway redis-server."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """A throwaway SeaweedFS S3 server."""
+    with SeaweedS3(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def stack_env(redis_server: RedisServer, s3_server: SeaweedS3) -> dict[str, str]:
+    """Environment pointing dcmpress (CLI, worker, settings) at the test servers."""
+    return {
+        **s3_server.env(),
+        "DCMPRESS_REDIS_URL": redis_server.url,
+        "DCMPRESS_S3_ADDRESSING_STYLE": "path",
+        "DCMPRESS_QUEUE": f"dcmpress-test-{uuid.uuid4().hex[:6]}",
+        # short limits so fault tests finish quickly; they still fit together
+        "DCMPRESS_TASK_SOFT_TIME_LIMIT": "60",
+        "DCMPRESS_TASK_TIME_LIMIT": "90",
+        "DCMPRESS_VISIBILITY_TIMEOUT": "120",
+        "DCMPRESS_MAX_RETRIES": "3",
+        "DCMPRESS_RETRY_BACKOFF_MAX": "2",
+    }
+
+
+@pytest.fixture
+def settings(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> WorkerSettings:
+    """WorkerSettings for in-process use, from the same environment."""
+    for name, value in stack_env.items():
+        monkeypatch.setenv(name, value)
+    return WorkerSettings()
+
+
+@pytest.fixture
+def ledger(settings: WorkerSettings) -> Iterator[Ledger]:
+    """A ledger client on the test Redis."""
+    ledger = Ledger.from_url(settings.redis_url, settings.retention_seconds)
+    yield ledger
+    ledger.redis.close()
+
+
+@pytest.fixture
+def storage(settings: WorkerSettings) -> Storage:
+    """A Storage client on the test S3 server."""
+    return Storage(settings)
+
+
+@pytest.fixture
+def bucket_pair(s3_server: SeaweedS3) -> tuple[str, str]:
+    """A fresh source and destination bucket."""
+    client = s3_server.client()
+    suffix = uuid.uuid4().hex[:8]
+    source, dest = f"src-{suffix}", f"dst-{suffix}"
+    client.create_bucket(Bucket=source)
+    client.create_bucket(Bucket=dest)
+    return source, dest
+
+
+@pytest.fixture(scope="session")
+def celery_worker(
+    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CeleryWorker]:
+    """One real `celery -A worker worker` with two processes for the whole session."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**stack_env, "PYTHONPATH": str(root)}
+    worker = CeleryWorker(env, tmp_path_factory.mktemp("celery"), concurrency=2)
+    with worker:
+        yield worker
+
+
+def run_cli(
+    env: dict[str, str], *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run ``dcmpress`` in a child process with ``env`` added."""
+    return subprocess.run(
+        [sys.executable, "-m", "producer", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "160", **env},
+        check=False,
+    )
+
+
+def wait_for_batch(
+    ledger: Ledger, batch: str, expected: int, timeout: float = 180
+) -> dict[str, Any]:
+    """Poll the ledger until ``expected`` objects of ``batch`` are finished."""
+    deadline = time.monotonic() + timeout
+    counts: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        counts = ledger.counts(batch)
+        finished = sum(counts.get(state, 0) for state in ("done", "skipped", "failed"))
+        pending = counts.get("queued", 0) + counts.get("running", 0)
+        if finished >= expected and pending == 0:
+            return counts
+        time.sleep(0.2)
+    raise AssertionError(f"batch {batch} did not finish in {timeout}s: {counts}")

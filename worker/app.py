@@ -1,0 +1,42 @@
+"""The Celery application: all of its configuration in one place.
+
+Tuned for long, CPU-bound, idempotent tasks (Celery's own guidance): late acks and
+reject-on-worker-lost so a killed worker's object is redelivered, prefetch 1 so a slow
+object does not hold others hostage, JSON only, time limits below the Redis visibility
+timeout, and task events on for Flower.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from worker.settings import WorkerSettings
+
+
+def create_app(settings: WorkerSettings | None = None) -> Celery:
+    """Build the Celery app from ``settings`` (default: ``DCMPRESS_*`` variables)."""
+    settings = settings or WorkerSettings()
+    app = Celery("dcmpress", broker=settings.broker_url or settings.redis_url)
+    app.conf.update(
+        imports=["worker.tasks"],
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,  # outcomes live in the ledger; Flower sees them in events
+        task_default_queue=settings.queue,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.task_soft_time_limit,
+        task_time_limit=settings.task_time_limit,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_track_started=True,
+        worker_max_tasks_per_child=1000,  # bounds slow leaks in native codec libraries
+        worker_concurrency=settings.worker_concurrency,
+        worker_hijack_root_logger=False,
+    )
+    app.conf.dcmpress_settings = settings
+    return app

@@ -1,0 +1,115 @@
+"""What the producer and the workers agree on: task names, messages, batch specs.
+
+A job message is small (one object reference and its batch id) so millions can sit in
+Redis; everything shared by a batch - source, destination, compression options - is
+stored once, as a :class:`BatchSpec`, in the ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from worker.errors import ConfigurationError
+from worker.settings import CompressionOptions
+
+TASK_COMPRESS = "dcmpress.compress_object"
+DEFAULT_QUEUE = "dcmpress"
+
+# Object metadata (x-amz-meta-*) dcmpress writes on every output. The marker lets
+# listeners and listings recognise our own outputs and never process them again.
+META_MARKER = "dcmpress-output"
+META_SOURCE_ETAG = "dcmpress-source-etag"
+META_SOURCE_KEY = "dcmpress-source-key"
+META_TRANSFER_SYNTAX = "dcmpress-transfer-syntax"
+META_BYTES_IN = "dcmpress-bytes-in"
+META_BYTES_OUT = "dcmpress-bytes-out"
+META_OUTCOME = "dcmpress-outcome"
+
+
+class S3Location(BaseModel):
+    """``s3://bucket/prefix``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bucket: str
+    prefix: str = ""
+
+    @classmethod
+    def parse(cls, url: str) -> S3Location:
+        """Parse ``s3://bucket[/prefix]`` or raise ConfigurationError."""
+        parsed = urlparse(url)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise ConfigurationError(f"{url!r} is not an s3://bucket/prefix URL")
+        return cls(bucket=parsed.netloc, prefix=parsed.path.lstrip("/"))
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+class JobMessage(BaseModel):
+    """One object to compress: the argument of the ``compress_object`` task.
+
+    ``target`` is informational (readable in Flower); the batch spec is authoritative.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    batch: str
+    bucket: str
+    key: str
+    etag: str | None = None
+    size: int | None = None
+    version_id: str | None = None
+    target: str | None = None
+
+
+class BatchSpec(BaseModel):
+    """Everything the objects of one batch share."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch: str
+    source: S3Location
+    dest: S3Location | None = Field(
+        default=None, description="Where outputs go; None only with in_place."
+    )
+    in_place: bool = False
+    options: CompressionOptions = CompressionOptions()
+    created: float = 0.0
+
+    def output_key(self, key: str) -> tuple[str, str]:
+        """(bucket, key) of the output of source ``key``: the key mirrored under dest."""
+        if self.in_place or self.dest is None:
+            return self.source.bucket, key
+        return self.dest.bucket, self.dest.prefix + key
+
+    def to_json(self) -> str:
+        """Serialised for the ledger."""
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> BatchSpec:
+        """Inverse of :meth:`to_json`."""
+        return cls.model_validate_json(raw)
+
+
+def default_batch_id(
+    source: S3Location, dest: S3Location | None, options: CompressionOptions
+) -> str:
+    """A stable batch id for the same job, so running the same command again resumes it.
+
+    Readable slug of the source bucket and targets, plus a short digest of everything.
+    """
+    identity: dict[str, Any] = {
+        "source": str(source),
+        "dest": str(dest) if dest else "in-place",
+        "options": options.model_dump(mode="json"),
+    }
+    digest = hashlib.sha256(repr(sorted(identity.items())).encode()).hexdigest()[:8]
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{source.bucket}-{'-'.join(options.target)}".lower())
+    return f"{slug.strip('-')[:40]}-{digest}"

@@ -1,0 +1,337 @@
+"""The ledger in Redis: batch specs, per-object outcomes, batch counters, claims.
+
+Every Redis key dcmpress uses is built by a function in this module's ``Keys`` class,
+so the whole scheme is on one screen. All keys but the claims expire
+``retention_days`` after their last update.
+
+Key (type) - content - lifetime
+- ``dcmpress:batches`` (zset) - batch ids scored by creation time - retention
+- ``dcmpress:batch:{b}`` (hash) - ``spec`` (BatchSpec JSON), ``checkpoint`` (listing
+  position), ``enqueued`` (keys sent), ``listing_done`` - retention
+- ``dcmpress:batch:{b}:counts`` (hash) - objects per state (queued, running, done,
+  skipped, failed), ``bytes_in``/``bytes_out`` of finished objects, ``code:{code}``
+  counts, ``stage:{name}`` seconds, ``started_at``/``finished_at`` - retention
+- ``dcmpress:batch:{b}:obj:{n}`` (hash, n < 1024) - object key -> compact record
+  (see :class:`Record`); sharded so each hash stays small - retention
+- ``dcmpress:batch:{b}:msg:{n}`` (hash) - object key -> message, only for skipped
+  and failed objects (a done object's message is derived) - retention
+- ``dcmpress:claim:{sha1(bucket/key)}`` (string) - owner of the object while a
+  worker processes it; deleted at the end - ``claim_ttl`` (just above the hard time
+  limit), so a killed worker's claim lapses
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, cast
+
+import redis
+
+from worker.contract import BatchSpec
+
+SHARDS = 1024
+TERMINAL = ("done", "skipped", "failed")
+STATES = ("queued", "running", *TERMINAL)
+_STATE_CHAR = {state: state[0] for state in STATES}
+_CHAR_STATE = {char: state for state, char in _STATE_CHAR.items()}
+
+
+class Keys:
+    """Builds every Redis key dcmpress uses."""
+
+    prefix = "dcmpress"
+
+    @classmethod
+    def batches(cls) -> str:
+        """Sorted set of batch ids by creation time."""
+        return f"{cls.prefix}:batches"
+
+    @classmethod
+    def batch(cls, batch: str) -> str:
+        """Hash: spec, checkpoint, enqueue progress."""
+        return f"{cls.prefix}:batch:{batch}"
+
+    @classmethod
+    def counts(cls, batch: str) -> str:
+        """Hash: counters of the batch."""
+        return f"{cls.prefix}:batch:{batch}:counts"
+
+    @classmethod
+    def objects(cls, batch: str, shard: int) -> str:
+        """Hash: object key -> record, one shard."""
+        return f"{cls.prefix}:batch:{batch}:obj:{shard}"
+
+    @classmethod
+    def messages(cls, batch: str, shard: int) -> str:
+        """Hash: object key -> message of a skipped or failed object, one shard."""
+        return f"{cls.prefix}:batch:{batch}:msg:{shard}"
+
+    @classmethod
+    def claim(cls, bucket: str, key: str) -> str:
+        """String: the owner of an object being processed."""
+        digest = hashlib.sha1(f"{bucket}/{key}".encode(), usedforsecurity=False).hexdigest()
+        return f"{cls.prefix}:claim:{digest}"
+
+
+def shard_of(key: str) -> int:
+    """The shard holding ``key``'s record."""
+    return zlib.crc32(key.encode()) % SHARDS
+
+
+@dataclass(frozen=True)
+class Record:
+    """One object's state, stored as a compact ``|``-separated string (~60 bytes)."""
+
+    state: str
+    code: str = ""
+    bytes_in: int = 0
+    bytes_out: int = 0
+    attempts: int = 0
+    target: str = ""
+    plugin: str = ""
+    millis: int = 0
+    worker: str = ""
+    etag: str = ""
+    updated: int = 0
+    lost: int = 0  # deliveries that died with their worker
+
+    def encode(self) -> str:
+        """The stored form."""
+        return "|".join(
+            (
+                _STATE_CHAR[self.state],
+                self.code,
+                str(self.bytes_in),
+                str(self.bytes_out),
+                str(self.attempts),
+                self.target,
+                self.plugin,
+                str(self.millis),
+                self.worker,
+                self.etag,
+                str(self.updated),
+                str(self.lost),
+            )
+        )
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> Record:
+        """Inverse of :meth:`encode`."""
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        parts = text.split("|")
+        return cls(
+            state=_CHAR_STATE[parts[0]],
+            code=parts[1],
+            bytes_in=int(parts[2]),
+            bytes_out=int(parts[3]),
+            attempts=int(parts[4]),
+            target=parts[5],
+            plugin=parts[6],
+            millis=int(parts[7]),
+            worker=parts[8],
+            etag=parts[9],
+            updated=int(parts[10]),
+            lost=int(parts[11]),
+        )
+
+    @property
+    def terminal(self) -> bool:
+        """True once the object is done, skipped or failed."""
+        return self.state in TERMINAL
+
+    def stamped(self, **changes: Any) -> Record:
+        """A copy with ``changes`` and the current time."""
+        return replace(self, updated=int(time.time()), **changes)
+
+
+def short_etag(etag: str | None) -> str:
+    """The ETag without quotes, cut to 16 characters: enough to notice a change."""
+    return (etag or "").strip('"')[:16]
+
+
+# Moves one object's record from its old state to its new one and keeps the batch
+# counters exact: the old state's contributions are removed, the new one's added.
+_TRANSITION = """
+local function split(s)
+  local out = {}
+  for part in (s .. '|'):gmatch('([^|]*)|') do out[#out + 1] = part end
+  return out
+end
+local names = {q='queued', r='running', d='done', s='skipped', f='failed'}
+local function terminal(c) return c == 'd' or c == 's' or c == 'f' end
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old then
+  local o = split(old)
+  redis.call('HINCRBY', KEYS[2], names[o[1]], -1)
+  if terminal(o[1]) then
+    redis.call('HINCRBY', KEYS[2], 'bytes_in', -tonumber(o[3]))
+    redis.call('HINCRBY', KEYS[2], 'bytes_out', -tonumber(o[4]))
+    redis.call('HINCRBY', KEYS[2], 'code:' .. o[2], -1)
+  end
+end
+local n = split(ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[2], names[n[1]], 1)
+if terminal(n[1]) then
+  redis.call('HINCRBY', KEYS[2], 'bytes_in', tonumber(n[3]))
+  redis.call('HINCRBY', KEYS[2], 'bytes_out', tonumber(n[4]))
+  redis.call('HINCRBY', KEYS[2], 'code:' .. n[2], 1)
+  redis.call('HSET', KEYS[2], 'finished_at', ARGV[5])
+end
+if n[1] == 'r' then redis.call('HSETNX', KEYS[2], 'started_at', ARGV[5]) end
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
+elseif old then
+  redis.call('HDEL', KEYS[3], ARGV[1])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return old
+"""
+
+# Deletes a claim only if we still own it (it may have lapsed and been re-taken).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+MAX_MESSAGE = 500
+
+
+class Ledger:
+    """Typed access to the ledger; one instance per process."""
+
+    def __init__(self, client: redis.Redis, retention_seconds: int) -> None:
+        self.redis = client
+        self.retention = retention_seconds
+        self._transition = client.register_script(_TRANSITION)
+        self._release = client.register_script(_RELEASE)
+
+    @classmethod
+    def from_url(cls, url: str, retention_seconds: int) -> Ledger:
+        """Connect with sane socket timeouts and retries on connection errors."""
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=10, socket_timeout=30, health_check_interval=30
+        )
+        return cls(client, retention_seconds)
+
+    # -- batches ---------------------------------------------------------------------
+
+    def save_batch(self, spec: BatchSpec) -> None:
+        """Store a batch spec (idempotent: the same id keeps its first creation time)."""
+        with self.redis.pipeline() as pipe:
+            pipe.hset(Keys.batch(spec.batch), "spec", spec.to_json())
+            pipe.zadd(Keys.batches(), {spec.batch: spec.created}, nx=True)
+            pipe.expire(Keys.batch(spec.batch), self.retention)
+            pipe.execute()
+
+    def get_batch(self, batch: str) -> BatchSpec | None:
+        """The spec of ``batch``, or None if unknown (or expired)."""
+        raw = self.redis.hget(Keys.batch(batch), "spec")
+        return BatchSpec.from_json(cast(bytes, raw)) if raw else None
+
+    def batch_ids(self) -> list[str]:
+        """All known batches, oldest first."""
+        return [b.decode() for b in cast(list[bytes], self.redis.zrange(Keys.batches(), 0, -1))]
+
+    def batch_info(self, batch: str) -> dict[str, str]:
+        """Checkpoint and enqueue progress fields of the batch hash."""
+        raw = cast(dict[bytes, bytes], self.redis.hgetall(Keys.batch(batch)))
+        return {k.decode(): v.decode() for k, v in raw.items() if k != b"spec"}
+
+    def set_checkpoint(self, batch: str, start_after: str, enqueued: int) -> None:
+        """Remember how far the listing got, after its keys were durably enqueued."""
+        self.redis.hset(
+            Keys.batch(batch), mapping={"checkpoint": start_after, "enqueued": enqueued}
+        )
+
+    def mark_listing_done(self, batch: str, enqueued: int) -> None:
+        """The whole listing was enqueued."""
+        self.redis.hset(
+            Keys.batch(batch),
+            mapping={"listing_done": int(time.time()), "enqueued": enqueued},
+        )
+
+    def counts(self, batch: str) -> dict[str, float]:
+        """The batch counters (states, bytes, codes, stage seconds, timestamps)."""
+        raw = cast(dict[bytes, bytes], self.redis.hgetall(Keys.counts(batch)))
+        return {k.decode(): float(v) for k, v in raw.items()}
+
+    def add_stage_seconds(self, batch: str, timings: dict[str, float]) -> None:
+        """Accumulate per-stage seconds for the batch."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for stage, seconds in timings.items():
+                pipe.hincrbyfloat(Keys.counts(batch), f"stage:{stage}", seconds)
+            pipe.execute()
+
+    # -- objects ---------------------------------------------------------------------
+
+    def get_record(self, batch: str, key: str) -> Record | None:
+        """The record of one object."""
+        raw = self.redis.hget(Keys.objects(batch, shard_of(key)), key)
+        return Record.decode(cast(bytes, raw)) if raw else None
+
+    def get_records(self, batch: str, keys: list[str]) -> list[Record | None]:
+        """Records of many objects in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hget(Keys.objects(batch, shard_of(key)), key)
+            raws = pipe.execute()
+        return [Record.decode(raw) if raw else None for raw in raws]
+
+    def get_message(self, batch: str, key: str) -> str:
+        """The stored message of a skipped or failed object ('' if none)."""
+        raw = self.redis.hget(Keys.messages(batch, shard_of(key)), key)
+        return cast(bytes, raw).decode() if raw else ""
+
+    def transition(self, batch: str, key: str, record: Record, message: str = "") -> None:
+        """Set ``key``'s record, keeping the batch counters exact (atomic)."""
+        self.transition_many(batch, [(key, record, message)])
+
+    def transition_many(self, batch: str, items: Iterable[tuple[str, Record, str]]) -> None:
+        """Several transitions in one round trip (each one atomic)."""
+        now = str(int(time.time()))
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key, record, message in items:
+                shard = shard_of(key)
+                self._transition(
+                    keys=[
+                        Keys.objects(batch, shard),
+                        Keys.counts(batch),
+                        Keys.messages(batch, shard),
+                    ],
+                    args=[key, record.encode(), message[:MAX_MESSAGE], self.retention, now],
+                    client=pipe,
+                )
+            pipe.execute()
+
+    def iter_records(self, batch: str) -> Iterator[tuple[str, Record, str]]:
+        """Every (key, record, message) of the batch, shard by shard (HSCAN, no KEYS)."""
+        for shard in range(SHARDS):
+            messages = {
+                k.decode(): v.decode()
+                for k, v in self.redis.hscan_iter(Keys.messages(batch, shard), count=1000)
+            }
+            for raw_key, raw in self.redis.hscan_iter(Keys.objects(batch, shard), count=1000):
+                key = raw_key.decode()
+                yield key, Record.decode(raw), messages.get(key, "")
+
+    # -- claims ----------------------------------------------------------------------
+
+    def claim(self, bucket: str, key: str, owner: str, ttl: int) -> bool:
+        """Take the object for ``owner`` unless another worker holds it."""
+        return bool(self.redis.set(Keys.claim(bucket, key), owner, nx=True, ex=ttl))
+
+    def claim_owner(self, bucket: str, key: str) -> str | None:
+        """Who holds the claim, if anyone."""
+        raw = self.redis.get(Keys.claim(bucket, key))
+        return cast(bytes, raw).decode() if raw else None
+
+    def release(self, bucket: str, key: str, owner: str) -> None:
+        """Give the claim back if we still hold it."""
+        self._release(keys=[Keys.claim(bucket, key)], args=[owner])

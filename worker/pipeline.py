@@ -1,0 +1,215 @@
+"""One object, end to end: claim -> fetch -> compress + verify -> upload -> record.
+
+Plain Python: the collaborators (storage, ledger) are arguments, so tests run it without
+Celery and benchmarks time each stage. The Celery task is a thin wrapper around
+:func:`process_object`; it maps :class:`~worker.errors.TransientError` to retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from worker import contract
+from worker.contract import BatchSpec, JobMessage
+from worker.engine import Result, process
+from worker.errors import PermanentError, TransientError
+from worker.ledger import Ledger, Record, short_etag
+from worker.storage import Fetched, Storage
+
+log = logging.getLogger(__name__)
+
+
+class ClaimHeld(TransientError):
+    """Another worker is processing this object right now; try again later."""
+
+
+@dataclass
+class Job:
+    """Everything one run of the pipeline needs."""
+
+    message: JobMessage
+    spec: BatchSpec
+    storage: Storage
+    ledger: Ledger
+    worker: str
+    claim_ttl: int
+    max_attempts: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def batch(self) -> str:
+        """The batch id."""
+        return self.message.batch
+
+    @property
+    def key(self) -> str:
+        """The source object key."""
+        return self.message.key
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a pipeline stage."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
+
+
+def process_object(job: Job) -> dict[str, Any]:
+    """Run the pipeline for one object and return its outcome (also recorded).
+
+    Raises ClaimHeld or TransientError for the caller to retry; records every
+    permanent outcome itself.
+    """
+    owner = f"{job.worker}:{uuid.uuid4().hex[:8]}"
+    if not job.ledger.claim(job.message.bucket, job.key, owner, job.claim_ttl):
+        raise ClaimHeld(f"s3://{job.message.bucket}/{job.key} is being processed elsewhere")
+    try:
+        return _run_claimed(job)
+    finally:
+        job.ledger.release(job.message.bucket, job.key, owner)
+
+
+def _run_claimed(job: Job) -> dict[str, Any]:
+    previous = job.ledger.get_record(job.batch, job.key)
+    if previous and previous.terminal and _same_source(previous, job.message):
+        # A duplicate delivery (redelivery, duplicate event): already finished.
+        return outcome(job, previous, job.ledger.get_message(job.batch, job.key))
+    lost = previous.lost if previous else 0
+    if previous and previous.state == "running":
+        lost += 1  # the last delivery died without finishing (its claim lapsed)
+        if lost >= job.max_attempts:
+            return finish_failure(
+                job,
+                PermanentError(
+                    "worker_lost",
+                    f"the worker died {lost} times on this object (crash, out of memory or "
+                    "hard time limit); not tried again",
+                ),
+                previous,
+            )
+    running = Record(
+        state="running",
+        attempts=(previous.attempts if previous else 0) + 1,
+        lost=lost,
+        worker=job.worker,
+        etag=short_etag(job.message.etag),
+    ).stamped()
+    job.ledger.transition(job.batch, job.key, running)
+    try:
+        with job.stage("fetch"):
+            fetched = job.storage.fetch(job.message.bucket, job.key, job.message.version_id)
+        result = _compress(job, fetched)
+        with job.stage("upload"):
+            output_url = _write(job, fetched, result)
+    except TransientError:
+        # back to queued so a retry is not mistaken for a dead worker
+        job.ledger.transition(job.batch, job.key, running.stamped(state="queued"))
+        raise
+    except PermanentError as exc:
+        return finish_failure(job, exc, running)
+    return _finish(job, running, fetched, result, output_url)
+
+
+def _same_source(record: Record, message: JobMessage) -> bool:
+    return not message.etag or record.etag == short_etag(message.etag)
+
+
+def _compress(job: Job, fetched: Fetched) -> Result:
+    if fetched.metadata.get(contract.META_MARKER):
+        # our own output (destination inside the source): never compress it again
+        return Result(
+            "skipped", "own_output", "a dcmpress output; not processed again",
+            len(fetched.data),
+        )  # fmt: skip
+    result = process(fetched.data, job.spec.options)
+    job.timings.update(result.timings)
+    return result
+
+
+def _write(job: Job, fetched: Fetched, result: Result) -> str | None:
+    """Upload the result or copy the source as the result says; return the output URL."""
+    spec = job.spec
+    bucket, key = spec.output_key(job.key)
+    metadata = {
+        contract.META_MARKER: "1",
+        contract.META_SOURCE_ETAG: fetched.etag,
+        contract.META_SOURCE_KEY: quote(job.key, safe="/"),  # metadata must be ASCII
+        contract.META_BYTES_IN: str(result.bytes_in),
+        contract.META_BYTES_OUT: str(result.bytes_out),
+        contract.META_OUTCOME: f"{result.state}/{result.code}",
+    }
+    if result.output is not None:
+        metadata[contract.META_TRANSFER_SYNTAX] = result.transfer_syntax or ""
+        if_match = fetched.etag if spec.in_place else None
+        job.storage.put(bucket, key, result.output, metadata, if_match=if_match)
+        return f"s3://{bucket}/{key}"
+    if result.copy_source and not spec.in_place:
+        job.storage.copy(job.message.bucket, job.key, fetched.version_id, bucket, key, metadata)
+        return f"s3://{bucket}/{key}"
+    return None  # in place: the source stays as it is; or nothing to write
+
+
+def _finish(
+    job: Job, running: Record, fetched: Fetched, result: Result, output_url: str | None
+) -> dict[str, Any]:
+    final = running.stamped(
+        state=result.state,
+        code=result.code,
+        bytes_in=result.bytes_in,
+        bytes_out=result.bytes_out if output_url else 0,
+        target=result.target or "",
+        plugin=result.plugin or "",
+        millis=int(sum(job.timings.values()) * 1000),
+        etag=short_etag(fetched.etag),
+    )
+    message = "" if result.state == "done" else result.message
+    with job.stage("record"):
+        job.ledger.transition(job.batch, job.key, final, message)
+        job.ledger.add_stage_seconds(job.batch, job.timings)
+    summary = outcome(job, final, result.message)
+    summary["output"] = output_url
+    log.info("object finished", extra={"dcmpress": summary})
+    return summary
+
+
+def finish_failure(job: Job, error: PermanentError, previous: Record | None) -> dict[str, Any]:
+    """Record a permanent failure (no output is written) and return the outcome."""
+    base = previous or Record(state="running")
+    final = base.stamped(
+        state="failed",
+        code=error.code,
+        bytes_in=job.message.size or 0,
+        bytes_out=0,
+        millis=int(sum(job.timings.values()) * 1000),
+    )
+    job.ledger.transition(job.batch, job.key, final, error.message)
+    summary = outcome(job, final, error.message)
+    log.info("object failed", extra={"dcmpress": summary})
+    return summary
+
+
+def outcome(job: Job, record: Record, message: str) -> dict[str, Any]:
+    """The task's return value: readable in Flower, JSON-serialisable."""
+    ratio = round(record.bytes_in / record.bytes_out, 3) if record.bytes_out else None
+    return {
+        "batch": job.batch,
+        "key": job.key,
+        "outcome": record.state,
+        "code": record.code,
+        "message": message or f"{record.target}/{record.plugin}",
+        "bytes_in": record.bytes_in,
+        "bytes_out": record.bytes_out,
+        "ratio": ratio,
+        "target": record.target or None,
+        "attempts": record.attempts,
+        "seconds": round(record.millis / 1000, 3),
+    }

@@ -1,0 +1,117 @@
+"""The Celery task: parse the message, run the pipeline, map errors to retry or record."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+
+from worker.contract import TASK_COMPRESS, BatchSpec, JobMessage
+from worker.errors import PermanentError, TransientError
+from worker.ledger import Ledger
+from worker.pipeline import ClaimHeld, Job, finish_failure, process_object
+from worker.settings import WorkerSettings
+from worker.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    """Per-process clients: created after the fork, never shared across processes."""
+
+    settings: WorkerSettings
+    storage: Storage
+    ledger: Ledger
+    pid: int = field(default_factory=os.getpid)
+    specs: dict[str, BatchSpec] = field(default_factory=dict)
+
+    def spec(self, batch: str) -> BatchSpec | None:
+        """The batch spec, cached for the life of the process (specs never change)."""
+        if batch not in self.specs:
+            spec = self.ledger.get_batch(batch)
+            if spec is None:
+                return None
+            self.specs[batch] = spec
+        return self.specs[batch]
+
+
+_context: Context | None = None
+
+
+def context() -> Context:
+    """This process's context, built on first use (and again after a fork)."""
+    global _context
+    if _context is None or _context.pid != os.getpid():
+        settings = WorkerSettings()
+        _context = Context(
+            settings=settings,
+            storage=Storage(settings),
+            ledger=Ledger.from_url(settings.redis_url, settings.retention_seconds),
+        )
+    return _context
+
+
+@worker_process_init.connect
+def _reset_context(**_: Any) -> None:
+    global _context
+    _context = None
+
+
+def backoff(retries: int, cap: int) -> float:
+    """Exponential backoff with full jitter: 1, 2, 4... seconds, at most ``cap``."""
+    return float(random.uniform(0.5, 1.0) * min(cap, 2**retries))
+
+
+@shared_task(name=TASK_COMPRESS, bind=True, acks_late=True, reject_on_worker_lost=True)
+def compress_object(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, Any]:
+    """Compress one object of a batch; the outcome is recorded in the ledger."""
+    ctx = context()
+    job_message = JobMessage.model_validate(message)
+    spec = ctx.spec(job_message.batch)
+    worker = f"{self.request.hostname or socket.gethostname()}/{os.getpid()}"
+    job = Job(
+        message=job_message,
+        spec=spec or BatchSpec(batch=job_message.batch, source={"bucket": job_message.bucket}),
+        storage=ctx.storage,
+        ledger=ctx.ledger,
+        worker=worker,
+        claim_ttl=ctx.settings.claim_ttl,
+        max_attempts=ctx.settings.max_attempts,
+    )
+    if spec is None:
+        return finish_failure(
+            job, PermanentError("unknown_batch", f"batch {job.batch!r} is not in the ledger"), None
+        )
+    try:
+        return process_object(job)
+    except ClaimHeld as exc:
+        # another delivery of the same object is running; look again later
+        raise self.retry(exc=exc, countdown=backoff(4, 60), max_retries=None) from exc
+    except TransientError as exc:
+        if self.request.retries >= ctx.settings.max_retries:
+            return finish_failure(
+                job,
+                PermanentError(
+                    "retries_exhausted", f"{exc} (after {self.request.retries} retries)"
+                ),
+                None,
+            )
+        delay = backoff(self.request.retries, ctx.settings.retry_backoff_max)
+        log.warning("transient error, retrying in %.1fs: %s", delay, exc)
+        raise self.retry(exc=exc, countdown=delay, max_retries=None) from exc
+    except SoftTimeLimitExceeded:
+        return finish_failure(
+            job,
+            PermanentError(
+                "time_limit", f"over task_soft_time_limit={ctx.settings.task_soft_time_limit}s"
+            ),
+            None,
+        )
