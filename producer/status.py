@@ -103,6 +103,7 @@ def render(status: BatchStatus, previous: BatchStatus | None = None) -> Table:
 
 def report_rows(ledger: Ledger, batch: str) -> Iterator[dict[str, Any]]:
     """One dict per object of the batch, in ledger order."""
+    workers = ledger.worker_names()
     for key, record, message in ledger.iter_records(batch):
         ratio = round(record.bytes_in / record.bytes_out, 4) if record.bytes_out else None
         yield {
@@ -117,7 +118,7 @@ def report_rows(ledger: Ledger, batch: str) -> Iterator[dict[str, Any]]:
             "plugin": record.plugin,
             "attempts": record.attempts,
             "seconds": record.millis / 1000,
-            "worker": record.worker,
+            "worker": workers.get(record.worker, record.worker),
             "etag": record.etag,
             "updated": record.updated,
         }

@@ -11,10 +11,11 @@ Key (type) - content - lifetime
 - ``dcmpress:batch:{b}:counts`` (hash) - objects per state (queued, running, done,
   skipped, failed), ``bytes_in``/``bytes_out`` of finished objects, ``code:{code}``
   counts, ``stage:{name}`` seconds, ``started_at``/``finished_at`` - retention
-- ``dcmpress:batch:{b}:obj:{n}`` (hash, n < 1024) - object key -> compact record
+- ``dcmpress:batch:{b}:obj:{n}`` (hash, n < 8192) - object key -> compact record
   (see :class:`Record`); sharded so each hash stays small - retention
 - ``dcmpress:batch:{b}:msg:{n}`` (hash) - object key -> message, only for skipped
   and failed objects (a done object's message is derived) - retention
+- ``dcmpress:workers`` (hash) - worker tag -> worker name (records keep the tag) - none
 - ``dcmpress:claim:{sha1(bucket/key)}`` (string) - owner of the object while a
   worker processes it; deleted at the end - ``claim_ttl`` (just above the hard time
   limit), so a killed worker's claim lapses
@@ -33,7 +34,9 @@ import redis
 
 from worker.contract import BatchSpec
 
-SHARDS = 1024
+# Shards per batch: with Redis's default small-hash limits (128 entries in Redis 7,
+# 512 in 6.2) a batch of up to ~1M objects stays in the compact listpack encoding.
+SHARDS = 8192
 TERMINAL = ("done", "skipped", "failed")
 STATES = ("queued", "running", *TERMINAL)
 _STATE_CHAR = {state: state[0] for state in STATES}
@@ -71,6 +74,11 @@ class Keys:
         return f"{cls.prefix}:batch:{batch}:msg:{shard}"
 
     @classmethod
+    def workers(cls) -> str:
+        """Hash: worker tag -> full worker name."""
+        return f"{cls.prefix}:workers"
+
+    @classmethod
     def claim(cls, bucket: str, key: str) -> str:
         """String: the owner of an object being processed."""
         digest = hashlib.sha1(f"{bucket}/{key}".encode(), usedforsecurity=False).hexdigest()
@@ -82,9 +90,34 @@ def shard_of(key: str) -> int:
     return zlib.crc32(key.encode()) % SHARDS
 
 
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+_IMPLIED_CODE = {"done": "compressed"}  # not stored: the only code a done object has
+
+
+def to_base36(number: int) -> str:
+    """Non-negative integer in base 36 (Lua reads it back with ``tonumber(s, 36)``)."""
+    if number <= 0:
+        return "0"
+    digits = []
+    while number:
+        number, rest = divmod(number, 36)
+        digits.append(_DIGITS[rest])
+    return "".join(reversed(digits))
+
+
+def worker_tag(name: str) -> str:
+    """A short, stable tag for a worker name (the full name is kept once, globally)."""
+    return to_base36(zlib.crc32(name.encode()))
+
+
 @dataclass(frozen=True)
 class Record:
-    """One object's state, stored as a compact ``|``-separated string (~60 bytes)."""
+    """One object's state, stored as a compact ``|``-separated string.
+
+    Integers are base 36, the code of a done object is implied, the worker is a tag
+    (see :meth:`Ledger.worker_name`), the ETag is cut to 12 characters: a finished
+    record is about 60 bytes, so small shards stay in Redis's compact listpack form.
+    """
 
     state: str
     code: str = ""
@@ -104,17 +137,17 @@ class Record:
         return "|".join(
             (
                 _STATE_CHAR[self.state],
-                self.code,
-                str(self.bytes_in),
-                str(self.bytes_out),
-                str(self.attempts),
+                "" if _IMPLIED_CODE.get(self.state) == self.code else self.code,
+                to_base36(self.bytes_in),
+                to_base36(self.bytes_out),
+                to_base36(self.attempts),
                 self.target,
                 self.plugin,
-                str(self.millis),
+                to_base36(self.millis),
                 self.worker,
                 self.etag,
-                str(self.updated),
-                str(self.lost),
+                to_base36(self.updated),
+                to_base36(self.lost),
             )
         )
 
@@ -123,19 +156,20 @@ class Record:
         """Inverse of :meth:`encode`."""
         text = raw.decode() if isinstance(raw, bytes) else raw
         parts = text.split("|")
+        state = _CHAR_STATE[parts[0]]
         return cls(
-            state=_CHAR_STATE[parts[0]],
-            code=parts[1],
-            bytes_in=int(parts[2]),
-            bytes_out=int(parts[3]),
-            attempts=int(parts[4]),
+            state=state,
+            code=parts[1] or _IMPLIED_CODE.get(state, ""),
+            bytes_in=int(parts[2], 36),
+            bytes_out=int(parts[3], 36),
+            attempts=int(parts[4], 36),
             target=parts[5],
             plugin=parts[6],
-            millis=int(parts[7]),
+            millis=int(parts[7], 36),
             worker=parts[8],
             etag=parts[9],
-            updated=int(parts[10]),
-            lost=int(parts[11]),
+            updated=int(parts[10], 36),
+            lost=int(parts[11], 36),
         )
 
     @property
@@ -149,8 +183,8 @@ class Record:
 
 
 def short_etag(etag: str | None) -> str:
-    """The ETag without quotes, cut to 16 characters: enough to notice a change."""
-    return (etag or "").strip('"')[:16]
+    """The ETag without quotes, cut to 12 characters: enough to notice a change."""
+    return (etag or "").strip('"')[:12]
 
 
 # Moves one object's record from its old state to its new one and keeps the batch
@@ -163,23 +197,24 @@ local function split(s)
 end
 local names = {q='queued', r='running', d='done', s='skipped', f='failed'}
 local function terminal(c) return c == 'd' or c == 's' or c == 'f' end
+local function code(r) if r[2] == '' and r[1] == 'd' then return 'compressed' end return r[2] end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old then
   local o = split(old)
   redis.call('HINCRBY', KEYS[2], names[o[1]], -1)
   if terminal(o[1]) then
-    redis.call('HINCRBY', KEYS[2], 'bytes_in', -tonumber(o[3]))
-    redis.call('HINCRBY', KEYS[2], 'bytes_out', -tonumber(o[4]))
-    redis.call('HINCRBY', KEYS[2], 'code:' .. o[2], -1)
+    redis.call('HINCRBY', KEYS[2], 'bytes_in', -tonumber(o[3], 36))
+    redis.call('HINCRBY', KEYS[2], 'bytes_out', -tonumber(o[4], 36))
+    redis.call('HINCRBY', KEYS[2], 'code:' .. code(o), -1)
   end
 end
 local n = split(ARGV[2])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[2], names[n[1]], 1)
 if terminal(n[1]) then
-  redis.call('HINCRBY', KEYS[2], 'bytes_in', tonumber(n[3]))
-  redis.call('HINCRBY', KEYS[2], 'bytes_out', tonumber(n[4]))
-  redis.call('HINCRBY', KEYS[2], 'code:' .. n[2], 1)
+  redis.call('HINCRBY', KEYS[2], 'bytes_in', tonumber(n[3], 36))
+  redis.call('HINCRBY', KEYS[2], 'bytes_out', tonumber(n[4], 36))
+  redis.call('HINCRBY', KEYS[2], 'code:' .. code(n), 1)
   redis.call('HSET', KEYS[2], 'finished_at', ARGV[5])
 end
 if n[1] == 'r' then redis.call('HSETNX', KEYS[2], 'started_at', ARGV[5]) end
@@ -311,15 +346,31 @@ class Ledger:
             pipe.execute()
 
     def iter_records(self, batch: str) -> Iterator[tuple[str, Record, str]]:
-        """Every (key, record, message) of the batch, shard by shard (HSCAN, no KEYS)."""
-        for shard in range(SHARDS):
-            messages = {
-                k.decode(): v.decode()
-                for k, v in self.redis.hscan_iter(Keys.messages(batch, shard), count=1000)
-            }
-            for raw_key, raw in self.redis.hscan_iter(Keys.objects(batch, shard), count=1000):
-                key = raw_key.decode()
-                yield key, Record.decode(raw), messages.get(key, "")
+        """Every (key, record, message) of the batch, shard by shard (no KEYS scan)."""
+        group = 256  # shards fetched per round trip; each shard is small
+        for first in range(0, SHARDS, group):
+            with self.redis.pipeline(transaction=False) as pipe:
+                for shard in range(first, min(first + group, SHARDS)):
+                    pipe.hgetall(Keys.objects(batch, shard))
+                    pipe.hgetall(Keys.messages(batch, shard))
+                replies = pipe.execute()
+            for records, messages in zip(replies[::2], replies[1::2], strict=True):
+                for raw_key, raw in sorted(records.items()):
+                    message = messages.get(raw_key, b"").decode()
+                    yield raw_key.decode(), Record.decode(raw), message
+
+    # -- workers ---------------------------------------------------------------------
+
+    def register_worker(self, name: str) -> str:
+        """Remember ``name`` under its short tag; return the tag."""
+        tag = worker_tag(name)
+        self.redis.hset(Keys.workers(), tag, name)
+        return tag
+
+    def worker_names(self) -> dict[str, str]:
+        """Worker tag -> full name."""
+        raw = cast(dict[bytes, bytes], self.redis.hgetall(Keys.workers()))
+        return {k.decode(): v.decode() for k, v in raw.items()}
 
     # -- claims ----------------------------------------------------------------------
 

@@ -32,6 +32,14 @@ class Context:
     ledger: Ledger
     pid: int = field(default_factory=os.getpid)
     specs: dict[str, BatchSpec] = field(default_factory=dict)
+    worker: str = ""  # this process's tag in the ledger
+
+    def worker_tag(self, hostname: str | None) -> str:
+        """Register this process (host/pid) once and return its short tag."""
+        if not self.worker:
+            name = f"{hostname or socket.gethostname()}/{self.pid}"
+            self.worker = self.ledger.register_worker(name)
+        return self.worker
 
     def spec(self, batch: str) -> BatchSpec | None:
         """The batch spec, cached for the life of the process (specs never change)."""
@@ -76,7 +84,7 @@ def compress_object(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, 
     ctx = context()
     job_message = JobMessage.model_validate(message)
     spec = ctx.spec(job_message.batch)
-    worker = f"{self.request.hostname or socket.gethostname()}/{os.getpid()}"
+    worker = ctx.worker_tag(self.request.hostname)
     job = Job(
         message=job_message,
         spec=spec or BatchSpec(batch=job_message.batch, source={"bucket": job_message.bucket}),

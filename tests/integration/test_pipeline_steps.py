@@ -1,0 +1,278 @@
+"""The pipeline and producer in-process against the real Redis and S3 servers.
+
+Failure injection (a fetch that fails, a listing that breaks off, an object changed
+mid-flight) uses monkeypatching; everything else is real.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages
+from producer.samples import make_image, to_bytes
+from producer.sources import KeyFilter, ObjectRef, listing_pages
+from producer.stack import SeaweedS3
+from tests.support import independent_decode, read, source_pixels
+from worker.contract import BatchSpec, JobMessage, S3Location
+from worker.errors import TransientError
+from worker.ledger import Ledger, Record
+from worker.pipeline import ClaimHeld, Job, process_object
+from worker.settings import CompressionOptions, WorkerSettings
+from worker.storage import Storage
+
+pytestmark = pytest.mark.integration
+
+
+def make_job(
+    ledger: Ledger,
+    storage: Storage,
+    spec: BatchSpec,
+    key: str,
+    etag: str | None = None,
+    max_attempts: int = 3,
+) -> Job:
+    """A pipeline job for ``key`` of ``spec``'s source bucket."""
+    ledger.save_batch(spec)
+    message = JobMessage(batch=spec.batch, bucket=spec.source.bucket, key=key, etag=etag)
+    return Job(message, spec, storage, ledger, "test-worker", 60, max_attempts)
+
+
+def spec_for(source: str, dest: str | None, **options: Any) -> BatchSpec:
+    """A fresh batch spec."""
+    return BatchSpec(
+        batch=f"t-{uuid.uuid4().hex[:8]}",
+        source=S3Location(bucket=source),
+        dest=S3Location(bucket=dest, prefix="out/") if dest else None,
+        in_place=dest is None,
+        options=CompressionOptions(**options),
+        created=time.time(),
+    )
+
+
+def test_a_held_claim_makes_the_second_delivery_wait(
+    ledger: Ledger, storage: Storage, s3_server: SeaweedS3, bucket_pair: tuple[str, str]
+) -> None:
+    source, dest = bucket_pair
+    s3_server.client().put_object(Bucket=source, Key="k.dcm", Body=to_bytes(make_image(40, 40)))
+    job = make_job(ledger, storage, spec_for(source, dest), "k.dcm")
+    assert ledger.claim(source, "k.dcm", "someone-else", 30)
+    with pytest.raises(ClaimHeld):
+        process_object(job)
+    assert ledger.get_record(job.batch, "k.dcm") is None  # nothing recorded meanwhile
+    ledger.release(source, "k.dcm", "someone-else")
+    assert process_object(job)["outcome"] == "done"
+    assert ledger.claim_owner(source, "k.dcm") is None  # released after the work
+
+
+def test_a_duplicate_delivery_of_a_finished_object_does_no_work(
+    ledger: Ledger, storage: Storage, s3_server: SeaweedS3, bucket_pair: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    source, dest = bucket_pair
+    s3_server.client().put_object(Bucket=source, Key="k.dcm", Body=to_bytes(make_image(40, 40)))
+    etag = s3_server.client().head_object(Bucket=source, Key="k.dcm")["ETag"]
+    job = make_job(ledger, storage, spec_for(source, dest), "k.dcm", etag=etag)
+    first = process_object(job)
+
+    def no_fetch(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a finished object was fetched again")
+
+    monkeypatch.setattr(storage, "fetch", no_fetch)
+    again = process_object(make_job(ledger, storage, job.spec, "k.dcm", etag=etag))
+    assert (again["outcome"], again["bytes_out"]) == (first["outcome"], first["bytes_out"])
+    assert ledger.counts(job.batch)["done"] == 1
+
+
+def test_transient_fetch_errors_leave_the_object_queued_for_retry(
+    ledger: Ledger, storage: Storage, s3_server: SeaweedS3, bucket_pair: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    source, dest = bucket_pair
+    s3_server.client().put_object(Bucket=source, Key="k.dcm", Body=to_bytes(make_image(40, 40)))
+    job = make_job(ledger, storage, spec_for(source, dest), "k.dcm")
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        raise TransientError("fetch: 503 SlowDown")
+
+    monkeypatch.setattr(storage, "fetch", flaky)
+    with pytest.raises(TransientError):
+        process_object(job)
+    record = ledger.get_record(job.batch, "k.dcm")
+    assert record is not None and record.state == "queued" and record.lost == 0
+    assert ledger.claim_owner(source, "k.dcm") is None
+
+
+def test_an_object_whose_worker_keeps_dying_is_recorded_worker_lost(
+    ledger: Ledger, storage: Storage, s3_server: SeaweedS3, bucket_pair: tuple[str, str]
+) -> None:
+    source, dest = bucket_pair
+    s3_server.client().put_object(Bucket=source, Key="k.dcm", Body=to_bytes(make_image(40, 40)))
+    job = make_job(ledger, storage, spec_for(source, dest), "k.dcm", max_attempts=2)
+    # two earlier deliveries started and never finished (their workers were killed)
+    ledger.transition(job.batch, "k.dcm", Record(state="running", attempts=2, lost=1).stamped())
+    result = process_object(job)
+    assert (result["outcome"], result["code"]) == ("failed", "worker_lost")
+    counts = ledger.counts(job.batch)
+    assert (counts.get("running"), counts.get("failed")) == (0, 1)
+
+
+def test_missing_source_is_a_permanent_failure(
+    ledger: Ledger, storage: Storage, bucket_pair: tuple[str, str]
+) -> None:
+    source, dest = bucket_pair
+    result = process_object(make_job(ledger, storage, spec_for(source, dest), "gone.dcm"))
+    assert (result["outcome"], result["code"]) == ("failed", "source_missing")
+
+
+def test_in_place_replaces_the_source_only_if_unchanged(
+    ledger: Ledger, storage: Storage, s3_server: SeaweedS3, bucket_pair: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    source, _ = bucket_pair
+    client = s3_server.client()
+    ds = make_image(64, 64, bits_stored=12)
+    client.put_object(Bucket=source, Key="a.dcm", Body=to_bytes(ds))
+    spec = spec_for(source, None)
+    result = process_object(make_job(ledger, storage, spec, "a.dcm"))
+    assert result["outcome"] == "done"
+    replaced = client.get_object(Bucket=source, Key="a.dcm")["Body"].read()
+    np.testing.assert_array_equal(independent_decode(replaced), source_pixels(ds))
+
+    # someone rewrites the source between our fetch and our write: we must not clobber it
+    client.put_object(Bucket=source, Key="b.dcm", Body=to_bytes(ds))
+    real_process = __import__("worker.pipeline", fromlist=["process"]).process
+
+    def concurrent_writer(data: bytes, options: CompressionOptions) -> Any:
+        client.put_object(Bucket=source, Key="b.dcm", Body=to_bytes(make_image(64, 64, seed=9)))
+        return real_process(data, options)
+
+    monkeypatch.setattr("worker.pipeline.process", concurrent_writer)
+    changed = process_object(make_job(ledger, storage, spec, "b.dcm"))
+    assert (changed["outcome"], changed["code"]) == ("failed", "source_changed")
+    kept = read(client.get_object(Bucket=source, Key="b.dcm")["Body"].read())
+    assert not kept.file_meta.TransferSyntaxUID.is_compressed  # the other writer's object
+
+
+def test_large_objects_use_a_spool_file_and_multipart_upload(
+    ledger: Ledger, s3_server: SeaweedS3, bucket_pair: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("DCMPRESS_MULTIPART_THRESHOLD_MB", "5")
+    storage = Storage(WorkerSettings())
+    source, dest = bucket_pair
+    ds = make_image(1024, 1024, frames=4, bits_stored=12)  # 8 MiB of pixels
+    data = to_bytes(ds)
+    s3_server.client().put_object(Bucket=source, Key="big.dcm", Body=data)
+    uploads: list[str] = []
+    real_upload = storage.client.upload_fileobj
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        uploads.append(args[2])
+        return real_upload(*args, **kwargs)
+
+    monkeypatch.setattr(storage.client, "upload_fileobj", spy)
+    spec = spec_for(source, dest, target=["rle"], min_ratio=0)
+    result = process_object(make_job(ledger, storage, spec, "big.dcm"))
+    assert result["outcome"] == "done", result
+    head = s3_server.client().head_object(Bucket=dest, Key="out/big.dcm")
+    if result["bytes_out"] > 5 * 1024 * 1024:
+        assert uploads == ["out/big.dcm"]
+        assert "-" in head["ETag"]  # a multipart ETag
+    output = s3_server.client().get_object(Bucket=dest, Key="out/big.dcm")["Body"].read()
+    np.testing.assert_array_equal(independent_decode(output), source_pixels(ds))
+
+
+def _pages_then_break(pages: Iterator[Any], after: int) -> Iterator[Any]:
+    for index, page in enumerate(pages):
+        if index == after:
+            raise TransientError("list: connection reset (injected)")
+        yield page
+
+
+def test_interrupted_enqueue_resumes_after_its_checkpoint(
+    ledger: Ledger, storage: Storage, s3_server: SeaweedS3, bucket_pair: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    source, dest = bucket_pair
+    client = s3_server.client()
+    keys = [f"k/{index:03d}.dcm" for index in range(25)]
+    for key in keys:
+        client.put_object(Bucket=source, Key=key, Body=b"x" * 10)
+    spec = spec_for(source, dest)
+    ledger.save_batch(spec)
+    sent: list[str] = []
+
+    class FakeApp:  # records what would be published; the broker is not under test here
+        def producer_or_acquire(self) -> Any:
+            import contextlib
+
+            return contextlib.nullcontext(None)
+
+        def send_task(self, name: str, args: list[dict[str, Any]], **kwargs: Any) -> None:
+            sent.append(args[0]["key"])
+
+    enqueuer = Enqueuer(FakeApp(), ledger, spec, "q")  # type: ignore[arg-type]
+    real_pages = storage.list_pages
+    monkeypatch.setattr(
+        storage, "list_pages", lambda *a, **k: real_pages(*a, **{**k, "page_size": 10})
+    )
+    pages = listing_pages(storage, source, "", "", KeyFilter())
+    with pytest.raises(TransientError):
+        enqueue_pages(enqueuer, _pages_then_break(pages, 2), EnqueueReport(spec.batch), False)
+    info = ledger.batch_info(spec.batch)
+    assert info["checkpoint"] == keys[19] and "listing_done" not in info
+    resumed = listing_pages(storage, source, "", info["checkpoint"], KeyFilter())
+    report = enqueue_pages(enqueuer, resumed, EnqueueReport(spec.batch), True)
+    assert report.enqueued == 5
+    assert sorted(sent) == keys  # every key exactly once
+    assert "listing_done" in ledger.batch_info(spec.batch)
+    assert ledger.counts(spec.batch)["queued"] == 25
+
+
+def test_enqueue_filters_and_never_takes_our_own_outputs(
+    storage: Storage, s3_server: SeaweedS3, bucket_pair: tuple[str, str]
+) -> None:
+    source, _ = bucket_pair
+    client = s3_server.client()
+    for key in ("a.dcm", "b.DCM", "c.txt", "out/a.dcm", "folder/"):
+        client.put_object(Bucket=source, Key=key, Body=b"x" * 20)
+    client.put_object(Bucket=source, Key="tiny.dcm", Body=b"x")
+    key_filter = KeyFilter(suffixes=(".dcm",), exclude_prefixes=("out/",), min_size=2)
+    refs: list[ObjectRef] = []
+    for page, _ in listing_pages(storage, source, "", "", key_filter):
+        refs.extend(page)
+    assert [ref.key for ref in refs] == ["a.dcm", "b.DCM"]
+    assert key_filter.rejected == {
+        "suffix": 1, "excluded prefix": 1, "folder marker": 1, "size": 1,
+    }  # fmt: skip
+
+
+def test_a_finished_record_takes_under_200_bytes_of_redis(ledger: Ledger) -> None:
+    """100,000 finished objects, keys like real archives' (~40 characters)."""
+    batch = f"mem-{uuid.uuid4().hex[:6]}"
+    count = 100_000
+    before = int(ledger.redis.info("memory")["used_memory"])
+    record = Record(
+        state="done", code="compressed", bytes_in=526_336, bytes_out=211_002, attempts=1,
+        target="jpeg-ls", plugin="pyjpegls", millis=412,
+        worker=ledger.register_worker("celery@node-7/12345"),
+        etag="9a0364b9e99b", updated=int(time.time()),
+    )  # fmt: skip
+    chunk = 5_000
+    for start in range(0, count, chunk):
+        ledger.transition_many(
+            batch,
+            ((f"studies/2024/{i:07d}/series-1/IM{i:06d}.dcm", record, "") for i in
+             range(start, start + chunk)),
+        )  # fmt: skip
+    used = int(ledger.redis.info("memory")["used_memory"]) - before
+    per_object = used / count
+    print(f"ledger: {per_object:.1f} bytes per finished object (key 38 chars)")
+    assert ledger.counts(batch)["done"] == count
+    assert per_object < 200
