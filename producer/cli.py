@@ -479,3 +479,24 @@ def report(
         with output.open("w", newline="") as handle:
             count = write_report(rows, handle, format)
     Console(stderr=True).print(f"{count} rows")
+
+
+@app.command()
+def demo(
+    target: Annotated[str, typer.Option(help="Target(s), comma-separated.")] = "jpeg-ls",
+    workers: Annotated[int, typer.Option(help="Celery worker processes.")] = 2,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the stack up (until Ctrl-C) and print its env.")
+    ] = False,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Where the servers keep data (default: a temp dir).")
+    ] = None,
+) -> None:
+    """Run everything locally: Redis, an S3 server, workers, sample data, one batch."""
+    from producer.demo import run_demo  # the stack module is only needed here
+
+    options = build_options({"target": target})
+    try:
+        run_demo(options, workers, keep, workdir, Console())
+    except RuntimeError as exc:  # a service would not start: say which and why
+        raise _fail(str(exc)) from None

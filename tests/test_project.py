@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from worker.errors import CODES
-from worker.settings import CompressionOptions
+from worker.settings import CompressionOptions, WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -37,8 +38,9 @@ def test_every_outcome_code_is_documented_in_the_readme() -> None:
     assert documented == set(CODES)
 
 
-def test_every_setting_is_documented_in_the_readme() -> None:
-    for name in CompressionOptions.model_fields:
+@pytest.mark.parametrize("model", [CompressionOptions, WorkerSettings])
+def test_every_setting_is_documented_in_the_readme(model: type[BaseModel]) -> None:
+    for name in model.model_fields:
         assert f"`DCMPRESS_{name.upper()}`" in README
 
 
@@ -54,6 +56,5 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert _block_after("test-command") == 'python -m pip install -e ".[test]" && python -m pytest'
 
 
-def test_quick_start_runs_the_compress_command_on_samples() -> None:
-    command = _block_after("quickstart-command")
-    assert "dcmpress samples" in command and "dcmpress compress" in command
+def test_quick_start_runs_the_demo() -> None:
+    assert _block_after("quickstart-command") == 'python -m pip install ".[demo]" && dcmpress demo'

@@ -16,9 +16,9 @@ Key (type) - content - lifetime
 - ``dcmpress:batch:{b}:msg:{n}`` (hash) - object key -> message, only for skipped
   and failed objects (a done object's message is derived) - retention
 - ``dcmpress:workers`` (hash) - worker tag -> worker name (records keep the tag) - none
-- ``dcmpress:claim:{sha1(bucket/key)}`` (string) - owner of the object while a
-  worker processes it; deleted at the end - ``claim_ttl`` (just above the hard time
-  limit), so a killed worker's claim lapses
+- ``dcmpress:claim:{sha1(bucket/key)}`` (string) - owner (``host:pid:nonce``) of the
+  object while a worker processes it; renewed by a heartbeat, deleted at the end -
+  ``claim_ttl``, so a killed worker's claim lapses within a minute
 """
 
 from __future__ import annotations
@@ -235,6 +235,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# Extends a claim only if we still own it.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 MAX_MESSAGE = 500
 
 
@@ -246,6 +252,7 @@ class Ledger:
         self.retention = retention_seconds
         self._transition = client.register_script(_TRANSITION)
         self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(_RENEW)
 
     @classmethod
     def from_url(cls, url: str, retention_seconds: int) -> Ledger:
@@ -384,5 +391,9 @@ class Ledger:
         return cast(bytes, raw).decode() if raw else None
 
     def release(self, bucket: str, key: str, owner: str) -> None:
-        """Give the claim back if we still hold it."""
+        """Give the claim back if we (``owner``) still hold it."""
         self._release(keys=[Keys.claim(bucket, key)], args=[owner])
+
+    def renew(self, bucket: str, key: str, owner: str, ttl: int) -> bool:
+        """Extend our claim by ``ttl`` seconds; False if it is no longer ours."""
+        return bool(self._renew(keys=[Keys.claim(bucket, key)], args=[owner, ttl]))

@@ -8,6 +8,9 @@ Celery and benchmarks time each stage. The Celery task is a thin wrapper around
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -69,13 +72,60 @@ def process_object(job: Job) -> dict[str, Any]:
     Raises ClaimHeld or TransientError for the caller to retry; records every
     permanent outcome itself.
     """
-    owner = f"{job.worker}:{uuid.uuid4().hex[:8]}"
-    if not job.ledger.claim(job.message.bucket, job.key, owner, job.claim_ttl):
-        raise ClaimHeld(f"s3://{job.message.bucket}/{job.key} is being processed elsewhere")
+    bucket, key = job.message.bucket, job.key
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    if not job.ledger.claim(bucket, key, owner, job.claim_ttl):
+        holder = job.ledger.claim_owner(bucket, key)
+        if holder is None or not _holder_died_here(holder):
+            raise ClaimHeld(f"s3://{bucket}/{key} is being processed by {holder}")
+        # its process died on this host (pool child killed): take over at once
+        job.ledger.release(bucket, key, holder)
+        if not job.ledger.claim(bucket, key, owner, job.claim_ttl):
+            raise ClaimHeld(f"s3://{bucket}/{key} was taken over by another worker")
+    heartbeat = _Heartbeat(job.ledger, bucket, key, owner, job.claim_ttl)
+    heartbeat.start()
     try:
         return _run_claimed(job)
     finally:
-        job.ledger.release(job.message.bucket, job.key, owner)
+        heartbeat.stop()
+        job.ledger.release(bucket, key, owner)
+
+
+def _holder_died_here(holder: str) -> bool:
+    """True if the claim's owner was a process on this host that no longer runs."""
+    host, _, rest = holder.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie is dead
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
+class _Heartbeat(threading.Thread):
+    """Renews the object's claim while it is processed, so only a dead worker loses it."""
+
+    def __init__(self, ledger: Ledger, bucket: str, key: str, owner: str, ttl: int) -> None:
+        super().__init__(daemon=True, name="dcmpress-claim-heartbeat")
+        self.args_ = (ledger, bucket, key, owner, ttl)
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        ledger, bucket, key, owner, ttl = self.args_
+        while not self.stopped.wait(ttl / 4):
+            try:
+                if not ledger.renew(bucket, key, owner, ttl):
+                    return
+            except Exception:  # a Redis hiccup: try again next beat
+                log.warning("claim heartbeat failed", exc_info=True)
+
+    def stop(self) -> None:
+        self.stopped.set()
 
 
 def _run_claimed(job: Job) -> dict[str, Any]:

@@ -132,8 +132,8 @@ class WorkerSettings(BaseSettings):
 
     The time limits are chosen together: Redis's ``visibility_timeout`` must exceed the
     hard time limit, or a message is delivered again while its task still runs; the
-    per-object claim lives a little longer than the hard limit, so a killed worker's
-    object becomes workable again soon after its message is restored.
+    per-object claim is kept alive by a heartbeat, so a killed worker's object becomes
+    workable again within ``claim_ttl`` once its message is restored.
     """
 
     model_config = SettingsConfigDict(env_prefix="DCMPRESS_", extra="ignore", frozen=True)
@@ -202,10 +202,12 @@ class WorkerSettings(BaseSettings):
             raise ValueError("visibility_timeout must exceed task_time_limit")
         return self
 
-    @property
-    def claim_ttl(self) -> int:
-        """Seconds a per-object claim lives: just beyond the hard time limit."""
-        return self.task_time_limit + 30
+    claim_ttl: int = Field(
+        default=60,
+        ge=5,
+        description="Seconds a per-object claim outlives its last heartbeat (renewed every "
+        "quarter of it while the object is processed).",
+    )
 
     @property
     def retention_seconds(self) -> int:

@@ -95,28 +95,30 @@ class Storage:
         )
 
     def fetch(self, bucket: str, key: str, version_id: str | None = None) -> Fetched:
-        """Download an object. Large ones go through a temporary file, not two buffers."""
+        """Download an object in one request; a large one is spooled through a
+        temporary file in chunks, so the body is never buffered twice."""
         extra = {"VersionId": version_id} if version_id else {}
         try:
-            head = self.client.head_object(Bucket=bucket, Key=key, **extra)
-            if int(head["ContentLength"]) > self.threshold:
-                with tempfile.TemporaryFile() as spool:
-                    self.client.download_fileobj(
-                        bucket, key, spool, ExtraArgs=extra or None, Config=self.transfer
-                    )
-                    spool.seek(0)
-                    data = spool.read()
-            else:
-                response = self.client.get_object(Bucket=bucket, Key=key, **extra)
-                with response["Body"] as body:
+            response = self.client.get_object(Bucket=bucket, Key=key, **extra)
+            body = response["Body"]
+            try:
+                if int(response.get("ContentLength", 0)) > self.threshold:
+                    with tempfile.TemporaryFile() as spool:
+                        for chunk in body.iter_chunks(chunk_size=8 * 1024 * 1024):
+                            spool.write(chunk)
+                        spool.seek(0)
+                        data = spool.read()
+                else:
                     data = body.read()
+            finally:
+                body.close()
         except (ClientError, BotoCoreError) as exc:
             raise classify(exc, f"fetch s3://{bucket}/{key}") from exc
         return Fetched(
             data=data,
-            etag=str(head.get("ETag", "")).strip('"'),
-            version_id=head.get("VersionId"),
-            metadata=dict(head.get("Metadata", {})),
+            etag=str(response.get("ETag", "")).strip('"'),
+            version_id=response.get("VersionId"),
+            metadata=dict(response.get("Metadata", {})),
         )
 
     def put(

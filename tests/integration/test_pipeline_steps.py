@@ -166,7 +166,7 @@ def test_large_objects_use_a_spool_file_and_multipart_upload(
     monkeypatch.setenv("DCMPRESS_MULTIPART_THRESHOLD_MB", "5")
     storage = Storage(WorkerSettings())
     source, dest = bucket_pair
-    ds = make_image(1024, 1024, frames=4, bits_stored=12)  # 8 MiB of pixels
+    ds = make_image(1024, 1024, frames=6, bits_stored=12)  # 12 MiB of pixels
     data = to_bytes(ds)
     s3_server.client().put_object(Bucket=source, Key="big.dcm", Body=data)
     uploads: list[str] = []
@@ -181,9 +181,9 @@ def test_large_objects_use_a_spool_file_and_multipart_upload(
     result = process_object(make_job(ledger, storage, spec, "big.dcm"))
     assert result["outcome"] == "done", result
     head = s3_server.client().head_object(Bucket=dest, Key="out/big.dcm")
-    if result["bytes_out"] > 5 * 1024 * 1024:
-        assert uploads == ["out/big.dcm"]
-        assert "-" in head["ETag"]  # a multipart ETag
+    assert result["bytes_out"] > 5 * 1024 * 1024
+    assert uploads == ["out/big.dcm"]
+    assert "-" in head["ETag"]  # a multipart ETag
     output = s3_server.client().get_object(Bucket=dest, Key="out/big.dcm")["Body"].read()
     np.testing.assert_array_equal(independent_decode(output), source_pixels(ds))
 

@@ -1,0 +1,39 @@
+"""`dcmpress demo` runs the whole main job with its own local stack."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_compresses_the_sample_bucket_and_cleans_up(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DCMPRESS_", "AWS_"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "producer", "demo", "--workdir", str(tmp_path), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "COLUMNS": "200"},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "enqueued   15 jobs" in out
+    for expected in ("compressed", "already_compressed", "no_pixel_data", "not_dicom"):
+        assert expected in out
+    assert "complete" in out
+    # every service it started is gone: no process still has the workdir open
+    leftovers = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(tmp_path) in cmdline.read_text():
+                leftovers.append(cmdline.parent.name)
+        except OSError:
+            continue
+    assert leftovers == []
