@@ -70,6 +70,7 @@ def run_demo(
         report = enqueue_pages(enqueuer, pages, EnqueueReport(spec.batch), resuming=False)
         console.print(f"  enqueued   {report.enqueued} jobs in batch 'demo'")
         _watch(ledger, spec.batch, console)
+        console.print()
         console.print(_outcomes(ledger, spec.batch))
         if keep:
             _keep_running(env, console)
@@ -103,8 +104,8 @@ def _watch(ledger: Ledger, batch: str, console: Console) -> None:
 def _outcomes(ledger: Ledger, batch: str) -> Table:
     table = Table(title="outcome per object")
     table.add_column("key", no_wrap=True)
-    for column in ("state", "code", "ratio"):
-        table.add_column(column, no_wrap=True)
+    for column, width in (("state", 7), ("code", 18), ("ratio", 5)):
+        table.add_column(column, no_wrap=True, min_width=width)
     table.add_column("message", overflow="ellipsis", no_wrap=True)
     for row in sorted(report_rows(ledger, batch), key=lambda row: str(row["key"])):
         ratio = f"{row['ratio']:.2f}" if row["ratio"] else "-"
@@ -119,6 +120,7 @@ def _keep_running(env: dict[str, str], console: Console) -> None:
     for name, value in sorted(env.items()):
         console.print(f"  export {name}={value}", highlight=False, soft_wrap=True)
     console.print("  dcmpress status demo; dcmpress report demo --format ndjson")
+    console.print("stack ready", highlight=False)
     try:
         while True:
             time.sleep(3600)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -37,3 +38,36 @@ def test_demo_compresses_the_sample_bucket_and_cleans_up(tmp_path: Path) -> None
         except OSError:
             continue
     assert leftovers == []
+
+
+def test_demo_keep_leaves_a_usable_stack_until_interrupted(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DCMPRESS_", "AWS_"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "producer", "demo", "--keep", "--workdir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**env, "COLUMNS": "200"},
+    )
+    exports: dict[str, str] = {}
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.strip().startswith("export "):
+                name, _, value = line.strip().removeprefix("export ").partition("=")
+                exports[name] = value
+            if line.startswith("stack ready"):
+                break
+        assert {"DCMPRESS_REDIS_URL", "DCMPRESS_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID"} <= set(
+            exports
+        )
+        status = subprocess.run(
+            [sys.executable, "-m", "producer", "status", "demo"],
+            capture_output=True, text=True, timeout=60, env={**env, **exports}, check=False,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        assert "15 / 15" in status.stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)  # drains and closes the pipe
+    assert proc.returncode == 0
