@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 from celery import Celery
 
+from producer.publish import BulkPublisher
 from producer.sources import ObjectRef
-from worker.contract import TASK_COMPRESS, BatchSpec, JobMessage
-from worker.ledger import Ledger, Record, short_etag
+from worker.contract import BatchSpec, JobMessage
+from worker.ledger import ALREADY_DONE, ALREADY_QUEUED, QUEUED, Ledger
 
 
 @dataclass
@@ -37,71 +38,36 @@ class Enqueuer:
     def __init__(
         self, app: Celery, ledger: Ledger, spec: BatchSpec, queue: str, force: bool = False
     ) -> None:
-        self.app = app
+        self.publisher = BulkPublisher(app, queue)
         self.ledger = ledger
         self.spec = spec
         self.queue = queue
         self.force = force
 
-    def select(
-        self, refs: list[ObjectRef], resend_queued: bool
-    ) -> tuple[list[tuple[ObjectRef, Record | None]], int, int]:
-        """The refs to send (with their current record), and how many were already
-        done / already queued."""
-        records = self.ledger.get_records(self.spec.batch, [ref.key for ref in refs])
-        chosen: list[tuple[ObjectRef, Record | None]] = []
-        done = queued = 0
-        for ref, record in zip(refs, records, strict=True):
-            same = record is not None and (not ref.etag or record.etag == short_etag(ref.etag))
-            if record is not None and same and not self.force:
-                if record.terminal:
-                    done += 1
-                    continue
-                if not resend_queued:
-                    queued += 1
-                    continue
-            if record is not None and record.state == "running" and self.force:
-                queued += 1  # being processed right now: --force does not interrupt it
-                continue
-            chosen.append((ref, record))
-        return chosen, done, queued
+    def enqueue(self, refs: list[ObjectRef], resend_queued: bool) -> tuple[int, int, int]:
+        """Queue the refs the ledger does not already have; return (sent, done, queued).
 
-    def send(self, chosen: list[tuple[ObjectRef, Record | None]]) -> None:
-        """Mark the refs queued, then publish one message each over one connection."""
-        if not chosen:
-            return
-        queued = [
-            (
-                ref.key,
-                # attempts are the object's history: kept when it is queued again
-                Record(
-                    state="queued",
-                    etag=short_etag(ref.etag),
-                    attempts=previous.attempts if previous else 0,
-                ).stamped(),
-                "",
-            )
-            for ref, previous in chosen
-        ]
-        self.ledger.transition_many(self.spec.batch, queued)
+        The ledger decides atomically (one Lua call per 500 keys), so the same object
+        is never enqueued twice, not even by two producers at once.
+        """
+        verdicts = self.ledger.queue_many(
+            self.spec.batch, [(ref.key, ref.etag) for ref in refs], self.force, resend_queued
+        )
+        chosen = [ref for ref, verdict in zip(refs, verdicts, strict=True) if verdict == QUEUED]
         target = ",".join(self.spec.options.target)
-        with self.app.producer_or_acquire() as producer:
-            for ref, _ in chosen:
-                message = JobMessage(
-                    batch=self.spec.batch,
-                    bucket=ref.bucket,
-                    key=ref.key,
-                    etag=ref.etag or None,
-                    size=ref.size,
-                    version_id=ref.version_id,
-                    target=target,
-                )
-                self.app.send_task(
-                    TASK_COMPRESS,
-                    args=[message.model_dump(exclude_none=True)],
-                    queue=self.queue,
-                    producer=producer,
-                )
+        self.publisher.publish(
+            JobMessage(
+                batch=self.spec.batch,
+                bucket=ref.bucket,
+                key=ref.key,
+                etag=ref.etag or None,
+                size=ref.size,
+                version_id=ref.version_id,
+                target=target,
+            ).model_dump(exclude_none=True)
+            for ref in chosen
+        )
+        return len(chosen), verdicts.count(ALREADY_DONE), verdicts.count(ALREADY_QUEUED)
 
 
 def enqueue_pages(
@@ -116,11 +82,10 @@ def enqueue_pages(
     first = True
     for refs, last_key in pages:
         # only the first page after a checkpoint may hold queued-but-unsent objects
-        chosen, done, queued = enqueuer.select(refs, resend_queued=resuming and first)
+        sent, done, queued = enqueuer.enqueue(refs, resend_queued=resuming and first)
         first = False
-        enqueuer.send(chosen)
         report.listed += len(refs)
-        report.enqueued += len(chosen)
+        report.enqueued += sent
         report.already_done += done
         report.already_queued += queued
         enqueuer.ledger.set_checkpoint(batch, last_key, report.enqueued)

@@ -189,7 +189,9 @@ def short_etag(etag: str | None) -> str:
 
 # Moves one object's record from its old state to its new one and keeps the batch
 # counters exact: the old state's contributions are removed, the new one's added.
-_TRANSITION = """
+# Lua shared by the scripts below: parse a record, and move one object from its old
+# record to a new one while accumulating the batch counter changes in ``delta``.
+_LUA_RECORDS = """
 local function split(s)
   local out = {}
   for part in (s .. '|'):gmatch('([^|]*)|') do out[#out + 1] = part end
@@ -198,36 +200,96 @@ end
 local names = {q='queued', r='running', d='done', s='skipped', f='failed'}
 local function terminal(c) return c == 'd' or c == 's' or c == 'f' end
 local function code(r) if r[2] == '' and r[1] == 'd' then return 'compressed' end return r[2] end
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old then
-  local o = split(old)
-  redis.call('HINCRBY', KEYS[2], names[o[1]], -1)
-  if terminal(o[1]) then
-    redis.call('HINCRBY', KEYS[2], 'bytes_in', -tonumber(o[3], 36))
-    redis.call('HINCRBY', KEYS[2], 'bytes_out', -tonumber(o[4], 36))
-    redis.call('HINCRBY', KEYS[2], 'code:' .. code(o), -1)
+local delta = {}
+local finished, started = false, false
+local function add(field, n) delta[field] = (delta[field] or 0) + n end
+local function move(objects, messages, field, old, value, message, retention)
+  if old then
+    local o = split(old)
+    add(names[o[1]], -1)
+    if terminal(o[1]) then
+      add('bytes_in', -tonumber(o[3], 36))
+      add('bytes_out', -tonumber(o[4], 36))
+      add('code:' .. code(o), -1)
+    end
+  end
+  local n = split(value)
+  redis.call('HSET', objects, field, value)
+  redis.call('EXPIRE', objects, retention)
+  add(names[n[1]], 1)
+  if terminal(n[1]) then
+    add('bytes_in', tonumber(n[3], 36))
+    add('bytes_out', tonumber(n[4], 36))
+    add('code:' .. code(n), 1)
+    finished = true
+  end
+  if n[1] == 'r' then started = true end
+  if message ~= '' then
+    redis.call('HSET', messages, field, message)
+    redis.call('EXPIRE', messages, retention)
+  elseif old then
+    redis.call('HDEL', messages, field)
   end
 end
-local n = split(ARGV[2])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HINCRBY', KEYS[2], names[n[1]], 1)
-if terminal(n[1]) then
-  redis.call('HINCRBY', KEYS[2], 'bytes_in', tonumber(n[3], 36))
-  redis.call('HINCRBY', KEYS[2], 'bytes_out', tonumber(n[4], 36))
-  redis.call('HINCRBY', KEYS[2], 'code:' .. code(n), 1)
-  redis.call('HSET', KEYS[2], 'finished_at', ARGV[5])
+local function flush(counts, now, retention)
+  for field, n in pairs(delta) do
+    if n ~= 0 then redis.call('HINCRBY', counts, field, n) end
+  end
+  if finished then redis.call('HSET', counts, 'finished_at', now) end
+  if started then redis.call('HSETNX', counts, 'started_at', now) end
+  redis.call('EXPIRE', counts, retention)
 end
-if n[1] == 'r' then redis.call('HSETNX', KEYS[2], 'started_at', ARGV[5]) end
-if ARGV[3] ~= '' then
-  redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
-  redis.call('EXPIRE', KEYS[3], ARGV[4])
-elseif old then
-  redis.call('HDEL', KEYS[3], ARGV[1])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-return old
 """
+
+# Sets records (KEYS: counts, then objects/messages shard per item; ARGV: retention,
+# now, then field/value/message per item), keeping the batch counters exact.
+_TRANSITION = (
+    _LUA_RECORDS
+    + """
+local retention, now = ARGV[1], ARGV[2]
+for i = 1, (#KEYS - 1) / 2 do
+  local objects = KEYS[2 * i]
+  local field = ARGV[3 * i]
+  local old = redis.call('HGET', objects, field)
+  move(objects, KEYS[2 * i + 1], field, old, ARGV[3 * i + 1], ARGV[3 * i + 2], retention)
+end
+flush(KEYS[1], ARGV[2], retention)
+return 1
+"""
+)
+
+# The producer's check-and-queue, atomic per call (KEYS as above; ARGV: retention, now,
+# now in base 36, force, resend_queued, then field/etag per item). Returns per item:
+# 0 queued now (send it), 1 already finished for this ETag, 2 already queued/running.
+_QUEUE = (
+    _LUA_RECORDS
+    + """
+local retention, now, now36 = ARGV[1], ARGV[2], ARGV[3]
+local force, resend = ARGV[4] == '1', ARGV[5] == '1'
+local result = {}
+for i = 1, (#KEYS - 1) / 2 do
+  local objects = KEYS[2 * i]
+  local field, etag = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
+  local old = redis.call('HGET', objects, field)
+  local verdict, attempts = 0, '0'
+  if old then
+    local o = split(old)
+    attempts = o[5]
+    local same = etag == '' or o[10] == etag
+    if same and not force and terminal(o[1]) then verdict = 1
+    elseif same and not force and not resend then verdict = 2
+    elseif force and o[1] == 'r' then verdict = 2 end
+  end
+  if verdict == 0 then
+    local value = 'q||0|0|' .. attempts .. '|||0||' .. etag .. '|' .. now36 .. '|0'
+    move(objects, KEYS[2 * i + 1], field, old, value, '', retention)
+  end
+  result[i] = verdict
+end
+flush(KEYS[1], now, retention)
+return result
+"""
+)
 
 # Deletes a claim only if we still own it (it may have lapsed and been re-taken).
 _RELEASE = """
@@ -242,6 +304,7 @@ return 0
 """
 
 MAX_MESSAGE = 500
+QUEUED, ALREADY_DONE, ALREADY_QUEUED = 0, 1, 2  # verdicts of Ledger.queue_many
 
 
 class Ledger:
@@ -253,6 +316,7 @@ class Ledger:
         self._transition = client.register_script(_TRANSITION)
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
+        self._queue = client.register_script(_QUEUE)
 
     @classmethod
     def from_url(cls, url: str, retention_seconds: int) -> Ledger:
@@ -336,21 +400,47 @@ class Ledger:
         self.transition_many(batch, [(key, record, message)])
 
     def transition_many(self, batch: str, items: Iterable[tuple[str, Record, str]]) -> None:
-        """Several transitions in one round trip (each one atomic)."""
+        """Several transitions, one Lua call per 500 (each call atomic)."""
         now = str(int(time.time()))
-        with self.redis.pipeline(transaction=False) as pipe:
-            for key, record, message in items:
+        chunk: list[tuple[str, Record, str]] = []
+        for item in items:
+            chunk.append(item)
+            if len(chunk) == 500:
+                self._transition_chunk(batch, chunk, now)
+                chunk = []
+        if chunk:
+            self._transition_chunk(batch, chunk, now)
+
+    def _transition_chunk(self, batch: str, chunk: list[tuple[str, Record, str]], now: str) -> None:
+        keys = [Keys.counts(batch)]
+        args: list[str | int] = [self.retention, now]
+        for key, record, message in chunk:
+            shard = shard_of(key)
+            keys += [Keys.objects(batch, shard), Keys.messages(batch, shard)]
+            args += [key, record.encode(), message[:MAX_MESSAGE]]
+        self._transition(keys=keys, args=args)
+
+    def queue_many(
+        self, batch: str, items: list[tuple[str, str]], force: bool, resend_queued: bool
+    ) -> list[int]:
+        """Mark (key, etag) items queued unless already done or queued for that ETag.
+
+        Returns one verdict per item: QUEUED (send it), ALREADY_DONE, ALREADY_QUEUED.
+        Objects being processed are never re-queued, not even with ``force``.
+        """
+        now = int(time.time())
+        verdicts: list[int] = []
+        for start in range(0, len(items), 500):
+            keys = [Keys.counts(batch)]
+            args: list[str | int] = [
+                self.retention, now, to_base36(now), int(force), int(resend_queued),
+            ]  # fmt: skip
+            for key, etag in items[start : start + 500]:
                 shard = shard_of(key)
-                self._transition(
-                    keys=[
-                        Keys.objects(batch, shard),
-                        Keys.counts(batch),
-                        Keys.messages(batch, shard),
-                    ],
-                    args=[key, record.encode(), message[:MAX_MESSAGE], self.retention, now],
-                    client=pipe,
-                )
-            pipe.execute()
+                keys += [Keys.objects(batch, shard), Keys.messages(batch, shard)]
+                args += [key, short_etag(etag)]
+            verdicts += [int(v) for v in cast(list[int], self._queue(keys=keys, args=args))]
+        return verdicts
 
     def iter_records(self, batch: str) -> Iterator[tuple[str, Record, str]]:
         """Every (key, record, message) of the batch, shard by shard (no KEYS scan)."""

@@ -6,6 +6,8 @@ mid-flight) uses monkeypatching; everything else is real.
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from producer.samples import make_image, to_bytes
 from producer.sources import KeyFilter, ObjectRef, listing_pages
 from producer.stack import SeaweedS3
 from tests.support import independent_decode, read, source_pixels
+from worker.app import create_app
 from worker.contract import BatchSpec, JobMessage, S3Location
 from worker.errors import TransientError
 from worker.ledger import Ledger, Record
@@ -195,9 +198,19 @@ def _pages_then_break(pages: Iterator[Any], after: int) -> Iterator[Any]:
         yield page
 
 
+def _queued_keys(ledger: Ledger, queue: str) -> list[str]:
+    """Object keys of the Celery messages waiting in ``queue`` (read from Redis)."""
+    keys = []
+    for raw in ledger.redis.lrange(queue, 0, -1):  # type: ignore[union-attr]
+        envelope = json.loads(raw)
+        args, _, _ = json.loads(base64.b64decode(envelope["body"]))
+        keys.append(args[0]["key"])
+    return keys
+
+
 def test_interrupted_enqueue_resumes_after_its_checkpoint(
     ledger: Ledger, storage: Storage, s3_server: SeaweedS3, bucket_pair: tuple[str, str],
-    monkeypatch: pytest.MonkeyPatch,
+    settings: WorkerSettings, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     source, dest = bucket_pair
     client = s3_server.client()
@@ -206,18 +219,8 @@ def test_interrupted_enqueue_resumes_after_its_checkpoint(
         client.put_object(Bucket=source, Key=key, Body=b"x" * 10)
     spec = spec_for(source, dest)
     ledger.save_batch(spec)
-    sent: list[str] = []
-
-    class FakeApp:  # records what would be published; the broker is not under test here
-        def producer_or_acquire(self) -> Any:
-            import contextlib
-
-            return contextlib.nullcontext(None)
-
-        def send_task(self, name: str, args: list[dict[str, Any]], **kwargs: Any) -> None:
-            sent.append(args[0]["key"])
-
-    enqueuer = Enqueuer(FakeApp(), ledger, spec, "q")  # type: ignore[arg-type]
+    queue = f"resume-{uuid.uuid4().hex[:6]}"
+    enqueuer = Enqueuer(create_app(settings), ledger, spec, queue)
     real_pages = storage.list_pages
     monkeypatch.setattr(
         storage, "list_pages", lambda *a, **k: real_pages(*a, **{**k, "page_size": 10})
@@ -230,7 +233,7 @@ def test_interrupted_enqueue_resumes_after_its_checkpoint(
     resumed = listing_pages(storage, source, "", info["checkpoint"], KeyFilter())
     report = enqueue_pages(enqueuer, resumed, EnqueueReport(spec.batch), True)
     assert report.enqueued == 5
-    assert sorted(sent) == keys  # every key exactly once
+    assert sorted(_queued_keys(ledger, queue)) == keys  # every key exactly once
     assert "listing_done" in ledger.batch_info(spec.batch)
     assert ledger.counts(spec.batch)["queued"] == 25
 

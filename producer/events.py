@@ -1,0 +1,583 @@
+"""Object-storage event notifications, parsed into one normalised form (no I/O here).
+
+:func:`parse_message` takes one message body exactly as it came off an SQS queue or an
+HTTP webhook and returns zero or more :class:`ObjectEvent`. Anything it cannot read
+with certainty raises :class:`EventFormatError`, naming what was wrong, so the caller
+can dead-letter the message instead of guessing.
+
+What is supported, and where each shape was learnt
+==================================================
+
+AWS S3 notifications (SQS, SNS, Lambda destinations)
+    ``{"Records": [{"eventVersion": "2.x", "eventSource": "aws:s3", "eventName":
+    "ObjectCreated:Put", "s3": {"bucket": {"name"}, "object": {"key", "size", "eTag",
+    "versionId", "sequencer"}}}]}``. Any 2.x ``eventVersion`` is read (2.1-2.3, and the
+    unified 2.4+ versions); AWS advises an equal-to test on the major version, so 3.x is
+    refused. ``eventName`` has no ``s3:`` prefix. The key is form-URL-encoded (a space is
+    ``+``, a plus is ``%2B``) and is decoded once with ``unquote_plus``.
+    Source: Amazon S3 User Guide, "Event message structure"
+    (notification-content-structure).
+
+AWS S3 test event
+    ``{"Service": "Amazon S3", "Event": "s3:TestEvent", "Time", "Bucket", "RequestId",
+    "HostId"}``, sent when a notification configuration is saved: kind ``test``.
+    Source: the same page, "Example messages".
+
+SNS envelope (SNS -> SQS without raw message delivery, or an SNS HTTP subscription)
+    ``{"Type": "Notification", "TopicArn", "Message": "<JSON text>", ...}``: the
+    ``Message`` string is parsed as a message of its own (S3 records, test event or
+    EventBridge event). ``SubscriptionConfirmation`` / ``UnsubscribeConfirmation`` give
+    one event of kind ``other``. Source: Amazon SNS Developer Guide, "HTTP/HTTPS
+    notification JSON format" and "subscription confirmation JSON format".
+
+Amazon EventBridge (S3 -> EventBridge -> SQS)
+    ``{"source": "aws.s3", "detail-type": "Object Created" | "Object Deleted" | ...,
+    "detail": {"bucket": {"name"}, "object": {"key", "size", "etag", "version-id",
+    "sequencer"}}}``. Source: Amazon S3 User Guide, "EventBridge event message
+    structure" (ev-events). KEY ENCODING: that page, unlike the notification page, never
+    says the key is URL-encoded, and its examples show plain keys. AWS's own sample
+    "guidance-for-medialake-on-aws" (PR #21, tested with keys such as ``test+b.png`` and
+    ``%2B++ %20.mp3``) had to stop decoding EventBridge keys to find those objects. So
+    EventBridge keys are taken as sent, never decoded.
+
+MinIO bucket notifications (webhook and the other targets)
+    ``{"EventName": "s3:ObjectCreated:Put", "Key": "bucket/key", "Records": [...]}``, the
+    records in AWS shape with ``eventSource: "minio:s3"``, ``eventVersion: "2.0"``, an
+    ``s3:``-prefixed ``eventName``, numeric ``size``, ``userMetadata``/``contentType``.
+    Records win: their key is ``url.QueryEscape`` of the object name (``/`` becomes
+    ``%2F``, space ``+``), decoded once. The top-level ``Key`` is *already decoded*
+    (``bucket + "/" + url.QueryUnescape(record key)``), so it is only a fallback when no
+    record is present, and is never decoded again. Very old releases named the top-level
+    field ``EventType``. ``s3:ObjectCreated:PutTagging/DeleteTagging/PutRetention/
+    PutLegalHold`` change metadata only, so they are ``other``. Sources: MinIO docs
+    "Bucket notifications" / "Publish Events to Webhook"; MinIO source
+    ``internal/event/target/webhook.go`` (``send``) and ``cmd/event-notification.go``
+    (``ToEvent``); minio/minio issues #7665 and #15200 (real payloads).
+
+Ceph RGW bucket notifications (HTTP, AMQP, Kafka endpoints)
+    AWS-shaped records with ``eventSource: "ceph:s3"``, ``eventName`` with or without
+    ``s3:``, ``size`` as a number or a string, ``eTag`` (``etag`` in some releases),
+    ``versionId: ""`` when unversioned, and extra ``opaqueData``, ``metadata``, ``tags``,
+    ``bucket.id``. Lifecycle names ``ObjectLifecycle:Expiration:Current|DeleteMarker``
+    mean the object is gone; ``...:NonCurrent``, ``...:AbortMultipartUpload`` and
+    transitions are ``other``. KEY ENCODING: RGW puts the raw object name in the record
+    (``event.object_key = ... obj->get_name()`` in ``src/rgw/rgw_notify.cc``), and users
+    see ``recordings/x.mp4`` unencoded (suitenumerique/meet PR #1455), so Ceph keys are
+    taken as sent, never decoded. Sources: Ceph docs ``doc/radosgw/notifications.rst``
+    ("Events"); IBM Storage Ceph "Event record"; ``rgw_pubsub.cc`` (record ``dump``).
+
+Other ``<vendor>:s3`` event sources
+    Read as AWS records (decoded once, as the S3 format prescribes); ``source`` is the
+    vendor part of ``eventSource``. A record whose ``eventSource`` is not ``*:s3`` (for
+    example a whole Lambda SQS event, ``aws:sqs``) is refused.
+
+SeaweedFS filer notifications posted by ``[notification.webhook]``
+    Learnt from the SeaweedFS source (not from docs, which do not describe the body):
+
+    * ``weed/notification/webhook/http.go`` (``sendMessageWithRetry``) POSTs
+      ``{"key": <full filer path>, "event_type": "create"|"delete"|"update"|"rename",
+      "message": <filer_pb.EventNotification>}``. The notification is marshalled with
+      Go's ``encoding/json`` on the generated protobuf struct, so field names are the
+      proto (snake_case) names, empty fields are omitted, ``bytes`` are base64 text and
+      ``uint64`` sizes are JSON numbers.
+    * ``weed/notification/webhook/types.go`` (``detectEventType``): create = new entry
+      only, delete = old entry only, rename = both with ``new_parent_path``, else update.
+    * ``weed/filer/filer_notify.go`` (``NotifyUpdateEvent``): ``key`` is the *old* entry's
+      full path when there is an old entry, else the new one's; ``new_parent_path`` is
+      the new entry's directory.
+    * ``weed/pb/filer.proto``: ``EventNotification {old_entry, new_entry, delete_chunks,
+      new_parent_path, is_from_other_cluster, signatures}``, ``Entry {name,
+      is_directory, attributes: FuseAttributes {file_size, md5, ...}, extended:
+      map<string, bytes>}``; ``SubscribeMetadataResponse {directory,
+      event_notification, ts_ns}``.
+    * The S3 gateway keeps an object's ETag in ``extended["Seaweed-X-Amz-ETag"]``
+      (``s3_constants.ExtETagKey``) and stages multipart parts under
+      ``<bucket>/.uploads/``.
+
+    Also accepted, because they could not be ruled out from the sources: the
+    notification under ``message_data``, ``event_notification`` or
+    ``eventNotification`` (with an optional ``directory``), a bare EventNotification,
+    and protobuf-JSON camelCase names (``newEntry``, ``isDirectory``, ``fileSize`` as a
+    string). Paths under ``/buckets/<bucket>/<key>`` become bucket and key, taken as
+    sent (filer paths are not URL-encoded). Directories, paths outside the buckets
+    folder and multipart staging files are ``other``. A new entry gives ``created`` for
+    its path; an old entry alone gives ``removed``; a rename also gives ``removed`` for
+    the old path. ``size`` is ``attributes.file_size``; ``etag`` is the extended
+    S3 ETag, else the hex of ``attributes.md5``, else None.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import unquote_plus
+
+__all__ = ["EventFormatError", "Kind", "ObjectEvent", "parse_message"]
+
+Kind = Literal["created", "removed", "test", "other"]
+
+JsonObject = Mapping[str, object]
+
+SEAWEEDFS_BUCKETS_DIR = "/buckets"  # the filer's default buckets folder
+
+
+@dataclass(frozen=True)
+class ObjectEvent:
+    """One change to one object, in the same terms whichever storage reported it.
+
+    ``key`` is the object key as stored (already decoded); ``event_name`` is the
+    vendor's own name for what happened, for logs. ``bucket`` and ``key`` are empty for
+    events about no object (SNS subscription messages) and ``key`` is empty for the S3
+    test event.
+    """
+
+    kind: Kind
+    source: str
+    event_name: str
+    bucket: str
+    key: str
+    size: int | None
+    etag: str | None
+    version_id: str | None
+    sequencer: str | None = None
+
+
+class EventFormatError(ValueError):
+    """A message that is not a storage event this module understands (a poison message).
+
+    The message says which field was wrong and how, so the dead-lettered message can
+    be fixed or the notification configuration corrected.
+    """
+
+
+def parse_message(
+    body: str | bytes | Mapping[str, object],
+    *,
+    seaweedfs_buckets_dir: str = SEAWEEDFS_BUCKETS_DIR,
+) -> list[ObjectEvent]:
+    """Parse one SQS message body or webhook request body into object events.
+
+    ``body`` is the raw text or bytes (UTF-8 JSON) or an already-parsed JSON object.
+    ``seaweedfs_buckets_dir`` is the filer folder holding S3 buckets, if not the default.
+    Raises :class:`EventFormatError` for anything that is not a known event shape.
+    """
+    return _dispatch(_load_body(body), seaweedfs_buckets_dir, inside_sns=False)
+
+
+# --- loading -----------------------------------------------------------------------------
+
+
+def _load_body(body: object) -> JsonObject:
+    """The message as a JSON object, whatever form it arrived in."""
+    if isinstance(body, Mapping):
+        return body
+    if isinstance(body, bytes | bytearray):
+        try:
+            # utf-8-sig: a byte-order mark some HTTP clients add is not an error
+            text = bytes(body).decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise EventFormatError(f"message body is not UTF-8 text ({exc.reason})") from exc
+    elif isinstance(body, str):
+        text = body
+    else:
+        raise EventFormatError(
+            f"message body is a {type(body).__name__}, expected text, bytes or a JSON object"
+        )
+    return _as_object(_load_json(text, "message body"), "message body")
+
+
+def _load_json(text: str, where: str) -> object:
+    """Parse JSON text, turning every parser failure into an EventFormatError."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EventFormatError(f"{where} is not JSON: {exc.msg} at character {exc.pos}") from exc
+    except ValueError as exc:  # e.g. an integer literal longer than Python accepts
+        raise EventFormatError(f"{where} is not usable JSON: {exc}") from exc
+    except RecursionError as exc:  # absurdly deep nesting is a poison message too
+        raise EventFormatError(f"{where} is JSON nested too deeply to be an event") from exc
+
+
+def _dispatch(body: JsonObject, buckets_dir: str, *, inside_sns: bool) -> list[ObjectEvent]:
+    """Route one JSON object to the parser for its vendor shape."""
+    if _is_sns_envelope(body):
+        if inside_sns:
+            raise EventFormatError("SNS Message holds another SNS envelope")
+        return _parse_sns(body, buckets_dir)
+    if body.get("Event") == "s3:TestEvent":
+        return [_parse_s3_test_event(body)]
+    if "Records" in body:
+        return _parse_records_message(body)
+    if "Key" in body and ("EventName" in body or "EventType" in body):
+        return [_parse_minio_key_only(body)]
+    if "detail-type" in body:
+        return [_parse_eventbridge(body)]
+    notification = _find_seaweedfs_notification(body)
+    if notification is not None:
+        return _parse_seaweedfs(body, notification, buckets_dir)
+    fields = ", ".join(sorted(str(name) for name in body)[:8]) or "none"
+    raise EventFormatError(f"not a storage event notification this parser knows (fields: {fields})")
+
+
+# --- small typed readers -----------------------------------------------------------------
+
+
+def _json_type(value: object) -> str:
+    """The JSON name of a value's type, for error messages in the sender's terms."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def _as_object(value: object, where: str) -> JsonObject:
+    """``value`` as a JSON object, or an error naming where one was expected."""
+    if not isinstance(value, Mapping):
+        raise EventFormatError(f"{where} is {_json_type(value)}, expected an object")
+    return value
+
+
+def _required_str(obj: JsonObject, field: str, where: str) -> str:
+    """A field that must be a non-empty string."""
+    value = obj.get(field)
+    if not isinstance(value, str) or not value:
+        shown = "an empty string" if value == "" else _json_type(value)
+        raise EventFormatError(f"{where}.{field} is {shown}, expected a non-empty string")
+    return value
+
+
+def _optional_str(value: object, where: str) -> str | None:
+    """A string that may be absent; empty counts as absent (Ceph sends ``versionId: ""``)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise EventFormatError(f"{where} is {_json_type(value)}, expected a string")
+    return value
+
+
+def _size(value: object, where: str) -> int | None:
+    """An object size sent as a number (AWS, MinIO) or a decimal string (Ceph)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    # at most 20 digits: every real size fits, and int() never meets its digit limit
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
+        return int(value)
+    raise EventFormatError(f"{where} is {value!r}, expected a byte count")
+
+
+def _etag(value: object, where: str) -> str | None:
+    """An ETag without the double quotes some senders keep around it."""
+    text = _optional_str(value, where)
+    if text is None:
+        return None
+    return text.strip('"') or None
+
+
+def _form_decoded(raw: str, where: str) -> str:
+    """Decode a form-URL-encoded key exactly once (``+`` is a space, ``%2B`` a plus)."""
+    try:
+        return unquote_plus(raw, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise EventFormatError(f"{where} {raw!r} is not percent-encoded UTF-8") from exc
+
+
+# --- AWS-shaped records: AWS S3, MinIO, Ceph ---------------------------------------------
+
+# Event sources whose record keys are the raw object name, not URL-encoded (see above).
+_RAW_KEY_SOURCES = frozenset({"ceph"})
+
+# MinIO files these under ObjectCreated although the object's bytes did not change.
+_METADATA_ONLY_CREATED = frozenset({"PutTagging", "DeleteTagging", "PutRetention", "PutLegalHold"})
+
+# Ceph's lifecycle names for "the current object is gone".
+_CEPH_LIFECYCLE_REMOVALS = frozenset(
+    {"ObjectLifecycle:Expiration:Current", "ObjectLifecycle:Expiration:DeleteMarker"}
+)
+
+
+def _s3_event_kind(event_name: str) -> Kind:
+    """Classify an S3-style event name, with or without the ``s3:`` prefix."""
+    name = event_name.removeprefix("s3:")
+    family, _, detail = name.partition(":")
+    if family == "ObjectCreated":
+        return "other" if detail in _METADATA_ONLY_CREATED else "created"
+    if family in ("ObjectRemoved", "LifecycleExpiration") or name in _CEPH_LIFECYCLE_REMOVALS:
+        return "removed"
+    return "other"  # restore, replication, transition, tiering, tagging, ACL, access...
+
+
+def _parse_records_message(body: JsonObject) -> list[ObjectEvent]:
+    """A ``Records`` message (AWS, MinIO, Ceph); MinIO's top-level Key only as a fallback."""
+    records = body.get("Records")
+    if (records is None or records == []) and "Key" in body:
+        return [_parse_minio_key_only(body)]
+    if not isinstance(records, list):
+        raise EventFormatError(f"Records is {_json_type(records)}, expected an array")
+    return [_parse_record(record, f"Records[{index}]") for index, record in enumerate(records)]
+
+
+def _check_event_version(record: JsonObject, where: str) -> None:
+    """Refuse a major version other than 2: AWS changes the major only to break the shape."""
+    version = record.get("eventVersion")
+    if version is None:
+        return
+    if not isinstance(version, str) or version.split(".", 1)[0] != "2":
+        raise EventFormatError(f"{where}.eventVersion is {version!r}, expected a 2.x version")
+
+
+def _parse_record(value: object, where: str) -> ObjectEvent:
+    """One AWS-shaped record; the event source decides how its key is encoded."""
+    record = _as_object(value, where)
+    event_source = _required_str(record, "eventSource", where)
+    vendor, _, service = event_source.partition(":")
+    if service != "s3" or not vendor:
+        raise EventFormatError(
+            f"{where}.eventSource is {event_source!r}, not an S3 event source "
+            "(pass the queue message body, not a whole Lambda event)"
+        )
+    _check_event_version(record, where)
+    event_name = _required_str(record, "eventName", where)
+    s3 = _as_object(record.get("s3"), f"{where}.s3")
+    bucket_info = _as_object(s3.get("bucket"), f"{where}.s3.bucket")
+    bucket = _required_str(bucket_info, "name", f"{where}.s3.bucket")
+    obj = _as_object(s3.get("object"), f"{where}.s3.object")
+    raw_key = _required_str(obj, "key", f"{where}.s3.object")
+    key = (
+        raw_key if vendor in _RAW_KEY_SOURCES else _form_decoded(raw_key, f"{where}.s3.object.key")
+    )
+    etag_field = "eTag" if "eTag" in obj else "etag"  # some Ceph releases spell it etag
+    return ObjectEvent(
+        kind=_s3_event_kind(event_name),
+        source=vendor,
+        event_name=event_name,
+        bucket=bucket,
+        key=key,
+        size=_size(obj.get("size"), f"{where}.s3.object.size"),
+        etag=_etag(obj.get(etag_field), f"{where}.s3.object.{etag_field}"),
+        version_id=_optional_str(obj.get("versionId"), f"{where}.s3.object.versionId"),
+        sequencer=_optional_str(obj.get("sequencer"), f"{where}.s3.object.sequencer"),
+    )
+
+
+def _parse_minio_key_only(body: JsonObject) -> ObjectEvent:
+    """A MinIO log without records: ``Key`` is ``bucket/name``, already decoded by MinIO."""
+    name_field = "EventName" if "EventName" in body else "EventType"
+    event_name = _required_str(body, name_field, "message")
+    bucket_and_key = _required_str(body, "Key", "message")
+    bucket, _, key = bucket_and_key.partition("/")
+    if not bucket or not key:
+        raise EventFormatError(f"message.Key is {bucket_and_key!r}, expected 'bucket/key'")
+    return ObjectEvent(
+        _s3_event_kind(event_name), "minio", event_name, bucket, key, None, None, None
+    )
+
+
+# --- AWS test event, SNS envelope, EventBridge -------------------------------------------
+
+
+def _parse_s3_test_event(body: JsonObject) -> ObjectEvent:
+    """The message S3 sends once when a notification configuration is saved."""
+    bucket = _required_str(body, "Bucket", "s3:TestEvent")
+    return ObjectEvent("test", "aws", "s3:TestEvent", bucket, "", None, None, None)
+
+
+def _is_sns_envelope(body: JsonObject) -> bool:
+    """An SNS message as delivered without raw message delivery."""
+    return isinstance(body.get("Type"), str) and "TopicArn" in body
+
+
+def _parse_sns(body: JsonObject, buckets_dir: str) -> list[ObjectEvent]:
+    """Unwrap an SNS notification; subscription bookkeeping is ``other``."""
+    sns_type = body.get("Type")
+    if sns_type == "Notification":
+        message = body.get("Message")
+        if not isinstance(message, str):
+            raise EventFormatError(f"SNS Message is {_json_type(message)}, expected JSON text")
+        inner = _as_object(_load_json(message, "SNS Message"), "SNS Message")
+        return _dispatch(inner, buckets_dir, inside_sns=True)
+    if sns_type in ("SubscriptionConfirmation", "UnsubscribeConfirmation"):
+        return [ObjectEvent("other", "aws", str(sns_type), "", "", None, None, None)]
+    raise EventFormatError(f"SNS message Type {sns_type!r} is not understood")
+
+
+_EVENTBRIDGE_KINDS: dict[str, Kind] = {"Object Created": "created", "Object Deleted": "removed"}
+
+
+def _parse_eventbridge(body: JsonObject) -> ObjectEvent:
+    """An S3 event delivered through EventBridge; its key is not URL-encoded."""
+    source = body.get("source")
+    if source != "aws.s3":
+        raise EventFormatError(f"EventBridge event source is {source!r}, expected 'aws.s3'")
+    detail_type = _required_str(body, "detail-type", "event")
+    detail = _as_object(body.get("detail"), "detail")
+    bucket = _required_str(
+        _as_object(detail.get("bucket"), "detail.bucket"), "name", "detail.bucket"
+    )
+    obj = _as_object(detail.get("object"), "detail.object")
+    return ObjectEvent(
+        kind=_EVENTBRIDGE_KINDS.get(detail_type, "other"),
+        source="eventbridge",
+        event_name=detail_type,
+        bucket=bucket,
+        key=_required_str(obj, "key", "detail.object"),  # taken as sent: see module docstring
+        size=_size(obj.get("size"), "detail.object.size"),
+        etag=_etag(obj.get("etag"), "detail.object.etag"),
+        version_id=_optional_str(obj.get("version-id"), "detail.object.version-id"),
+        sequencer=_optional_str(obj.get("sequencer"), "detail.object.sequencer"),
+    )
+
+
+# --- SeaweedFS filer notifications -------------------------------------------------------
+
+_SEAWEEDFS_WRAPPERS = ("message", "message_data", "event_notification", "eventNotification")
+_NOTIFICATION_FIELDS = frozenset(
+    {
+        "old_entry",
+        "new_entry",
+        "new_parent_path",
+        "delete_chunks",
+        "is_from_other_cluster",
+        "oldEntry",
+        "newEntry",
+        "newParentPath",
+        "deleteChunks",
+        "isFromOtherCluster",
+    }
+)
+_SEAWEEDFS_ETAG = "Seaweed-X-Amz-ETag"  # s3_constants.ExtETagKey
+_SEAWEEDFS_UPLOADS = ".uploads"  # s3_constants.MultipartUploadsFolder, per bucket
+
+
+def _find_seaweedfs_notification(body: JsonObject) -> JsonObject | None:
+    """The filer EventNotification inside a webhook body, or the body itself, if any."""
+    for wrapper in _SEAWEEDFS_WRAPPERS:
+        inner = body.get(wrapper)
+        if isinstance(inner, Mapping) and not _NOTIFICATION_FIELDS.isdisjoint(inner):
+            return inner
+    return body if not _NOTIFICATION_FIELDS.isdisjoint(body) else None
+
+
+def _pb_field(message: JsonObject, snake_name: str) -> object:
+    """A protobuf field by its proto name (Go encoding/json) or camelCase (protojson)."""
+    if snake_name in message:
+        return message[snake_name]
+    head, *rest = snake_name.split("_")
+    return message.get(head + "".join(part.title() for part in rest))
+
+
+def _entry(notification: JsonObject, field: str) -> JsonObject | None:
+    """``old_entry`` or ``new_entry``, if present."""
+    value = _pb_field(notification, field)
+    return None if value is None else _as_object(value, f"SeaweedFS {field}")
+
+
+def _join(directory: str, name: str) -> str:
+    """A filer path from a directory and an entry name."""
+    return f"{directory.rstrip('/')}/{name}"
+
+
+def _parse_seaweedfs(
+    body: JsonObject, notification: JsonObject, buckets_dir: str
+) -> list[ObjectEvent]:
+    """A filer change: created for a new entry, removed for an old one (and a rename's source)."""
+    old_entry = _entry(notification, "old_entry")
+    new_entry = _entry(notification, "new_entry")
+    if old_entry is None and new_entry is None:
+        raise EventFormatError("SeaweedFS notification has neither old_entry nor new_entry")
+    full_path = _optional_str(body.get("key"), "SeaweedFS key")
+    directory = _optional_str(_pb_field(body, "directory"), "SeaweedFS directory")
+    event_name = _optional_str(body.get("event_type"), "SeaweedFS event_type")
+    new_parent = _optional_str(_pb_field(notification, "new_parent_path"), "new_parent_path")
+    if event_name is None:  # same rule as detectEventType in weed/notification/webhook
+        if old_entry is None:
+            event_name = "create"
+        elif new_entry is None:
+            event_name = "delete"
+        else:
+            event_name = "rename" if new_parent else "update"
+
+    # The webhook key (and a metadata event's directory) describe the old entry if any.
+    old_path: str | None = None
+    if old_entry is not None:
+        old_name = _required_str(old_entry, "name", "SeaweedFS old_entry")
+        old_path = full_path or (_join(directory, old_name) if directory else None)
+    if new_entry is None:
+        if old_path is None or old_entry is None:
+            raise EventFormatError("SeaweedFS deletion carries no path (no key or directory)")
+        return [_seaweedfs_event("removed", old_path, old_entry, event_name, buckets_dir)]
+
+    new_name = _required_str(new_entry, "name", "SeaweedFS new_entry")
+    if new_parent:
+        new_path = _join(new_parent, new_name)
+    elif old_entry is None and full_path:
+        new_path = full_path
+    elif old_entry is None and directory:
+        new_path = _join(directory, new_name)
+    elif old_entry is not None and old_path and old_entry.get("name") == new_name:
+        new_path = old_path  # an in-place update from a sender that omits new_parent_path
+    else:
+        raise EventFormatError("SeaweedFS notification does not say where the new entry is")
+    events = []
+    if old_entry is not None and old_path is not None and old_path != new_path:
+        events.append(_seaweedfs_event("removed", old_path, old_entry, event_name, buckets_dir))
+    events.append(_seaweedfs_event("created", new_path, new_entry, event_name, buckets_dir))
+    return events
+
+
+def _seaweedfs_event(
+    kind: Kind, path: str, entry: JsonObject, event_name: str, buckets_dir: str
+) -> ObjectEvent:
+    """An event for one filer path; only files inside a bucket are objects."""
+    prefix = buckets_dir.rstrip("/") + "/"
+    bucket, key = "", ""
+    if path.startswith(prefix):
+        bucket, _, key = path.removeprefix(prefix).partition("/")
+    raw_attributes = _pb_field(entry, "attributes")
+    attributes: JsonObject = {}
+    if raw_attributes is not None:
+        attributes = _as_object(raw_attributes, "SeaweedFS attributes")
+    size = _size(_pb_field(attributes, "file_size"), "SeaweedFS attributes.file_size")
+    etag = _seaweedfs_etag(entry, attributes)
+    if not bucket or not key:  # the buckets folder itself, a bucket, or a non-S3 path
+        return ObjectEvent("other", "seaweedfs", event_name, "", path, size, etag, None)
+    if _pb_field(entry, "is_directory") is True or key.split("/", 1)[0] == _SEAWEEDFS_UPLOADS:
+        kind = "other"  # folders and multipart staging parts are not objects
+    return ObjectEvent(kind, "seaweedfs", event_name, bucket, key, size, etag, None)
+
+
+def _base64_bytes(value: object) -> bytes | None:
+    """Bytes from a protobuf ``bytes`` field (base64 text in both JSON mappings)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _seaweedfs_etag(entry: JsonObject, attributes: JsonObject) -> str | None:
+    """The S3 ETag the gateway stored, else the hex MD5 of the content, else None."""
+    extended = _pb_field(entry, "extended")
+    if isinstance(extended, Mapping):
+        stored = _base64_bytes(extended.get(_SEAWEEDFS_ETAG))
+        if stored is not None and stored.isascii():
+            text = stored.decode("ascii").strip('"')
+            if text.isprintable() and text:
+                return text
+    md5 = _base64_bytes(_pb_field(attributes, "md5"))
+    return md5.hex() if md5 is not None and len(md5) == 16 else None
