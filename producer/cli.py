@@ -500,3 +500,106 @@ def demo(
         run_demo(options, workers, keep, workdir, Console())
     except RuntimeError as exc:  # a service would not start: say which and why
         raise _fail(str(exc)) from None
+
+
+@app.command()
+def listen(
+    dest: Annotated[
+        str | None, typer.Option(help="s3://bucket/prefix for outputs (keys are mirrored).")
+    ] = None,
+    in_place: Annotated[
+        bool, typer.Option("--in-place", help="Replace each source object (conditional).")
+    ] = False,
+    sqs: Annotated[str | None, typer.Option(help="SQS queue URL to long-poll.")] = None,
+    http: Annotated[
+        str | None, typer.Option(help="HOST:PORT for the webhook (MinIO, Ceph, SeaweedFS).")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="DCMPRESS_WEBHOOK_TOKEN", help="Bearer token the webhook requires."),
+    ] = None,
+    target: Annotated[str | None, typer.Option(help="Target(s), comma-separated.")] = None,
+    batch: Annotated[
+        str | None, typer.Option(help="Batch name (default: one batch per bucket and day).")
+    ] = None,
+    prefix: Annotated[list[str] | None, typer.Option(help="Only keys under this.")] = None,
+    exclude_prefix: Annotated[list[str] | None, typer.Option(help="Skip keys under this.")] = None,
+    suffix: Annotated[list[str] | None, typer.Option(help="Only keys ending so.")] = None,
+    exclude_suffix: Annotated[list[str] | None, typer.Option(help="Skip keys ending so.")] = None,
+    min_size: Annotated[int, typer.Option(help="Skip smaller objects (bytes).")] = 1,
+    sqs_endpoint_url: Annotated[
+        str | None,
+        typer.Option(envvar="DCMPRESS_SQS_ENDPOINT_URL", help="SQS endpoint (emulators)."),
+    ] = None,
+    wait_seconds: Annotated[int, typer.Option(help="SQS long-poll seconds.")] = 20,
+) -> None:
+    """Turn object-storage events (SQS, or a webhook) into jobs, until interrupted."""
+    import signal as signals
+    import threading
+
+    import boto3
+
+    from producer.listen import EventFilter, EventIntake, SqsListener, serve_http
+
+    if not sqs and not http:
+        raise _fail("give --sqs QUEUE_URL and/or --http HOST:PORT")
+    if (dest is None) == (not in_place):
+        raise _fail("give exactly one of --dest s3://bucket/prefix and --in-place")
+    options = build_options({"target": target})
+    try:
+        dest_location = S3Location.parse(dest) if dest else None
+    except ConfigurationError as exc:
+        raise _fail(str(exc)) from None
+    settings, ledger = _connect()
+    from worker import app as celery_app
+
+    storage = Storage(settings)
+    intake = EventIntake(
+        celery_app, ledger, storage, settings.queue, dest_location, in_place, options,
+        EventFilter(
+            prefixes=tuple(prefix or ()), exclude_prefixes=tuple(exclude_prefix or ()),
+            suffixes=tuple(suffix or ()), exclude_suffixes=tuple(exclude_suffix or ()),
+            min_size=min_size,
+        ),
+        batch_name=batch,
+    )  # fmt: skip
+    console = Console(stderr=True)
+    stop = threading.Event()
+    signals.signal(signals.SIGTERM, lambda *_: stop.set())
+    threads: list[threading.Thread] = []
+    listener: SqsListener | None = None
+    server = None
+    if sqs:
+        client = boto3.session.Session().client(
+            "sqs", endpoint_url=sqs_endpoint_url, region_name=settings.s3_region
+        )
+        listener = SqsListener(client, sqs, intake, wait_seconds=wait_seconds)
+        threads.append(threading.Thread(target=listener.run, name="sqs", daemon=True))
+        console.print(f"listening on SQS {sqs}")
+    if http:
+        host, _, port = http.rpartition(":")
+
+        def healthy() -> bool:
+            try:
+                return bool(ledger.redis.ping())
+            except Exception:
+                return False
+
+        server = serve_http(intake, host or "127.0.0.1", int(port), token, healthy)
+        threads.append(threading.Thread(target=server.serve_forever, name="http", daemon=True))
+        console.print(f"listening on http://{host or '127.0.0.1'}:{server.server_port}/")
+    for thread in threads:
+        thread.start()
+    console.print("ready", highlight=False)
+    try:
+        while not stop.wait(1):
+            if not all(thread.is_alive() for thread in threads):
+                raise _fail("a listener thread died; see the log")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if listener:
+            listener.stop()
+        if server:
+            server.shutdown()
+        console.print("stopped")

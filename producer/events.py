@@ -130,9 +130,10 @@ class ObjectEvent:
     """One change to one object, in the same terms whichever storage reported it.
 
     ``key`` is the object key as stored (already decoded); ``event_name`` is the
-    vendor's own name for what happened, for logs. ``bucket`` and ``key`` are empty for
-    events about no object (SNS subscription messages) and ``key`` is empty for the S3
-    test event.
+    vendor's own name for what happened, for logs. Only ``created`` and ``removed``
+    events name an object: ``bucket`` and ``key`` are empty for SNS subscription
+    messages, ``key`` is empty for the S3 test event, and a SeaweedFS change outside any
+    bucket has an empty ``bucket`` and the filer path as ``key``.
     """
 
     kind: Kind

@@ -121,6 +121,15 @@ class Storage:
             metadata=dict(response.get("Metadata", {})),
         )
 
+    def head_metadata(self, bucket: str, key: str, version_id: str | None = None) -> dict[str, str]:
+        """The user metadata of an object (one HEAD request)."""
+        extra = {"VersionId": version_id} if version_id else {}
+        try:
+            head = self.client.head_object(Bucket=bucket, Key=key, **extra)
+        except (ClientError, BotoCoreError) as exc:
+            raise classify(exc, f"head s3://{bucket}/{key}") from exc
+        return dict(head.get("Metadata", {}))
+
     def put(
         self,
         bucket: str,

@@ -478,7 +478,9 @@ def test_eventbridge_object_created_reads_the_documented_fields() -> None:
 
 def test_eventbridge_object_deleted_is_removed() -> None:
     # "Object deleted (using DeleteObject)" example: no size in the object.
-    body = eventbridge_event("example-key", "Object Deleted", etag="d41d8cd98f00b204e9800998ecf8427e")
+    body = eventbridge_event(
+        "example-key", "Object Deleted", etag="d41d8cd98f00b204e9800998ecf8427e"
+    )
     del body["detail"]["object"]["size"]
     body["detail"].update({"reason": "DeleteObject", "deletion-type": "Delete Marker Created"})
     event = only(parse_message(body))
@@ -501,7 +503,7 @@ def test_eventbridge_keys_are_taken_as_sent_because_they_are_not_url_encoded(key
 def test_eventbridge_event_from_another_service_is_refused() -> None:
     body = eventbridge_event()
     body["source"] = "aws.ec2"
-    with pytest.raises(EventFormatError, match="source is 'aws.ec2'"):
+    with pytest.raises(EventFormatError, match=r"source is 'aws\.ec2'"):
         parse_message(body)
 
 
@@ -655,7 +657,12 @@ def test_seaweedfs_update_in_place_is_one_created_event() -> None:
         new_parent="/buckets/b",
     )
     event = only(parse_message(body))
-    assert (event.kind, event.key, event.size, event.event_name) == ("created", "y.dcm", 20, "rename")
+    assert (event.kind, event.key, event.size, event.event_name) == (
+        "created",
+        "y.dcm",
+        20,
+        "rename",
+    )
 
 
 def test_seaweedfs_rename_removes_the_old_key_and_creates_the_new_one() -> None:
@@ -716,7 +723,12 @@ def test_seaweedfs_protojson_camel_case_with_string_size_is_read() -> None:
         "tsNs": "1700000000000000000",
     }
     event = only(parse_message(body))
-    assert (event.kind, event.key, event.size, event.etag) == ("created", "dir/k.dcm", 4096, MD5.hex())
+    assert (event.kind, event.key, event.size, event.etag) == (
+        "created",
+        "dir/k.dcm",
+        4096,
+        MD5.hex(),
+    )
 
 
 def test_seaweedfs_metadata_event_deletion_uses_its_directory() -> None:
@@ -802,20 +814,16 @@ def mutations(value: object) -> Iterator[object]:
     """Copies of ``value`` with one nested value replaced by each piece of junk."""
     if isinstance(value, dict):
         for name, inner in value.items():
-            for junk in JUNK:
-                changed = copy.copy(value)
-                changed[name] = junk
-                yield changed
-            for replaced in mutations(inner):
-                changed = copy.copy(value)
-                changed[name] = replaced
-                yield changed
+            for replaced in [*JUNK, *mutations(inner)]:
+                changed_object = copy.copy(value)
+                changed_object[name] = replaced
+                yield changed_object
     elif isinstance(value, list):
         for index, inner in enumerate(value):
             for replaced in [*JUNK, *mutations(inner)]:
-                changed = list(value)
-                changed[index] = replaced
-                yield changed
+                changed_array = list(value)
+                changed_array[index] = replaced
+                yield changed_array
 
 
 @pytest.mark.parametrize("message", VALID_MESSAGES, ids=lambda m: next(iter(m)))

@@ -1,0 +1,339 @@
+"""``dcmpress listen``: storage events in, jobs out, at least once and never twice.
+
+Two front doors share one :class:`EventIntake`:
+
+* :class:`SqsListener` long-polls an SQS queue (S3 notifications, SNS-wrapped or not,
+  EventBridge) and deletes a message only after its jobs are durably enqueued.
+* :func:`serve_http` is a webhook endpoint for MinIO, Ceph RGW and the SeaweedFS filer;
+  it answers 2xx only after enqueueing, so the sender retries anything we lost.
+
+Duplicate events (all of these are at-least-once) are absorbed by the ledger: the
+same bucket/key/ETag in a batch is queued once. Events go to one batch per source
+bucket and UTC day (``events-<bucket>-<YYYYMMDD>``), or ``<name>-<bucket>`` with
+``--batch``, so ``status`` and ``report`` work for them as for listings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from celery import Celery
+
+from producer.enqueue import Enqueuer
+from producer.events import EventFormatError, ObjectEvent, parse_message
+from producer.sources import ObjectRef
+from worker import contract
+from worker.contract import BatchSpec, S3Location
+from worker.errors import DcmpressError
+from worker.ledger import Ledger
+from worker.settings import CompressionOptions
+from worker.storage import Storage
+
+log = logging.getLogger(__name__)
+
+POISON_KEY = "dcmpress:events:poison"  # list: the last 1,000 rejected messages (capped)
+POISON_KEEP = 1000
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events become jobs."""
+
+    prefixes: tuple[str, ...] = ()
+    exclude_prefixes: tuple[str, ...] = ()
+    suffixes: tuple[str, ...] = ()
+    exclude_suffixes: tuple[str, ...] = ()
+    min_size: int = 1
+
+    def accepts(self, event: ObjectEvent) -> bool:
+        """True for a created object that passes every filter."""
+        key = event.key
+        lowered = key.lower()
+        if event.kind != "created" or not key or key.endswith("/"):
+            return False
+        if event.bucket.startswith("."):  # SeaweedFS's own .system folder, not a bucket
+            return False
+        if self.prefixes and not key.startswith(self.prefixes):
+            return False
+        if self.exclude_prefixes and key.startswith(self.exclude_prefixes):
+            return False
+        if self.suffixes and not lowered.endswith(tuple(s.lower() for s in self.suffixes)):
+            return False
+        if self.exclude_suffixes and lowered.endswith(
+            tuple(s.lower() for s in self.exclude_suffixes)
+        ):
+            return False
+        return event.size is None or event.size >= self.min_size
+
+
+@dataclass
+class IntakeReport:
+    """What one message (or request) turned into."""
+
+    enqueued: int = 0
+    duplicates: int = 0
+    ignored: int = 0
+    tests: int = 0
+    batches: set[str] = field(default_factory=set)
+
+
+class EventIntake:
+    """Turns parsed events into jobs in per-bucket, per-day batches."""
+
+    def __init__(
+        self,
+        app: Celery,
+        ledger: Ledger,
+        storage: Storage,
+        queue: str,
+        dest: S3Location | None,
+        in_place: bool,
+        options: CompressionOptions,
+        event_filter: EventFilter,
+        batch_name: str | None = None,
+    ) -> None:
+        self.app = app
+        self.ledger = ledger
+        self.storage = storage
+        self.queue = queue
+        self.dest = dest
+        self.in_place = in_place
+        self.options = options
+        self.filter = event_filter
+        self.batch_name = batch_name
+        self._enqueuers: dict[str, Enqueuer] = {}
+        self._lock = threading.Lock()  # the HTTP server handles requests in threads
+
+    def batch_for(self, bucket: str) -> str:
+        """The batch an event of ``bucket`` belongs to now."""
+        if self.batch_name:
+            return f"{self.batch_name}-{bucket}"
+        return f"events-{bucket}-{dt.datetime.now(dt.UTC):%Y%m%d}"
+
+    def _enqueuer(self, bucket: str) -> Enqueuer:
+        batch = self.batch_for(bucket)
+        enqueuer = self._enqueuers.get(batch)
+        if enqueuer is None:
+            spec = self.ledger.get_batch(batch) or BatchSpec(
+                batch=batch,
+                source=S3Location(bucket=bucket),
+                dest=self.dest,
+                in_place=self.in_place,
+                options=self.options,
+                created=time.time(),
+            )
+            self.ledger.save_batch(spec)
+            enqueuer = Enqueuer(self.app, self.ledger, spec, self.queue)
+            self._enqueuers = {batch: enqueuer, **self._enqueuers}
+        return enqueuer
+
+    def _is_our_output(self, event: ObjectEvent) -> bool:
+        """Our own writes raise events too: drop them (else in-place mode would loop)."""
+        if self.dest is not None and event.bucket == self.dest.bucket:
+            if event.key.startswith(self.dest.prefix) and self.dest.prefix:
+                return True
+        elif not self.in_place:
+            return False
+        # the output bucket: only the object's metadata can tell ours from the user's
+        try:
+            metadata = self.storage.head_metadata(event.bucket, event.key, event.version_id)
+        except DcmpressError:
+            return False  # gone or unreadable: let the worker record what it finds
+        return bool(metadata.get(contract.META_MARKER))
+
+    def handle(self, events: list[ObjectEvent]) -> IntakeReport:
+        """Enqueue the accepted events; raises on a failure to enqueue (retry later)."""
+        report = IntakeReport()
+        by_bucket: dict[str, list[ObjectRef]] = {}
+        for event in events:
+            if event.kind == "test":
+                report.tests += 1
+            elif not self.filter.accepts(event) or self._is_our_output(event):
+                report.ignored += 1
+            else:
+                ref = ObjectRef(
+                    event.bucket, event.key, event.etag or "", event.size, event.version_id
+                )
+                by_bucket.setdefault(event.bucket, []).append(ref)
+        with self._lock:
+            for bucket, refs in by_bucket.items():
+                enqueuer = self._enqueuer(bucket)
+                sent, done, queued = enqueuer.enqueue(refs, resend_queued=False)
+                report.enqueued += sent
+                report.duplicates += done + queued
+                report.batches.add(enqueuer.spec.batch)
+        return report
+
+    def handle_body(self, body: str | bytes) -> IntakeReport:
+        """Parse and handle one message body; EventFormatError for poison messages."""
+        return self.handle(parse_message(body))
+
+    def record_poison(self, body: str | bytes, reason: str, source: str) -> None:
+        """Keep a rejected message for the operator (capped list), and log it."""
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        entry = json.dumps({"at": time.time(), "source": source, "reason": reason,
+                            "body": text[:4000]})  # fmt: skip
+        log.error("rejected event message from %s: %s", source, reason)
+        with self.ledger.redis.pipeline() as pipe:
+            pipe.lpush(POISON_KEY, entry)
+            pipe.ltrim(POISON_KEY, 0, POISON_KEEP - 1)
+            pipe.execute()
+
+
+class SqsListener:
+    """Long-polls one SQS queue; deletes messages only once their jobs are enqueued."""
+
+    def __init__(
+        self,
+        client: Any,
+        queue_url: str,
+        intake: EventIntake,
+        wait_seconds: int = 20,
+        visibility_timeout: int = 120,
+    ) -> None:
+        self.client = client
+        self.queue_url = queue_url
+        self.intake = intake
+        self.wait_seconds = wait_seconds
+        self.visibility_timeout = visibility_timeout
+        self.stopping = threading.Event()
+
+    def poll_once(self) -> int:
+        """Receive up to 10 messages, handle them, delete the handled ones."""
+        response = self.client.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=self.wait_seconds,
+            VisibilityTimeout=self.visibility_timeout,
+        )
+        messages = response.get("Messages", [])
+        started = time.monotonic()
+        done: list[dict[str, str]] = []
+        for index, message in enumerate(messages):
+            if time.monotonic() - started > self.visibility_timeout / 2:
+                self._extend(messages[index:])  # a slow batch: keep the rest invisible
+                started = time.monotonic()
+            body = message.get("Body", "")
+            try:
+                self.intake.handle_body(body)
+            except EventFormatError as exc:
+                # a poison message never becomes valid: keep it for the operator, delete it
+                self.intake.record_poison(body, str(exc), f"sqs:{self.queue_url}")
+            except Exception:
+                # Redis or S3 unavailable: leave it; SQS redelivers after the timeout
+                log.exception("could not enqueue an SQS message; it will be redelivered")
+                continue
+            done.append({"Id": str(index), "ReceiptHandle": message["ReceiptHandle"]})
+        if done:
+            self.client.delete_message_batch(QueueUrl=self.queue_url, Entries=done)
+        return len(messages)
+
+    def _extend(self, messages: list[dict[str, Any]]) -> None:
+        entries = [
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"],
+             "VisibilityTimeout": self.visibility_timeout}
+            for i, m in enumerate(messages)
+        ]  # fmt: skip
+        self.client.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries)
+
+    def run(self) -> None:
+        """Poll until :meth:`stop`; transient failures back off and continue."""
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                self.poll_once()
+                failures = 0
+            except Exception:
+                failures += 1
+                log.exception("SQS receive failed")
+                self.stopping.wait(min(60, 2**failures))
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current poll."""
+        self.stopping.set()
+
+
+def make_handler(
+    intake: EventIntake, token: str | None, health: Callable[[], bool]
+) -> type[BaseHTTPRequestHandler]:
+    """The webhook's request handler class."""
+
+    class WebhookHandler(BaseHTTPRequestHandler):
+        server_version = "dcmpress-listen"
+
+        def _reply(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _authorised(self) -> bool:
+            if not token:
+                return True
+            given = self.headers.get("Authorization", "")
+            # MinIO sends auth_token as configured; accept "Bearer T" and plain "T"
+            candidate = given[7:] if given.lower().startswith("bearer ") else given
+            return hmac.compare_digest(candidate.encode(), token.encode())
+
+        def do_GET(self) -> None:
+            if self.path.rstrip("/") in ("/healthz", "/health", ""):
+                ok = health()
+                self._reply(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE,
+                            {"status": "ok" if ok else "redis unavailable"})  # fmt: skip
+            else:
+                self._reply(HTTPStatus.NOT_FOUND, {"error": "not found"})
+
+        def do_HEAD(self) -> None:
+            self.send_response(HTTPStatus.OK)  # liveness probes of senders
+            self.end_headers()
+
+        def do_POST(self) -> None:
+            if not self._authorised():
+                self._reply(HTTPStatus.UNAUTHORIZED, {"error": "bad or missing token"})
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            if not body.strip():
+                self._reply(HTTPStatus.OK, {"enqueued": 0})  # a sender's connectivity test
+                return
+            try:
+                report = intake.handle_body(body)
+            except EventFormatError as exc:
+                intake.record_poison(body, str(exc), f"http:{self.client_address[0]}")
+                # 2xx so the sender does not retry a message that can never succeed
+                self._reply(HTTPStatus.ACCEPTED, {"enqueued": 0, "rejected": str(exc)})
+                return
+            except Exception as exc:
+                log.exception("could not enqueue a webhook event")
+                self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+                return
+            self._reply(HTTPStatus.OK, {
+                "enqueued": report.enqueued, "duplicates": report.duplicates,
+                "ignored": report.ignored, "batches": sorted(report.batches),
+            })  # fmt: skip
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("webhook %s - %s", self.client_address[0], format % args)
+
+    return WebhookHandler
+
+
+def serve_http(
+    intake: EventIntake, host: str, port: int, token: str | None, health: Callable[[], bool]
+) -> ThreadingHTTPServer:
+    """Create (not start) the webhook server; call ``serve_forever`` on it."""
+    server = ThreadingHTTPServer((host, port), make_handler(intake, token, health))
+    server.daemon_threads = True
+    return server
