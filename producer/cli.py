@@ -295,9 +295,18 @@ def _connect() -> tuple[WorkerSettings, Ledger]:
 
 @app.command()
 def enqueue(
-    source: Annotated[str, typer.Argument(help="s3://bucket/prefix to compress.")],
+    source: Annotated[
+        str | None, typer.Argument(help="s3://bucket/prefix to compress (or --manifest).")
+    ] = None,
     dest: Annotated[
         str | None, typer.Option(help="s3://bucket/prefix for outputs (keys are mirrored).")
+    ] = None,
+    manifest: Annotated[
+        str | None,
+        typer.Option(
+            help="Manifest instead of a listing: S3 Batch Operations CSV, s3:// URL lines, "
+            "or an S3 Inventory manifest.json (local path or s3://)."
+        ),
     ] = None,
     in_place: Annotated[
         bool,
@@ -342,14 +351,22 @@ def enqueue(
             "transcode": transcode,
         }
     )
+    if (source is None) == (manifest is None):
+        raise _fail("give either s3://bucket/prefix or --manifest FILE")
     try:
-        source_location = S3Location.parse(source)
         dest_location = S3Location.parse(dest) if dest else None
+        source_location = S3Location.parse(source) if source else None
     except ConfigurationError as exc:
         raise _fail(str(exc)) from None
     if (dest_location is None) == (not in_place):
         raise _fail("give exactly one of --dest s3://bucket/prefix and --in-place")
     settings, ledger = _connect()
+    if manifest is not None:
+        _enqueue_manifest(
+            manifest, dest_location, in_place, options, batch, force, settings, ledger
+        )
+        return
+    assert source_location is not None
     batch_id = batch or default_batch_id(source_location, dest_location, options)
     existing = ledger.get_batch(batch_id)
     spec = existing or BatchSpec(
@@ -603,3 +620,68 @@ def listen(
         if server:
             server.shutdown()
         console.print("stopped")
+
+
+def _enqueue_manifest(
+    manifest: str,
+    dest: S3Location | None,
+    in_place: bool,
+    options: CompressionOptions,
+    batch: str | None,
+    force: bool,
+    settings: WorkerSettings,
+    ledger: Ledger,
+) -> None:
+    """Enqueue the objects a manifest names, one batch per source bucket, resumably."""
+    from itertools import chain
+
+    from producer.enqueue import ManifestRun
+    from producer.manifests import ManifestError, open_local, read_manifest
+    from worker import app as celery_app
+
+    storage = Storage(settings)
+
+    def open_location(location: str) -> Any:
+        if location.startswith("s3://"):
+            where = S3Location.parse(location)
+            return storage.open_stream(where.bucket, where.prefix)
+        return open_local(location)
+
+    def make_enqueuer(bucket: str) -> Enqueuer:
+        source = S3Location(bucket=bucket)
+        batch_id = default_batch_id(source, dest, options)
+        if batch:
+            batch_id = batch if not run.enqueuers else f"{batch}-{bucket}"
+        spec = ledger.get_batch(batch_id) or BatchSpec(
+            batch=batch_id, source=source, dest=dest, in_place=in_place, options=options,
+            created=time.time(),
+        )  # fmt: skip
+        ledger.save_batch(spec)
+        return Enqueuer(celery_app, ledger, spec, settings.queue, force=force)
+
+    run = ManifestRun(make_enqueuer)
+    console = Console(stderr=True)
+    try:
+        pages = read_manifest(manifest, open_location)
+        first = next(pages, [])
+        skip = 0
+        if first:
+            info = ledger.batch_info(run.enqueuer(first[0].bucket).spec.batch)
+            checkpoint = info.get("checkpoint", "")
+            if checkpoint.startswith("manifest:") and "listing_done" not in info:
+                skip = int(checkpoint.removeprefix("manifest:"))
+                console.print(f"resuming after manifest entry {skip:,}")
+        with Progress(
+            SpinnerColumn(), TextColumn("[bold]enqueue"), TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(), console=console,
+        ) as progress:  # fmt: skip
+            task = progress.add_task("enqueue", detail="")
+            total = run.run(
+                chain([first], pages), skip,
+                lambda position: progress.update(task, detail=f"{position:,} entries"),
+            )  # fmt: skip
+    except (ManifestError, DcmpressError) as exc:
+        raise _fail(f"{exc} (run the same command again to resume)") from None
+    for report in run.reports.values():
+        print(json.dumps(report.__dict__))
+    console.print(f"{total:,} manifest entries, {len(run.reports)} batch(es)")

@@ -92,3 +92,58 @@ def enqueue_pages(
         on_page(report)
     enqueuer.ledger.mark_listing_done(batch, report.enqueued)
     return report
+
+
+@dataclass
+class ManifestRun:
+    """Enqueues a manifest that may name several buckets: one batch per bucket.
+
+    Progress (manifest entries handled) is checkpointed in every batch the manifest
+    touched after each page, so an interrupted run skips what it already enqueued.
+    """
+
+    make_enqueuer: Callable[[str], Enqueuer]  # source bucket -> enqueuer of its batch
+    enqueuers: dict[str, Enqueuer] = field(default_factory=dict)
+    reports: dict[str, EnqueueReport] = field(default_factory=dict)
+
+    def enqueuer(self, bucket: str) -> Enqueuer:
+        """The enqueuer (and batch) of ``bucket``."""
+        if bucket not in self.enqueuers:
+            self.enqueuers[bucket] = self.make_enqueuer(bucket)
+            self.reports[bucket] = EnqueueReport(batch=self.enqueuers[bucket].spec.batch)
+        return self.enqueuers[bucket]
+
+    def run(
+        self,
+        pages: Iterable[list[ObjectRef]],
+        skip: int,
+        on_page: Callable[[int], None] = lambda position: None,
+    ) -> int:
+        """Enqueue every page after the first ``skip`` entries; return entries seen."""
+        position = 0
+        resuming = skip > 0
+        for page in pages:
+            start = position
+            position += len(page)
+            if position <= skip:
+                continue  # enqueued by an earlier, interrupted run
+            fresh = page[max(0, skip - start) :]
+            by_bucket: dict[str, list[ObjectRef]] = {}
+            for ref in fresh:
+                by_bucket.setdefault(ref.bucket, []).append(ref)
+            for bucket, refs in by_bucket.items():
+                sent, done, queued = self.enqueuer(bucket).enqueue(refs, resend_queued=resuming)
+                report = self.reports[bucket]
+                report.listed += len(refs)
+                report.enqueued += sent
+                report.already_done += done
+                report.already_queued += queued
+            resuming = False
+            for bucket, enqueuer in self.enqueuers.items():
+                enqueuer.ledger.set_checkpoint(
+                    enqueuer.spec.batch, f"manifest:{position}", self.reports[bucket].enqueued
+                )
+            on_page(position)
+        for bucket, enqueuer in self.enqueuers.items():
+            enqueuer.ledger.mark_listing_done(enqueuer.spec.batch, self.reports[bucket].enqueued)
+        return position

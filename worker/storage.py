@@ -121,6 +121,13 @@ class Storage:
             metadata=dict(response.get("Metadata", {})),
         )
 
+    def open_stream(self, bucket: str, key: str) -> Any:
+        """A file-like, streaming body of an object (for manifests), to be closed."""
+        try:
+            return self.client.get_object(Bucket=bucket, Key=key)["Body"]
+        except (ClientError, BotoCoreError) as exc:
+            raise classify(exc, f"open s3://{bucket}/{key}") from exc
+
     def head_metadata(self, bucket: str, key: str, version_id: str | None = None) -> dict[str, str]:
         """The user metadata of an object (one HEAD request)."""
         extra = {"VersionId": version_id} if version_id else {}
