@@ -89,9 +89,7 @@ def main() -> None:
             settings = WorkerSettings()
             for keys in (args.keys // 4, args.keys):
                 rate, peak = manifest_rate(root, keys, settings)
-                print(
-                    f"manifest {keys:>9,} keys: {rate:>8,.0f} keys/s, peak {peak:5.1f} MiB RSS"
-                )
+                print(f"manifest {keys:>9,} keys: {rate:>8,.0f} keys/s, peak {peak:5.1f} MiB RSS")
             rate = listing_rate(root, args.objects, settings, s3)
             print(f"listing  {args.objects:>9,} objects: {rate:>8,.0f} keys/s")
 
