@@ -51,9 +51,9 @@ Opener = Callable[[str], BinaryIO]
 
 ManifestFormat = Literal["inventory", "batch-csv", "s3-urls"]
 
-HEAD_BYTES = 64 * 1024  # what format detection looks at; also the read buffer size
+HEAD_BYTES = 64 * 1024  # what format detection looks at; also the read size
 MAX_LINE_BYTES = 1024 * 1024  # keys are <= 1 KiB; a longer line means a wrong file
-MAX_INVENTORY_MANIFEST_BYTES = 64 * 1024 * 1024  # manifest.json lists files, not objects
+MAX_INVENTORY_MANIFEST_BYTES = 16 * 1024 * 1024  # it lists data files (~200 B each), not objects
 _GZIP_MAGIC = b"\x1f\x8b"
 # Permissive on purpose: legacy and S3-compatible buckets allow capitals and underscores.
 _BUCKET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
@@ -96,7 +96,8 @@ class _RawReader(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         filled = 0
         while filled < len(view):
-            chunk = self._stream.read(len(view) - filled)
+            # bounded: the stream may allocate what it is asked for before reading
+            chunk = self._stream.read(min(len(view) - filled, HEAD_BYTES))
             if not chunk:
                 break
             view[filled : filled + len(chunk)] = chunk
@@ -209,11 +210,13 @@ def _is_blank(row: list[str]) -> bool:
 def _decode_key(encoded: str, name: str, line: int) -> str:
     """An object key from its URL-encoded form, as S3 writes and reads it in manifests.
 
-    ``unquote_plus``, not ``unquote``: S3 Inventory CSV encodes a space as ``+`` and a
-    literal plus as ``%2B`` (cloud-custodian#1997), and Batch Operations, which reads
-    inventory reports and CSV manifests alike, decodes ``+`` as a space (powertools-lambda-
-    python#3572). AWS's own example (``object%20key%20with%20spaces``) decodes the same.
-    So a literal ``+`` in a key must be written ``%2B``, as the format requires anyway.
+    Both CSV formats encode keys (S3 User Guide: "Object keys must be URL-encoded" for
+    Batch Operations CSV; inventory CSV keys "must be decoded before you can use" them).
+    ``unquote_plus``, not ``unquote``: inventory CSV writes a space as ``+`` and a literal
+    plus as ``%2B`` (cloud-custodian#1997), and Batch Operations, which takes inventory
+    reports and CSV manifests alike, decodes ``+`` as a space (powertools-lambda-python
+    #3572). AWS's example ``object%20key%20with%20spaces`` decodes the same either way;
+    a literal ``+`` must be written ``%2B``, as URL encoding requires anyway.
     """
     if not encoded:
         raise ManifestError(name, line, "empty object key")
@@ -270,6 +273,7 @@ def read_batch_csv(stream: BinaryIO, name: str = "manifest") -> Iterator[ObjectR
     lines and quoted fields. The stream is not closed.
     """
     lines = _Lines(stream, name)
+    checked = ""  # manifests name one bucket again and again: check it once
     for row in _csv_rows(lines, name):
         if _is_blank(row):
             continue
@@ -277,7 +281,9 @@ def read_batch_csv(stream: BinaryIO, name: str = "manifest") -> Iterator[ObjectR
             raise ManifestError(
                 name, lines.number, f"expected bucket,key[,versionId]; found {len(row)} fields"
             )
-        bucket = _check_bucket(row[0].strip(), name, lines.number)
+        bucket = row[0].strip()
+        if bucket != checked:
+            checked = _check_bucket(bucket, name, lines.number)
         key = _decode_key(row[1], name, lines.number)
         version_id = row[2].strip() if len(row) == 3 else ""
         yield ObjectRef(bucket, key, version_id=version_id or None)
@@ -301,6 +307,18 @@ def read_s3_urls(stream: BinaryIO, name: str = "manifest") -> Iterator[ObjectRef
         if not slash or not key:
             raise ManifestError(name, lines.number, f"no object key in {text!r}")
         yield ObjectRef(_check_bucket(bucket, name, lines.number), key)
+
+
+def _read_small(stream: BinaryIO, limit: int, name: str) -> bytes:
+    """All of a small stream, in chunks: ``read(limit)`` would allocate ``limit`` up front."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := stream.read(HEAD_BYTES):
+        size += len(chunk)
+        if size > limit:
+            raise ManifestError(name, None, f"larger than {limit} bytes; not a manifest.json?")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _field(document: dict[str, Any], field: str, name: str) -> Any:
@@ -369,9 +387,7 @@ def read_inventory(
     match what was read fails after its rows (it was truncated or replaced). Only the CSV
     output format can be read. The manifest stream is not closed.
     """
-    data = manifest.read(MAX_INVENTORY_MANIFEST_BYTES + 1)
-    if len(data) > MAX_INVENTORY_MANIFEST_BYTES:
-        raise ManifestError(name, None, "larger than an S3 Inventory manifest.json can be")
+    data = _read_small(manifest, MAX_INVENTORY_MANIFEST_BYTES, name)
     try:
         document = json.loads(data)
     except json.JSONDecodeError as exc:
@@ -519,8 +535,9 @@ def read_manifest(
     """Pages of at most ``page_size`` objects listed by the manifest at ``location``.
 
     The format is detected from the first bytes (gzip is undone first, whatever the name);
-    ``include_versions`` applies to S3 Inventory reports. Files are closed when the
-    iteration ends or is abandoned.
+    ``include_versions`` applies to S3 Inventory reports, whose data files
+    ``open_location`` must open as ``s3://`` locations. Every file is closed when the
+    iteration ends, fails or is abandoned.
     """
     if page_size < 1:
         raise ValueError(f"page_size must be at least 1, not {page_size}")
