@@ -8,10 +8,7 @@ terminal state with a code from :data:`worker.errors.CODES`.
 from __future__ import annotations
 
 import logging
-import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +37,7 @@ from worker.errors import (
 from worker.isolation import CodecCrashed
 from worker.parse import read_dataset
 from worker.settings import CompressionOptions
+from worker.timing import StageTimer
 from worker.verify import Verification, verify
 
 log = logging.getLogger(__name__)
@@ -103,27 +101,12 @@ class Result:
         }
 
 
-class _Stages:
-    """Accumulates seconds per pipeline stage."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
-
-
 def process(data: bytes, options: CompressionOptions) -> Result:
     """Compress one DICOM object held in memory, as ``options`` say.
 
     Never raises for a bad object; raises only TransientError and ConfigurationError.
     """
-    stages = _Stages()
+    stages = StageTimer()
     with warnings.catch_warnings(record=True) as caught:
         # pydicom warns about many harmless oddities of real files (invalid UI values,
         # odd lengths); they are reported with the outcome, not raised or printed.
@@ -143,7 +126,9 @@ def _distinct_messages(caught: list[warnings.WarningMessage], limit: int = 5) ->
     return messages[:limit]
 
 
-def _process_recording_errors(data: bytes, options: CompressionOptions, stages: _Stages) -> Result:
+def _process_recording_errors(
+    data: bytes, options: CompressionOptions, stages: StageTimer
+) -> Result:
     try:
         result = _process(data, options, stages)
     except PermanentError as exc:
@@ -156,7 +141,7 @@ def _process_recording_errors(data: bytes, options: CompressionOptions, stages: 
     return result
 
 
-def _process(data: bytes, options: CompressionOptions, stage: _Stages) -> Result:
+def _process(data: bytes, options: CompressionOptions, stage: StageTimer) -> Result:
     with stage("parse"):
         ds = read_dataset(data)
     early = _classify(ds, data, options)

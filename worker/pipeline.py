@@ -11,10 +11,7 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -25,6 +22,7 @@ from worker.engine import Result, process
 from worker.errors import PermanentError, TransientError
 from worker.ledger import Ledger, Record, short_etag
 from worker.storage import Fetched, Storage
+from worker.timing import StageTimer
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +42,7 @@ class Job:
     worker: str
     claim_ttl: int
     max_attempts: int
-    timings: dict[str, float] = field(default_factory=dict)
+    stage: StageTimer = field(default_factory=StageTimer)
 
     @property
     def batch(self) -> str:
@@ -55,15 +53,6 @@ class Job:
     def key(self) -> str:
         """The source object key."""
         return self.message.key
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Time a pipeline stage."""
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
 
 
 def process_object(job: Job) -> dict[str, Any]:
@@ -181,7 +170,7 @@ def _compress(job: Job, fetched: Fetched) -> Result:
             len(fetched.data),
         )  # fmt: skip
     result = process(fetched.data, job.spec.options)
-    job.timings.update(result.timings)
+    job.stage.seconds.update(result.timings)
     return result
 
 
@@ -218,13 +207,13 @@ def _finish(
         bytes_out=result.bytes_out if output_url else 0,
         target=result.target or "",
         plugin=result.plugin or "",
-        millis=int(sum(job.timings.values()) * 1000),
+        millis=int(sum(job.stage.seconds.values()) * 1000),
         etag=short_etag(fetched.etag),
     )
     message = "" if result.state == "done" else result.message
     with job.stage("record"):
         job.ledger.transition(job.batch, job.key, final, message)
-        job.ledger.add_stage_seconds(job.batch, job.timings)
+        job.ledger.add_stage_seconds(job.batch, job.stage.seconds)
     summary = outcome(job, final, result.message)
     summary["output"] = output_url
     log.info("object finished", extra={"dcmpress": summary})
@@ -239,7 +228,7 @@ def finish_failure(job: Job, error: PermanentError, previous: Record | None) -> 
         code=error.code,
         bytes_in=job.message.size or 0,
         bytes_out=0,
-        millis=int(sum(job.timings.values()) * 1000),
+        millis=int(sum(job.stage.seconds.values()) * 1000),
     )
     job.ledger.transition(job.batch, job.key, final, error.message)
     summary = outcome(job, final, error.message)
