@@ -25,7 +25,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages
+from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages, requeue
 from producer.local import plan_jobs, run_all
 from producer.samples import demo_files
 from producer.sources import KeyFilter, listing_pages
@@ -685,3 +685,45 @@ def _enqueue_manifest(
     for report in run.reports.values():
         print(json.dumps(report.__dict__))
     console.print(f"{total:,} manifest entries, {len(run.reports)} batch(es)")
+
+
+def _batch_enqueuer(batch: str, force: bool) -> Enqueuer:
+    settings, ledger = _connect()
+    spec = ledger.get_batch(batch)
+    if spec is None:
+        raise _fail(f"no batch {batch!r} in the ledger")
+    from worker import app as celery_app
+
+    return Enqueuer(celery_app, ledger, spec, settings.queue, force=force)
+
+
+@app.command()
+def retry(
+    batch: Annotated[str, typer.Argument(help="Batch id.")],
+    code: Annotated[
+        list[str] | None, typer.Option(help="Only objects that failed with this code.")
+    ] = None,
+) -> None:
+    """Queue the failed objects of a batch again (all, or those with --code)."""
+    enqueuer = _batch_enqueuer(batch, force=True)
+    codes = set(code or ())
+    sent = requeue(enqueuer, lambda r: r.state == "failed" and (not codes or r.code in codes))
+    Console().print(f"{sent} failed object(s) of {batch} queued again")
+
+
+@app.command()
+def cancel(batch: Annotated[str, typer.Argument(help="Batch id.")]) -> None:
+    """Stop a batch: its queued objects are acknowledged and recorded `cancelled`."""
+    enqueuer = _batch_enqueuer(batch, force=False)
+    enqueuer.ledger.set_cancelled(batch, True)
+    pending = snapshot(enqueuer.ledger, batch).pending
+    Console().print(f"batch {batch} cancelled; {pending} queued/running object(s) will stop")
+
+
+@app.command()
+def resume(batch: Annotated[str, typer.Argument(help="Batch id.")]) -> None:
+    """Continue a cancelled batch: its cancelled objects are queued again."""
+    enqueuer = _batch_enqueuer(batch, force=True)
+    enqueuer.ledger.set_cancelled(batch, False)
+    sent = requeue(enqueuer, lambda r: r.code == "cancelled")
+    Console().print(f"batch {batch} resumed; {sent} cancelled object(s) queued again")

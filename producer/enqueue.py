@@ -16,7 +16,7 @@ from celery import Celery
 from producer.publish import BulkPublisher
 from producer.sources import ObjectRef
 from worker.contract import BatchSpec, JobMessage
-from worker.ledger import ALREADY_DONE, ALREADY_QUEUED, QUEUED, Ledger
+from worker.ledger import ALREADY_DONE, ALREADY_QUEUED, QUEUED, Ledger, Record
 
 
 @dataclass
@@ -147,3 +147,19 @@ class ManifestRun:
         for bucket, enqueuer in self.enqueuers.items():
             enqueuer.ledger.mark_listing_done(enqueuer.spec.batch, self.reports[bucket].enqueued)
         return position
+
+
+def requeue(enqueuer: Enqueuer, wanted: Callable[[Record], bool], page_size: int = 1000) -> int:
+    """Queue again every object of the batch whose record ``wanted`` selects."""
+    ledger, spec = enqueuer.ledger, enqueuer.spec
+    page: list[ObjectRef] = []
+    sent = 0
+    for key, record, _ in ledger.iter_records(spec.batch):
+        if wanted(record):
+            page.append(ObjectRef(spec.source.bucket, key, record.etag, record.bytes_in or None))
+        if len(page) == page_size:
+            sent += enqueuer.enqueue(page, resend_queued=True)[0]
+            page = []
+    if page:
+        sent += enqueuer.enqueue(page, resend_queued=True)[0]
+    return sent

@@ -52,6 +52,9 @@ CODES: dict[str, CodeInfo] = {
     "own_output": CodeInfo(
         "skipped", "The object is a dcmpress output (metadata marker); never processed again."
     ),
+    "cancelled": CodeInfo(
+        "skipped", "The batch was cancelled before this object was processed (see resume)."
+    ),
     "no_gain": CodeInfo(
         "skipped", "The compressed result was not smaller than the source (see min_ratio)."
     ),

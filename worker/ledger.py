@@ -7,7 +7,7 @@ so the whole scheme is on one screen. All keys but the claims expire
 Key (type) - content - lifetime
 - ``dcmpress:batches`` (zset) - batch ids scored by creation time - retention
 - ``dcmpress:batch:{b}`` (hash) - ``spec`` (BatchSpec JSON), ``checkpoint`` (listing
-  position), ``enqueued`` (keys sent), ``listing_done`` - retention
+  position), ``enqueued`` (keys sent), ``listing_done``, ``cancelled`` - retention
 - ``dcmpress:batch:{b}:counts`` (hash) - objects per state (queued, running, done,
   skipped, failed), ``bytes_in``/``bytes_out`` of finished objects, ``code:{code}``
   counts, ``stage:{name}`` seconds, ``started_at``/``finished_at`` - retention
@@ -349,6 +349,17 @@ class Ledger:
         """Checkpoint and enqueue progress fields of the batch hash."""
         raw = cast(dict[bytes, bytes], self.redis.hgetall(Keys.batch(batch)))
         return {k.decode(): v.decode() for k, v in raw.items() if k != b"spec"}
+
+    def set_cancelled(self, batch: str, cancelled: bool) -> None:
+        """Cancel a batch (its queued objects are then recorded cancelled) or resume it."""
+        if cancelled:
+            self.redis.hset(Keys.batch(batch), "cancelled", int(time.time()))
+        else:
+            self.redis.hdel(Keys.batch(batch), "cancelled")
+
+    def is_cancelled(self, batch: str) -> bool:
+        """True while the batch is cancelled."""
+        return bool(self.redis.hexists(Keys.batch(batch), "cancelled"))
 
     def set_checkpoint(self, batch: str, start_after: str, enqueued: int) -> None:
         """Remember how far the listing got, after its keys were durably enqueued."""

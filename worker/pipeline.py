@@ -122,6 +122,13 @@ def _run_claimed(job: Job) -> dict[str, Any]:
     if previous and previous.terminal and _same_source(previous, job.message):
         # A duplicate delivery (redelivery, duplicate event): already finished.
         return outcome(job, previous, job.ledger.get_message(job.batch, job.key))
+    if job.ledger.is_cancelled(job.batch):
+        # acknowledged without work; `dcmpress resume` queues these objects again
+        final = (previous or Record(state="queued")).stamped(
+            state="skipped", code="cancelled", bytes_in=job.message.size or 0, bytes_out=0
+        )
+        job.ledger.transition(job.batch, job.key, final, "batch cancelled; not processed")
+        return outcome(job, final, "batch cancelled; not processed")
     lost = previous.lost if previous else 0
     if previous and previous.state == "running":
         lost += 1  # the last delivery died without finishing (its claim lapsed)

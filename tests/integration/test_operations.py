@@ -1,0 +1,68 @@
+"""Operating a batch: retry failures, cancel and resume, through the real stack."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from producer.samples import make_image, to_bytes
+from producer.stack import CeleryWorker, SeaweedS3
+from tests.conftest import run_cli, wait_for_batch
+from worker.ledger import Ledger
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_retry_requeues_failed_objects_by_code(
+    stack_env: dict[str, str], s3_server: SeaweedS3, bucket_pair: tuple[str, str],
+    celery_worker: Any, ledger: Ledger,
+) -> None:  # fmt: skip
+    source, dest = bucket_pair
+    client = s3_server.client()
+    client.put_object(Bucket=source, Key="good.dcm", Body=to_bytes(make_image(64, 64)))
+    client.put_object(Bucket=source, Key="late.dcm", Body=b"still uploading" * 10)
+    batch = f"retry-{uuid.uuid4().hex[:6]}"
+    assert run_cli(stack_env, "enqueue", f"s3://{source}/", "--dest", f"s3://{dest}/",
+                   "--batch", batch).returncode == 0  # fmt: skip
+    counts = wait_for_batch(ledger, batch, 2)
+    assert (counts.get("done"), counts.get("failed")) == (1, 1)
+    # the object is fixed at the source; only that failure code is retried
+    client.put_object(Bucket=source, Key="late.dcm", Body=to_bytes(make_image(64, 64, seed=2)))
+    assert "0 failed" in run_cli(stack_env, "retry", batch, "--code", "io_error").stdout
+    proc = run_cli(stack_env, "retry", batch, "--code", "not_dicom")
+    assert proc.returncode == 0 and "1 failed object(s)" in proc.stdout, proc.stderr
+    counts = wait_for_batch(ledger, batch, 2)
+    assert (counts.get("done"), counts.get("failed", 0)) == (2, 0)
+    record = ledger.get_record(batch, "late.dcm")
+    assert record is not None and record.attempts == 2
+
+
+def test_cancel_records_queued_objects_and_resume_finishes_them(
+    stack_env: dict[str, str], s3_server: SeaweedS3, bucket_pair: tuple[str, str],
+    ledger: Ledger, tmp_path: Path,
+) -> None:  # fmt: skip
+    source, dest = bucket_pair
+    env = {**stack_env, "DCMPRESS_QUEUE": f"cancel-{uuid.uuid4().hex[:6]}"}
+    client = s3_server.client()
+    for index in range(4):
+        client.put_object(Bucket=source, Key=f"{index}.dcm",
+                          Body=to_bytes(make_image(48, 48, seed=index)))  # fmt: skip
+    batch = f"cancel-{uuid.uuid4().hex[:6]}"
+    # no worker consumes this queue yet: everything stays queued
+    assert run_cli(env, "enqueue", f"s3://{source}/", "--dest", f"s3://{dest}/",
+                   "--batch", batch).returncode == 0  # fmt: skip
+    assert "cancelled" in run_cli(env, "cancel", batch).stdout
+    with CeleryWorker({**env, "PYTHONPATH": str(ROOT)}, tmp_path, concurrency=1):
+        counts = wait_for_batch(ledger, batch, 4)
+        assert counts.get("skipped") == 4 and counts.get("code:cancelled") == 4
+        assert "Contents" not in client.list_objects_v2(Bucket=dest)  # no work was done
+        proc = run_cli(env, "resume", batch)
+        assert "4 cancelled object(s) queued again" in proc.stdout, proc.stderr
+        counts = wait_for_batch(ledger, batch, 4)
+    assert counts.get("code:cancelled") == 0
+    assert counts.get("done", 0) + counts.get("skipped", 0) == 4
+    assert len(client.list_objects_v2(Bucket=dest)["Contents"]) == 4
