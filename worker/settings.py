@@ -202,6 +202,14 @@ class WorkerSettings(BaseSettings):
             raise ValueError("visibility_timeout must exceed task_time_limit")
         return self
 
+    metrics_port: int | None = Field(
+        default=None,
+        description="Port where each `celery worker` serves Prometheus `/metrics` "
+        "(all its pool processes aggregated); unset: no metrics server.",
+    )
+    metrics_address: str = Field(
+        default="0.0.0.0", description="Address the metrics server binds to."
+    )
     claim_ttl: int = Field(
         default=60,
         ge=5,

@@ -11,8 +11,14 @@ from typing import Any
 
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
+from worker import metrics
 from worker.contract import TASK_COMPRESS, BatchSpec, JobMessage
 from worker.errors import PermanentError, TransientError
 from worker.ledger import Ledger
@@ -73,6 +79,23 @@ def _reset_context(**_: Any) -> None:
     _context = None
 
 
+@worker_init.connect
+def _serve_metrics(**_: Any) -> None:
+    settings = WorkerSettings()
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port, settings.metrics_address)
+
+
+@worker_process_shutdown.connect
+def _forget_process(pid: int | None = None, **_: Any) -> None:
+    metrics.process_exited(pid or os.getpid())
+
+
+@worker_shutdown.connect
+def _remove_metrics_files(**_: Any) -> None:
+    metrics.cleanup_directory()
+
+
 def backoff(retries: int, cap: int) -> float:
     """Exponential backoff with full jitter: 1, 2, 4... seconds, at most ``cap``."""
     return float(random.uniform(0.5, 1.0) * min(cap, 2**retries))
@@ -81,6 +104,11 @@ def backoff(retries: int, cap: int) -> float:
 @shared_task(name=TASK_COMPRESS, bind=True, acks_late=True, reject_on_worker_lost=True)
 def compress_object(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, Any]:
     """Compress one object of a batch; the outcome is recorded in the ledger."""
+    with metrics.IN_FLIGHT.track_inprogress():
+        return _compress_object(self, message)
+
+
+def _compress_object(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, Any]:
     ctx = context()
     job_message = JobMessage.model_validate(message)
     spec = ctx.spec(job_message.batch)
@@ -94,7 +122,14 @@ def compress_object(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, 
         claim_ttl=ctx.settings.claim_ttl,
         max_attempts=ctx.settings.max_attempts,
     )
-    if spec is None:
+    summary = _run(self, ctx, job, spec is not None)
+    metrics.record_outcome(summary, job.stage.seconds)
+    return summary
+
+
+def _run(self: Task[Any, Any], ctx: Context, job: Job, known_batch: bool) -> dict[str, Any]:
+    """The pipeline with our retry policy around it."""
+    if not known_batch:
         return finish_failure(
             job, PermanentError("unknown_batch", f"batch {job.batch!r} is not in the ledger"), None
         )
@@ -102,6 +137,7 @@ def compress_object(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, 
         return process_object(job)
     except ClaimHeld as exc:
         # another delivery of the same object is running; look again later
+        metrics.RETRIES.labels("claim_held").inc()
         raise self.retry(exc=exc, countdown=backoff(4, 60), max_retries=None) from exc
     except TransientError as exc:
         if self.request.retries >= ctx.settings.max_retries:
@@ -114,6 +150,7 @@ def compress_object(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, 
             )
         delay = backoff(self.request.retries, ctx.settings.retry_backoff_max)
         log.warning("transient error, retrying in %.1fs: %s", delay, exc)
+        metrics.RETRIES.labels("transient").inc()
         raise self.retry(exc=exc, countdown=delay, max_retries=None) from exc
     except SoftTimeLimitExceeded:
         return finish_failure(
