@@ -29,7 +29,7 @@ from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages, requeue
 from producer.local import plan_jobs, run_all
 from producer.samples import demo_files
 from producer.sources import KeyFilter, listing_pages
-from producer.status import BatchStatus, render, report_rows, snapshot, write_report
+from producer.status import RateWindow, render, report_rows, snapshot, write_report
 from worker.codecs import TARGETS, all_plugin_status, resolve_plugin
 from worker.contract import BatchSpec, S3Location, default_batch_id
 from worker.errors import CODES, ConfigurationError, DcmpressError
@@ -447,14 +447,14 @@ def status(
     if not watch:
         Console().print(render(current))
         return
-    previous: BatchStatus | None = None
+    window = RateWindow(60.0)
     with Live(render(current), console=Console(), auto_refresh=False) as live:
         while True:
-            live.update(render(current, previous), refresh=True)
+            live.update(render(current, window.add(current)), refresh=True)
             if current.complete:
                 break
             time.sleep(interval)
-            previous, current = current, snapshot(ledger, batch)
+            current = snapshot(ledger, batch)
 
 
 @app.command()

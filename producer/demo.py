@@ -21,7 +21,7 @@ from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages
 from producer.samples import demo_files
 from producer.sources import KeyFilter, listing_pages
 from producer.stack import CeleryWorker, RedisServer, SeaweedS3
-from producer.status import render, report_rows, snapshot
+from producer.status import RateWindow, render, report_rows, snapshot
 from worker.app import create_app
 from worker.contract import BatchSpec, S3Location
 from worker.ledger import Ledger
@@ -93,12 +93,12 @@ def _upload_samples(s3: SeaweedS3) -> int:
 
 def _watch(ledger: Ledger, batch: str, console: Console) -> None:
     current = snapshot(ledger, batch)
-    previous = None
+    window = RateWindow(60.0)
     with Live(render(current), console=console, auto_refresh=False) as live:
         while not current.complete:
             time.sleep(0.5)
-            previous, current = current, snapshot(ledger, batch)
-            live.update(render(current, previous), refresh=True)
+            current = snapshot(ledger, batch)
+            live.update(render(current, window.add(current)), refresh=True)
 
 
 def _outcomes(ledger: Ledger, batch: str) -> Table:

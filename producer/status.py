@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -49,15 +50,23 @@ class BatchStatus:
         """Listing finished and nothing left to do."""
         return "listing_done" in self.info and self.pending == 0
 
-    def rate(self, previous: BatchStatus | None = None) -> float:
-        """Objects finished per second: since ``previous``, else over the batch's life."""
+    def rates(self, previous: BatchStatus | None = None) -> tuple[float, float]:
+        """(objects/s, source MB/s): since ``previous``, else over the batch's life."""
         if previous is not None and self.taken_at > previous.taken_at:
-            return (self.finished - previous.finished) / (self.taken_at - previous.taken_at)
+            seconds = self.taken_at - previous.taken_at
+            objects = self.finished - previous.finished
+            megabytes = (self.counts.get("bytes_in", 0) - previous.counts.get("bytes_in", 0)) / 1e6
+            return objects / seconds, megabytes / seconds
         started = self.counts.get("started_at")
         last = self.counts.get("finished_at")
         if not started or not last or last <= started:
-            return 0.0
-        return self.finished / (last - started)
+            return 0.0, 0.0
+        seconds = last - started
+        return self.finished / seconds, self.counts.get("bytes_in", 0) / 1e6 / seconds
+
+    def example(self, code: str) -> str:
+        """The latest key that failed with ``code`` ('' if none is known)."""
+        return self.info.get(f"example:{code}", "")
 
     def failures(self, limit: int = 5) -> list[tuple[str, int]]:
         """The most common failure codes."""
@@ -76,10 +85,14 @@ def snapshot(ledger: Ledger, batch: str) -> BatchStatus:
 
 
 def render(status: BatchStatus, previous: BatchStatus | None = None) -> Table:
-    """A table for humans: counts, bytes saved, rate, ETA, top failures."""
+    """A table for humans: counts, bytes saved, rates, ETA, failures with an example.
+
+    ``previous`` is the snapshot the rates are measured from (``--watch`` passes the
+    one taken about a minute earlier).
+    """
     counts = status.counts
     bytes_in, bytes_out = counts.get("bytes_in", 0.0), counts.get("bytes_out", 0.0)
-    rate = status.rate(previous)
+    rate, megabytes = status.rates(previous)
     eta = f"{status.pending / rate:,.0f} s" if rate > 0 and status.pending else "-"
     table = Table(title=f"batch {status.batch}", show_header=False)
     table.add_column("what")
@@ -94,11 +107,29 @@ def render(status: BatchStatus, previous: BatchStatus | None = None) -> Table:
     saved = bytes_in - bytes_out if bytes_out else 0.0
     ratio = f" ({bytes_in / bytes_out:.2f}x)" if bytes_out else ""
     table.add_row("saved", f"{saved / 1e6:,.1f} MB{ratio}")
-    table.add_row("rate", f"{rate:,.1f} objects/s")
+    window = "last minute" if previous is not None else "average"
+    table.add_row(f"rate ({window})", f"{rate:,.1f} objects/s, {megabytes:,.2f} MB/s")
     table.add_row("ETA", eta)
     for code, count in status.failures():
-        table.add_row(f"failed: {code}", f"{count:,}")
+        example = status.example(code)
+        table.add_row(f"failed: {code}", f"{count:,}" + (f"  e.g. {example}" if example else ""))
     return table
+
+
+class RateWindow:
+    """Snapshots of the last ``seconds``, so rates are measured over that window."""
+
+    def __init__(self, seconds: float = 60.0) -> None:
+        self.seconds = seconds
+        self.snapshots: deque[BatchStatus] = deque()
+
+    def add(self, status: BatchStatus) -> BatchStatus | None:
+        """Remember ``status``; return the oldest snapshot still inside the window."""
+        self.snapshots.append(status)
+        while self.snapshots and status.taken_at - self.snapshots[0].taken_at > self.seconds:
+            self.snapshots.popleft()
+        oldest = self.snapshots[0]
+        return oldest if oldest is not status else None
 
 
 def report_rows(ledger: Ledger, batch: str) -> Iterator[dict[str, Any]]:

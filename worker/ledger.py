@@ -7,7 +7,8 @@ so the whole scheme is on one screen. All keys but the claims expire
 Key (type) - content - lifetime
 - ``dcmpress:batches`` (zset) - batch ids scored by creation time - retention
 - ``dcmpress:batch:{b}`` (hash) - ``spec`` (BatchSpec JSON), ``checkpoint`` (listing
-  position), ``enqueued`` (keys sent), ``listing_done``, ``cancelled`` - retention
+  position), ``enqueued`` (keys sent), ``listing_done``, ``cancelled``,
+  ``example:{code}`` (the latest key that failed with that code) - retention
 - ``dcmpress:batch:{b}:counts`` (hash) - objects per state (queued, running, done,
   skipped, failed), ``bytes_in``/``bytes_out`` of finished objects, ``code:{code}``
   counts, ``stage:{name}`` seconds, ``started_at``/``finished_at`` - retention
@@ -201,6 +202,7 @@ local names = {q='queued', r='running', d='done', s='skipped', f='failed'}
 local function terminal(c) return c == 'd' or c == 's' or c == 'f' end
 local function code(r) if r[2] == '' and r[1] == 'd' then return 'compressed' end return r[2] end
 local delta = {}
+local examples = {}
 local finished, started = false, false
 local function add(field, n) delta[field] = (delta[field] or 0) + n end
 local function move(objects, messages, field, old, value, message, retention)
@@ -222,6 +224,7 @@ local function move(objects, messages, field, old, value, message, retention)
     add('bytes_out', tonumber(n[4], 36))
     add('code:' .. code(n), 1)
     finished = true
+    if n[1] == 'f' then examples['example:' .. code(n)] = field end
   end
   if n[1] == 'r' then started = true end
   if message ~= '' then
@@ -231,29 +234,31 @@ local function move(objects, messages, field, old, value, message, retention)
     redis.call('HDEL', messages, field)
   end
 end
-local function flush(counts, now, retention)
+local function flush(counts, batch, now, retention)
   for field, n in pairs(delta) do
     if n ~= 0 then redis.call('HINCRBY', counts, field, n) end
   end
+  for field, key in pairs(examples) do redis.call('HSET', batch, field, key) end
   if finished then redis.call('HSET', counts, 'finished_at', now) end
   if started then redis.call('HSETNX', counts, 'started_at', now) end
   redis.call('EXPIRE', counts, retention)
 end
 """
 
-# Sets records (KEYS: counts, then objects/messages shard per item; ARGV: retention,
-# now, then field/value/message per item), keeping the batch counters exact.
+# Sets records (KEYS: counts, batch, then objects/messages shard per item; ARGV:
+# retention, now, then field/value/message per item), keeping the counters exact and
+# the latest failed key per code as an example (batch hash, ``example:{code}``).
 _TRANSITION = (
     _LUA_RECORDS
     + """
 local retention, now = ARGV[1], ARGV[2]
-for i = 1, (#KEYS - 1) / 2 do
-  local objects = KEYS[2 * i]
+for i = 1, (#KEYS - 2) / 2 do
+  local objects = KEYS[2 * i + 1]
   local field = ARGV[3 * i]
   local old = redis.call('HGET', objects, field)
-  move(objects, KEYS[2 * i + 1], field, old, ARGV[3 * i + 1], ARGV[3 * i + 2], retention)
+  move(objects, KEYS[2 * i + 2], field, old, ARGV[3 * i + 1], ARGV[3 * i + 2], retention)
 end
-flush(KEYS[1], ARGV[2], retention)
+flush(KEYS[1], KEYS[2], ARGV[2], retention)
 return 1
 """
 )
@@ -267,8 +272,8 @@ _QUEUE = (
 local retention, now, now36 = ARGV[1], ARGV[2], ARGV[3]
 local force, resend = ARGV[4] == '1', ARGV[5] == '1'
 local result = {}
-for i = 1, (#KEYS - 1) / 2 do
-  local objects = KEYS[2 * i]
+for i = 1, (#KEYS - 2) / 2 do
+  local objects = KEYS[2 * i + 1]
   local field, etag = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
   local old = redis.call('HGET', objects, field)
   local verdict, attempts = 0, '0'
@@ -282,11 +287,11 @@ for i = 1, (#KEYS - 1) / 2 do
   end
   if verdict == 0 then
     local value = 'q||0|0|' .. attempts .. '|||0||' .. etag .. '|' .. now36 .. '|0'
-    move(objects, KEYS[2 * i + 1], field, old, value, '', retention)
+    move(objects, KEYS[2 * i + 2], field, old, value, '', retention)
   end
   result[i] = verdict
 end
-flush(KEYS[1], now, retention)
+flush(KEYS[1], KEYS[2], now, retention)
 return result
 """
 )
@@ -423,7 +428,7 @@ class Ledger:
             self._transition_chunk(batch, chunk, now)
 
     def _transition_chunk(self, batch: str, chunk: list[tuple[str, Record, str]], now: str) -> None:
-        keys = [Keys.counts(batch)]
+        keys = [Keys.counts(batch), Keys.batch(batch)]
         args: list[str | int] = [self.retention, now]
         for key, record, message in chunk:
             shard = shard_of(key)
@@ -442,7 +447,7 @@ class Ledger:
         now = int(time.time())
         verdicts: list[int] = []
         for start in range(0, len(items), 500):
-            keys = [Keys.counts(batch)]
+            keys = [Keys.counts(batch), Keys.batch(batch)]
             args: list[str | int] = [
                 self.retention, now, to_base36(now), int(force), int(resend_queued),
             ]  # fmt: skip

@@ -186,7 +186,7 @@ def test_status_shows_counts_bytes_saved_and_failures(
     proc = run_cli(stack_env, "status", "st")
     assert proc.returncode == 0, proc.stderr
     assert report["batch"] == "st"
-    for text in ("done", "failed: not_dicom", "saved", "complete"):
+    for text in ("done", "failed: not_dicom", "e.g. x/2.txt", "saved", "complete", "MB/s"):
         assert text in proc.stdout
     watch = run_cli(stack_env, "status", "st", "--watch", "--interval", "0.2")
     assert watch.returncode == 0 and "ETA" in watch.stdout

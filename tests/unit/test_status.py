@@ -1,0 +1,39 @@
+"""Rates and ETA of the status view, from ledger snapshots."""
+
+from __future__ import annotations
+
+from producer.status import BatchStatus, RateWindow, render
+
+
+def snap(at: float, done: int, queued: int, bytes_in: float) -> BatchStatus:
+    """A snapshot taken at ``at`` seconds."""
+    counts = {"done": float(done), "queued": float(queued), "bytes_in": bytes_in}
+    return BatchStatus("b", counts, {"listing_done": "1"}, at)
+
+
+def test_rates_are_measured_over_the_last_minute_only() -> None:
+    window = RateWindow(60.0)
+    assert window.add(snap(0, 0, 1000, 0)) is None
+    window.add(snap(30, 300, 700, 3e8))  # a fast start...
+    oldest = window.add(snap(90, 360, 640, 3.6e8))  # ...then slow: 60 objects in 60 s
+    assert oldest is not None and oldest.taken_at == 30
+    rate, megabytes = snap(90, 360, 640, 3.6e8).rates(oldest)
+    assert (round(rate, 3), round(megabytes, 3)) == (1.0, 1.0)
+
+
+def test_eta_and_failures_with_an_example_key_are_shown() -> None:
+    status = BatchStatus(
+        "b",
+        {"done": 10.0, "failed": 2.0, "queued": 20.0, "code:not_dicom": 2.0, "bytes_in": 1e6},
+        {"example:not_dicom": "scans/readme.txt"},
+        100.0,
+    )
+    previous = BatchStatus("b", {"done": 0.0, "queued": 32.0}, {}, 90.0)
+    from rich.console import Console
+
+    console = Console(width=120, record=True)
+    console.print(render(status, previous))
+    text = console.export_text()
+    assert "1.2 objects/s" in text  # 12 finished in 10 s
+    assert "17 s" in text  # 20 pending at 1.2/s
+    assert "failed: not_dicom" in text and "e.g. scans/readme.txt" in text
