@@ -156,9 +156,13 @@ def _run_claimed(job: Job) -> dict[str, Any]:
         result = _compress(job, fetched)
         with job.stage("upload"):
             output_url = _write(job, fetched, result)
-    except TransientError:
+    except TransientError as exc:
         # back to queued so a retry is not mistaken for a dead worker
         job.ledger.transition(job.batch, job.key, running.stamped(state="queued"))
+        log.warning("transient error", extra={"dcmpress": {
+            "batch": job.batch, "key": job.key, "stage": job.stage.current,
+            "attempts": running.attempts, "error": str(exc),
+        }})  # fmt: skip
         raise
     except PermanentError as exc:
         return finish_failure(job, exc, running)
@@ -223,7 +227,12 @@ def _finish(
         job.ledger.add_stage_seconds(job.batch, job.stage.seconds)
     summary = outcome(job, final, result.message)
     summary["output"] = output_url
-    log.info("object finished", extra={"dcmpress": summary})
+    if result.state == "failed":
+        # the engine stage it stopped in is the last one it timed
+        stage = next(reversed(result.timings), "compress")
+        log.warning("object failed", extra={"dcmpress": {**summary, "stage": stage}})
+    else:
+        log.info("object finished", extra={"dcmpress": summary})
     return summary
 
 
@@ -239,7 +248,7 @@ def finish_failure(job: Job, error: PermanentError, previous: Record | None) -> 
     )
     job.ledger.transition(job.batch, job.key, final, error.message)
     summary = outcome(job, final, error.message)
-    log.info("object failed", extra={"dcmpress": summary})
+    log.warning("object failed", extra={"dcmpress": {**summary, "stage": job.stage.current}})
     return summary
 
 

@@ -210,6 +210,11 @@ class WorkerSettings(BaseSettings):
     metrics_address: str = Field(
         default="0.0.0.0", description="Address the metrics server binds to."
     )
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto",
+        description="Worker logs: one JSON object per line (`json`), Celery's text "
+        "(`text`), or JSON unless writing to a terminal (`auto`).",
+    )
     claim_ttl: int = Field(
         default=60,
         ge=5,

@@ -12,13 +12,15 @@ from typing import Any
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
     worker_shutdown,
 )
 
-from worker import metrics
+from worker import logs, metrics
 from worker.contract import TASK_COMPRESS, BatchSpec, JobMessage
 from worker.errors import PermanentError, TransientError
 from worker.ledger import Ledger
@@ -77,6 +79,13 @@ def context() -> Context:
 def _reset_context(**_: Any) -> None:
     global _context
     _context = None
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _structured_logs(logger: logging.Logger, **_: Any) -> None:
+    if logs.wants_json(WorkerSettings().log_format):
+        logs.use_json(logger)
 
 
 @worker_init.connect

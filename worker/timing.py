@@ -12,9 +12,11 @@ class StageTimer:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.current = ""  # the stage entered last: where an error happened
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
+        self.current = name
         started = time.perf_counter()
         try:
             yield
