@@ -1,8 +1,9 @@
 """Structured logs: one JSON object per line in production, readable text on a terminal.
 
 Outcome and error records carry their fields in ``extra={"dcmpress": {...}}`` (batch,
-key, outcome, code, stage, attempts, seconds, bytes); this formatter lifts them to the
-top level of the JSON line. Only these fields and the message are written: never a
+key, outcome, code, message, stage, attempts, seconds, bytes); this formatter lifts them
+to the top level of the JSON line, beside ``time``, ``level``, ``logger`` and ``event``
+(the log message). Only these fields and the message are written: never a
 dataset, never a credential.
 """
 
@@ -15,6 +16,7 @@ import sys
 from typing import Any
 
 _CELERY_TASK_FIELDS = ("task_id", "task_name")
+_RESERVED = {"time", "level", "logger", "event", "error", *_CELERY_TASK_FIELDS}
 
 
 class JsonFormatter(logging.Formatter):
@@ -26,7 +28,7 @@ class JsonFormatter(logging.Formatter):
             "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "event": record.getMessage(),  # "message" is the outcome's, in the fields
         }
         for name in _CELERY_TASK_FIELDS:
             value = getattr(record, name, None)
@@ -34,7 +36,9 @@ class JsonFormatter(logging.Formatter):
                 entry[name] = value
         fields = getattr(record, "dcmpress", None)
         if isinstance(fields, dict):
-            entry.update(fields)
+            # fields come partly from outside (keys, messages): never let them
+            # overwrite the line's own keys
+            entry.update({k: v for k, v in fields.items() if k not in _RESERVED})
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)

@@ -9,6 +9,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import (
@@ -19,6 +20,7 @@ from celery.signals import (
     worker_process_shutdown,
     worker_shutdown,
 )
+from pydantic import ValidationError
 
 from worker import logs, metrics
 from worker.contract import TASK_COMPRESS, BatchSpec, JobMessage
@@ -119,7 +121,12 @@ def compress_object(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, 
 
 def _compress_object(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, Any]:
     ctx = context()
-    job_message = JobMessage.model_validate(message)
+    try:
+        job_message = JobMessage.model_validate(message)
+    except ValidationError as exc:
+        # not ours to record anywhere (no batch/key): log it and acknowledge it
+        log.error("malformed job message dropped: %s", exc, extra={"dcmpress": {"job": message}})
+        return {"outcome": "failed", "code": "invalid_message", "message": str(exc)}
     spec = ctx.spec(job_message.batch)
     worker = ctx.worker_tag(self.request.hostname)
     job = Job(
@@ -143,7 +150,10 @@ def _run(self: Task[Any, Any], ctx: Context, job: Job, known_batch: bool) -> dic
             job, PermanentError("unknown_batch", f"batch {job.batch!r} is not in the ledger"), None
         )
     try:
-        return process_object(job)
+        try:
+            return process_object(job)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:  # a Redis hiccup
+            raise TransientError(f"redis: {exc}") from exc
     except ClaimHeld as exc:
         # another delivery of the same object is running; look again later
         metrics.RETRIES.labels("claim_held").inc()
@@ -155,7 +165,7 @@ def _run(self: Task[Any, Any], ctx: Context, job: Job, known_batch: bool) -> dic
                 PermanentError(
                     "retries_exhausted", f"{exc} (after {self.request.retries} retries)"
                 ),
-                None,
+                job.ledger.get_record(job.batch, job.key),
             )
         delay = backoff(self.request.retries, ctx.settings.retry_backoff_max)
         log.warning("transient error, retrying in %.1fs: %s", delay, exc)
@@ -167,5 +177,5 @@ def _run(self: Task[Any, Any], ctx: Context, job: Job, known_batch: bool) -> dic
             PermanentError(
                 "time_limit", f"over task_soft_time_limit={ctx.settings.task_soft_time_limit}s"
             ),
-            None,
+            job.ledger.get_record(job.batch, job.key),
         )

@@ -96,3 +96,20 @@ def test_an_unreachable_s3_is_retried_then_recorded_retries_exhausted(
     row = json.loads(report.stdout.splitlines()[0])
     assert row["code"] == "retries_exhausted"
     assert "after 3 retries" in row["message"]
+
+
+def test_a_malformed_job_message_is_dropped_not_redelivered(
+    settings: Any, celery_worker: CeleryWorker, ledger: Ledger
+) -> None:
+    from worker.app import create_app
+
+    app = create_app(settings)
+    app.send_task("dcmpress.compress_object", args=[{"no": "batch"}], queue=settings.queue)
+    deadline = time.monotonic() + 30
+    logged = False
+    while time.monotonic() < deadline and not logged:
+        time.sleep(0.2)
+        logged = "malformed job message dropped" in celery_worker.log_path.read_text()
+    assert logged
+    time.sleep(1)  # the acknowledgement follows the log line
+    assert (ledger.redis.llen(settings.queue), ledger.redis.hlen("unacked")) == (0, 0)

@@ -54,8 +54,8 @@ def test_json_unless_on_a_terminal() -> None:
     assert wants_json("auto", io.StringIO()) and not wants_json("auto", Tty())
     assert wants_json("json", Tty()) and not wants_json("text", io.StringIO())
     record = logging.LogRecord("x", logging.INFO, "f", 1, "object %s", ("done",), None)
-    record.dcmpress = {"batch": "b", "key": "k"}
+    record.dcmpress = {"batch": "b", "key": "k", "level": "forged"}
     assert json.loads(JsonFormatter().format(record)) | {"time": ""} == {
-        "time": "", "level": "INFO", "logger": "x", "message": "object done",
+        "time": "", "level": "INFO", "logger": "x", "event": "object done",
         "batch": "b", "key": "k",
     }  # fmt: skip
