@@ -61,6 +61,7 @@ class Result:
     plugin: str | None = None
     transfer_syntax: str | None = None
     sop_instance_uid: str | None = None
+    modality: str = ""
     max_error: int | None = None
     psnr: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -96,6 +97,7 @@ class Result:
             "transfer_syntax": self.transfer_syntax,
             "max_error": self.max_error,
             "psnr": None if self.psnr is None else round(self.psnr, 2),
+            "modality": self.modality,
             "timings": {k: round(v, 5) for k, v in self.timings.items()},
             "warnings": self.warnings,
         }
@@ -144,6 +146,15 @@ def _process_recording_errors(
 def _process(data: bytes, options: CompressionOptions, stage: StageTimer) -> Result:
     with stage("parse"):
         ds = read_dataset(data)
+    modality = "".join(ch for ch in str(ds.get("Modality", "") or "") if ch.isalnum())[:16]
+    result = _compress_parsed(ds, data, options, stage)
+    result.modality = modality
+    return result
+
+
+def _compress_parsed(
+    ds: Dataset, data: bytes, options: CompressionOptions, stage: StageTimer
+) -> Result:
     early = _classify(ds, data, options)
     if early is not None:
         return early

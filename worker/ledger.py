@@ -132,6 +132,7 @@ class Record:
     etag: str = ""
     updated: int = 0
     lost: int = 0  # deliveries that died with their worker
+    modality: str = ""  # (0008,0060) of the source, for reports
 
     def encode(self) -> str:
         """The stored form."""
@@ -149,6 +150,7 @@ class Record:
                 self.etag,
                 to_base36(self.updated),
                 to_base36(self.lost),
+                self.modality,
             )
         )
 
@@ -171,6 +173,7 @@ class Record:
             etag=parts[9],
             updated=int(parts[10], 36),
             lost=int(parts[11], 36),
+            modality=parts[12] if len(parts) > 12 else "",
         )
 
     @property

@@ -220,6 +220,7 @@ def _finish(
         plugin=result.plugin or "",
         millis=int(sum(job.stage.seconds.values()) * 1000),
         etag=short_etag(fetched.etag),
+        modality=result.modality,
     )
     message = "" if result.state == "done" else result.message
     with job.stage("record"):

@@ -144,6 +144,7 @@ class Storage:
         data: bytes,
         metadata: dict[str, str],
         if_match: str | None = None,
+        content_type: str = "application/dicom",
     ) -> None:
         """Write ``data``; multipart above the threshold; conditional if ``if_match``."""
         try:
@@ -151,17 +152,17 @@ class Storage:
                 # in-place replacement: only if nobody changed the source meanwhile
                 self.client.put_object(
                     Bucket=bucket, Key=key, Body=data, Metadata=metadata,
-                    ContentType="application/dicom", IfMatch=f'"{if_match}"',
+                    ContentType=content_type, IfMatch=f'"{if_match}"',
                 )  # fmt: skip
             elif len(data) > self.threshold:
                 self.client.upload_fileobj(
                     io.BytesIO(data), bucket, key, Config=self.transfer,
-                    ExtraArgs={"Metadata": metadata, "ContentType": "application/dicom"},
+                    ExtraArgs={"Metadata": metadata, "ContentType": content_type},
                 )  # fmt: skip
             else:
                 self.client.put_object(
                     Bucket=bucket, Key=key, Body=data, Metadata=metadata,
-                    ContentType="application/dicom",
+                    ContentType=content_type,
                 )  # fmt: skip
         except (ClientError, BotoCoreError) as exc:
             raise classify(exc, f"write s3://{bucket}/{key}") from exc
