@@ -1,0 +1,225 @@
+"""Flower against the real stack: `celery -A worker flower` shows our tasks readably.
+
+A real Flower process is started with the same ``DCMPRESS_*`` environment as the
+worker, *before* anything is enqueued (Flower only knows tasks from the events it
+receives). The task is then looked up through Flower's HTTP API: its name, its
+argument (batch, key, target - never a credential) and its result (outcome, code,
+sizes, ratio). Results come from the ``task-succeeded`` event, as Celery's
+``saferepr`` of the returned dict: the app stores no results (``task_ignore_result``).
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from producer.samples import make_image, to_bytes
+from producer.stack import CeleryWorker, SeaweedS3, free_port
+from tests.conftest import run_cli, wait_for_batch
+from worker.contract import TASK_COMPRESS
+from worker.ledger import Ledger
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+USER, PASSWORD = "dcm", "press"
+T = TypeVar("T")
+
+# never the environment's proxies: every request here goes to 127.0.0.1
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class Flower:
+    """A running ``celery -A worker flower`` child process and a tiny HTTP client for it."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+        self.proc = proc
+        self.base = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+
+    def get(self, path: str, *, auth: bool = True, **params: str) -> tuple[int, str]:
+        """GET ``path`` and return (status, body); HTTP errors are returned, not raised."""
+        url = self.base + path
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        request = urllib.request.Request(url)
+        if auth:
+            token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with _opener.open(request, timeout=10) as response:
+                return int(response.status), response.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.read().decode("utf-8", "replace")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def poll(self, what: str, probe: Callable[[], T | None], timeout: float = 60) -> T:
+        """Call ``probe`` until it returns something; fail with Flower's log if it never does."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"flower exited ({self.proc.returncode}) before {what}:\n{self.log()}")
+            with contextlib.suppress(OSError):  # not listening yet, connection reset...
+                found = probe()
+                if found is not None:
+                    return found
+            time.sleep(0.25)
+        pytest.fail(f"flower: {what} not seen after {timeout:.0f} s; log:\n{self.log()}")
+
+
+@pytest.fixture
+def flower(
+    stack_env: dict[str, str], celery_worker: CeleryWorker, tmp_path: Path
+) -> Iterator[Flower]:
+    """A real Flower on a free loopback port with basic auth, ready and receiving events."""
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")},
+        **stack_env,
+        "PYTHONPATH": str(ROOT),
+    }
+    argv = [
+        sys.executable, "-m", "celery", "-A", "worker", "flower",
+        "--address=127.0.0.1", f"--port={port}", f"--basic-auth={USER}:{PASSWORD}",
+    ]  # fmt: skip
+    log_path = tmp_path / "flower.log"
+    with log_path.open("wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            argv,
+            cwd=tmp_path,  # no flowerconfig.py from the repository, no stray state files
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        server = Flower(proc, port, log_path)
+        server.poll("/api/workers answering", lambda: _ok(server.get("/api/workers", refresh="1")))
+        # The event receiver runs in its own thread: wait for our worker's heartbeat
+        # events (every 2 s) so that the task events that follow are not missed.
+        online = f'flower_worker_online{{worker="{celery_worker.hostname}"}} 1.0'
+        server.poll("worker heartbeat events", lambda: _ok(server.get("/metrics"), online))
+        yield server
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _ok(reply: tuple[int, str], needle: str = "") -> str | None:
+    """The body if the reply is 200 (and contains ``needle``), else None."""
+    status, body = reply
+    return body if status == 200 and needle in body else None
+
+
+def test_flower_shows_our_task_with_arguments_and_result(
+    flower: Flower,
+    stack_env: dict[str, str],
+    s3_server: SeaweedS3,
+    bucket_pair: tuple[str, str],
+    ledger: Ledger,
+) -> None:
+    source, dest = bucket_pair
+    key = "flower/ct.dcm"
+    client = s3_server.client()
+    client.put_object(
+        Bucket=source, Key=key, Body=to_bytes(make_image(96, 96, bits_stored=12, seed=3))
+    )
+    client.close()
+    batch = f"flower-{uuid.uuid4().hex[:8]}"
+    proc = run_cli(
+        stack_env, "enqueue", f"s3://{source}/", "--dest", f"s3://{dest}/",
+        "--target", "jpeg-ls", "--batch", batch,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    counts = wait_for_batch(ledger, batch, 1)
+    assert counts.get("done") == 1, counts
+
+    def succeeded() -> dict[str, Any] | None:
+        body = _ok(flower.get("/api/tasks", taskname=TASK_COMPRESS, state="SUCCESS"))
+        if body is None:
+            return None
+        for task in json.loads(body).values():
+            if batch in (task.get("args") or "") and task.get("result"):
+                return dict(task)
+        return None
+
+    task = flower.poll(f"a succeeded task of batch {batch}", succeeded)
+
+    assert task["name"] == TASK_COMPRESS
+    assert task["state"] == "SUCCESS"
+    assert task["worker"]
+    # args: the producer's argsrepr, a JSON list holding the one message
+    (message,) = json.loads(task["args"])
+    assert message["batch"] == batch
+    assert (message["bucket"], message["key"]) == (source, key)
+    assert message["target"] == "jpeg-ls"
+    assert message["size"] > 0 and message["etag"]
+    assert task["kwargs"] == "{}"
+    # result: Celery's saferepr of the returned dict (a Python literal, not JSON)
+    result = ast.literal_eval(task["result"])
+    assert (result["batch"], result["key"]) == (batch, key)
+    assert (result["outcome"], result["code"]) == ("done", "compressed")
+    assert result["bytes_in"] == message["size"]
+    assert 0 < result["bytes_out"] < result["bytes_in"]
+    assert result["ratio"] == round(result["bytes_in"] / result["bytes_out"], 3)
+    assert result["target"] == "jpeg-ls"
+    # Flower's task search finds it by batch and outcome code
+    status, body = flower.get("/api/tasks", search=f"args:{batch} result:compressed")
+    assert status == 200 and list(json.loads(body)) == [task["uuid"]]
+    # the same task through the single-task API
+    status, body = flower.get(f"/api/task/info/{task['uuid']}")
+    assert status == 200
+    assert json.loads(body)["args"] == task["args"]
+    # no credential anywhere in what Flower shows
+    secret = stack_env["AWS_SECRET_ACCESS_KEY"]
+    assert secret
+    for shown in (json.dumps(task), body):
+        assert secret not in shown
+
+
+def test_flower_api_needs_auth_and_metrics_are_exposed(
+    flower: Flower, celery_worker: CeleryWorker
+) -> None:
+    status, body = flower.get("/api/tasks", auth=False)
+    assert status == 401, body
+    assert flower.get("/api/workers", auth=False)[0] == 401
+    status, body = flower.get("/api/tasks")
+    assert status == 200 and isinstance(json.loads(body), dict)
+    # /metrics is Prometheus text and needs no auth (Flower does not protect it)
+    status, metrics = flower.get("/metrics", auth=False)
+    assert status == 200
+    for name in (
+        "flower_events_total",
+        "flower_worker_online",
+        "flower_task_runtime_seconds",
+        "flower_worker_number_of_currently_executing_tasks",
+    ):
+        assert f"# TYPE {name} " in metrics, name
+    assert f'flower_worker_online{{worker="{celery_worker.hostname}"}} 1.0' in metrics
