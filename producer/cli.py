@@ -29,7 +29,14 @@ from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages, requeue
 from producer.local import plan_jobs, run_all
 from producer.samples import demo_files
 from producer.sources import KeyFilter, listing_pages
-from producer.status import RateWindow, render, report_rows, snapshot, write_report
+from producer.status import (
+    RateWindow,
+    render,
+    report_rows,
+    snapshot,
+    write_bundle,
+    write_report,
+)
 from worker.codecs import TARGETS, all_plugin_status, resolve_plugin
 from worker.contract import BatchSpec, S3Location, default_batch_id
 from worker.errors import CODES, ConfigurationError, DcmpressError
@@ -462,7 +469,9 @@ def batches() -> None:
     """List known batches with their progress."""
     _, ledger = _connect()
     table = Table(title="dcmpress batches")
-    for column in ("batch", "source", "dest", "targets", "done", "skipped", "failed", "pending"):
+    columns = ("batch", "state", "source", "dest", "targets", "done", "skipped", "failed",
+               "pending")  # fmt: skip
+    for column in columns:
         table.add_column(column)
     for batch_id in ledger.batch_ids():
         spec = ledger.get_batch(batch_id)
@@ -470,7 +479,8 @@ def batches() -> None:
             continue
         current = snapshot(ledger, batch_id)
         table.add_row(
-            batch_id, str(spec.source), str(spec.dest or "in place"), ",".join(spec.options.target),
+            batch_id, current.state, str(spec.source), str(spec.dest or "in place"),
+            ",".join(spec.options.target),
             *(str(int(current.counts.get(s, 0))) for s in ("done", "skipped", "failed")),
             str(current.pending),
         )  # fmt: skip
@@ -482,13 +492,28 @@ def report(
     batch: Annotated[str, typer.Argument(help="Batch id.")],
     format: Annotated[str, typer.Option("--format", help="csv or ndjson.")] = "csv",
     output: Annotated[Path | None, typer.Option(help="File to write (default: stdout).")] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            help="Directory or s3://bucket/prefix for the report set: completion.csv (S3 "
+            "Batch Operations shape), success.ndjson, failure.ndjson."
+        ),
+    ] = None,
+    html: Annotated[
+        bool, typer.Option("--html", help="With --out: also report.html, with charts.")
+    ] = False,
 ) -> None:
-    """One row per object of the batch: key, state, code, message, sizes..."""
+    """One row per object of the batch, or a report set with --out."""
     if format not in ("csv", "ndjson"):
         raise _fail("--format must be csv or ndjson")
-    _, ledger = _connect()
+    if html and not out:
+        raise _fail("--html writes into --out DIR or s3://...")
+    settings, ledger = _connect()
     if ledger.get_batch(batch) is None:
         raise _fail(f"no batch {batch!r} in the ledger")
+    if out:
+        _report_set(ledger, settings, batch, out, html)
+        return
     rows = report_rows(ledger, batch)
     if output is None:
         count = write_report(rows, sys.stdout, format)
@@ -496,6 +521,30 @@ def report(
         with output.open("w", newline="") as handle:
             count = write_report(rows, handle, format)
     Console(stderr=True).print(f"{count} rows")
+
+
+def _report_set(ledger: Ledger, settings: WorkerSettings, batch: str, out: str, html: bool) -> None:
+    import tempfile
+
+    console = Console(stderr=True)
+    with tempfile.TemporaryDirectory(prefix="dcmpress-report-") as scratch:
+        local = Path(scratch) if out.startswith("s3://") else Path(out)
+        written = write_bundle(ledger, batch, local)
+        if html:
+            from producer.report_html import write_html
+
+            write_html(ledger, batch, local / "report.html")
+            written["report.html"] = 1
+        if out.startswith("s3://"):
+            where = S3Location.parse(out)
+            storage = Storage(settings)
+            for name in written:
+                data = (local / name).read_bytes()
+                if data:  # SeaweedFS hangs after empty PUTs; an empty file says nothing
+                    kind = "text/html" if name.endswith(".html") else "text/plain"
+                    storage.put(where.bucket, where.prefix + name, data, {}, content_type=kind)
+        for name, rows in written.items():
+            console.print(f"{out.rstrip('/')}/{name}: {rows} row(s)")
 
 
 @app.command()

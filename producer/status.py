@@ -8,7 +8,9 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote
 
 from rich.table import Table
 
@@ -17,7 +19,7 @@ from worker.ledger import TERMINAL, Ledger
 
 REPORT_FIELDS = (
     "key", "state", "code", "message", "bytes_in", "bytes_out", "ratio", "target",
-    "plugin", "attempts", "seconds", "worker", "etag", "updated",
+    "plugin", "attempts", "seconds", "worker", "etag", "updated", "modality",
 )  # fmt: skip
 
 
@@ -44,6 +46,15 @@ class BatchStatus:
     def total(self) -> int:
         """Objects known to the batch."""
         return self.finished + self.pending
+
+    @property
+    def state(self) -> str:
+        """cancelled, complete, running (objects pending) or listing (being enqueued)."""
+        if "cancelled" in self.info:
+            return "cancelled"
+        if self.complete:
+            return "complete"
+        return "running" if self.pending else "listing"
 
     @property
     def complete(self) -> bool:
@@ -104,8 +115,9 @@ def render(status: BatchStatus, previous: BatchStatus | None = None) -> Table:
     table.add_row("progress", f"{status.finished:,} / {status.total:,}")
     table.add_row("bytes in", f"{bytes_in / 1e6:,.1f} MB")
     table.add_row("bytes out", f"{bytes_out / 1e6:,.1f} MB")
-    saved = bytes_in - bytes_out if bytes_out else 0.0
-    ratio = f" ({bytes_in / bytes_out:.2f}x)" if bytes_out else ""
+    written_in = counts.get("written_in", 0.0)  # failed inputs were never written: no saving
+    saved = written_in - bytes_out if bytes_out else 0.0
+    ratio = f" ({written_in / bytes_out:.2f}x)" if bytes_out else ""
     table.add_row("saved", f"{saved / 1e6:,.1f} MB{ratio}")
     window = "last minute" if previous is not None else "average"
     table.add_row(f"rate ({window})", f"{rate:,.1f} objects/s, {megabytes:,.2f} MB/s")
@@ -152,6 +164,7 @@ def report_rows(ledger: Ledger, batch: str) -> Iterator[dict[str, Any]]:
             "worker": workers.get(record.worker, record.worker),
             "etag": record.etag,
             "updated": record.updated,
+            "modality": record.modality,
         }
 
 
@@ -169,3 +182,43 @@ def write_report(rows: Iterator[dict[str, Any]], out: IO[str], fmt: str) -> int:
             out.write(json.dumps(row) + "\n")
             count += 1
     return count
+
+
+def completion_row(bucket: str, row: dict[str, Any]) -> list[str]:
+    """A row in the shape of an S3 Batch Operations completion report.
+
+    Bucket, Key (URL-encoded), VersionId, TaskStatus, ErrorCode, HTTPStatusCode,
+    ResultMessage; done and skipped objects count as succeeded.
+    """
+    failed = row["state"] == "failed"
+    return [
+        bucket,
+        quote(str(row["key"]), safe="/"),
+        "",
+        "failed" if failed else "succeeded",
+        str(row["code"]) if failed else "",
+        "" if failed else "200",
+        f"{row['state']}/{row['code']}: {row['message']}",
+    ]
+
+
+def write_bundle(ledger: Ledger, batch: str, directory: Path) -> dict[str, int]:
+    """Write completion.csv, success.ndjson and failure.ndjson into ``directory``."""
+    spec = ledger.get_batch(batch)
+    bucket = spec.source.bucket if spec else ""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = {"completion.csv": 0, "success.ndjson": 0, "failure.ndjson": 0}
+    with (
+        (directory / "completion.csv").open("w", newline="") as completion,
+        (directory / "success.ndjson").open("w") as success,
+        (directory / "failure.ndjson").open("w") as failure,
+    ):
+        writer = csv.writer(completion)
+        for row in report_rows(ledger, batch):
+            writer.writerow(completion_row(bucket, row))
+            written["completion.csv"] += 1
+            target, name = (failure, "failure.ndjson") if row["state"] == "failed" else (
+                success, "success.ndjson")  # fmt: skip
+            target.write(json.dumps({"batch": batch, **row}) + "\n")
+            written[name] += 1
+    return written

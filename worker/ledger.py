@@ -10,7 +10,8 @@ Key (type) - content - lifetime
   position), ``enqueued`` (keys sent), ``listing_done``, ``cancelled``,
   ``example:{code}`` (the latest key that failed with that code) - retention
 - ``dcmpress:batch:{b}:counts`` (hash) - objects per state (queued, running, done,
-  skipped, failed), ``bytes_in``/``bytes_out`` of finished objects, ``code:{code}``
+  skipped, failed), ``bytes_in``/``bytes_out`` of finished objects, ``written_in``
+  (bytes_in of those with an output, the base of "saved"), ``code:{code}``
   counts, ``stage:{name}`` seconds, ``started_at``/``finished_at`` - retention
 - ``dcmpress:batch:{b}:obj:{n}`` (hash, n < 8192) - object key -> compact record
   (see :class:`Record`); sharded so each hash stays small - retention
@@ -215,6 +216,7 @@ local function move(objects, messages, field, old, value, message, retention)
     if terminal(o[1]) then
       add('bytes_in', -tonumber(o[3], 36))
       add('bytes_out', -tonumber(o[4], 36))
+      if tonumber(o[4], 36) > 0 then add('written_in', -tonumber(o[3], 36)) end
       add('code:' .. code(o), -1)
     end
   end
@@ -225,6 +227,7 @@ local function move(objects, messages, field, old, value, message, retention)
   if terminal(n[1]) then
     add('bytes_in', tonumber(n[3], 36))
     add('bytes_out', tonumber(n[4], 36))
+    if tonumber(n[4], 36) > 0 then add('written_in', tonumber(n[3], 36)) end
     add('code:' .. code(n), 1)
     finished = true
     if n[1] == 'f' then examples['example:' .. code(n)] = field end

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -66,3 +67,54 @@ def test_cancel_records_queued_objects_and_resume_finishes_them(
     assert counts.get("code:cancelled") == 0
     assert counts.get("done", 0) + counts.get("skipped", 0) == 4
     assert len(client.list_objects_v2(Bucket=dest)["Contents"]) == 4
+
+
+def test_report_set_in_batch_operations_shape_locally_and_on_s3(
+    stack_env: dict[str, str], s3_server: SeaweedS3, bucket_pair: tuple[str, str],
+    celery_worker: Any, ledger: Ledger, tmp_path: Path,
+) -> None:  # fmt: skip
+    source, dest = bucket_pair
+    client = s3_server.client()
+    client.put_object(Bucket=source, Key="a b.dcm", Body=to_bytes(make_image(64, 64)))
+    client.put_object(Bucket=source, Key="notes.txt", Body=b"no image here" * 5)
+    batch = f"report-{uuid.uuid4().hex[:6]}"
+    assert run_cli(stack_env, "enqueue", f"s3://{source}/", "--dest", f"s3://{dest}/",
+                   "--batch", batch).returncode == 0  # fmt: skip
+    wait_for_batch(ledger, batch, 2)
+    proc = run_cli(stack_env, "report", batch, "--out", str(tmp_path / "rep"), "--html")
+    assert proc.returncode == 0, proc.stderr
+    assert 'id="chart-data"' in (tmp_path / "rep" / "report.html").read_text()
+    completion = (tmp_path / "rep" / "completion.csv").read_text().splitlines()
+    assert sorted(completion) == sorted([
+        f"{source},a%20b.dcm,,succeeded,,200,done/compressed: jpeg-ls/pyjpegls",
+        f"{source},notes.txt,,failed,not_dicom,,failed/not_dicom: "
+        "no DICM prefix and no recognisable DICOM data set",
+    ])  # fmt: skip
+    failure = [
+        json.loads(x) for x in (tmp_path / "rep" / "failure.ndjson").read_text().splitlines()
+    ]
+    assert [(r["key"], r["code"], r["batch"]) for r in failure] == [
+        ("notes.txt", "not_dicom", batch)
+    ]
+    success = json.loads((tmp_path / "rep" / "success.ndjson").read_text())
+    assert {
+        "key",
+        "state",
+        "code",
+        "bytes_in",
+        "bytes_out",
+        "ratio",
+        "target",
+        "plugin",
+        "attempts",
+        "seconds",
+        "worker",
+        "etag",
+        "updated",
+        "modality",
+    } <= set(success)
+    assert success["modality"] == "CT"
+    on_s3 = run_cli(stack_env, "report", batch, "--out", f"s3://{dest}/reports/")
+    assert on_s3.returncode == 0, on_s3.stderr
+    body = client.get_object(Bucket=dest, Key="reports/completion.csv")["Body"].read().decode()
+    assert body.splitlines() == completion

@@ -191,7 +191,8 @@ def test_status_shows_counts_bytes_saved_and_failures(
     watch = run_cli(stack_env, "status", "st", "--watch", "--interval", "0.2")
     assert watch.returncode == 0 and "ETA" in watch.stdout
     listing = run_cli(stack_env, "batches")
-    assert "st" in listing.stdout
+    row = next(line for line in listing.stdout.splitlines() if "│ st " in line)
+    assert "complete" in row
     ndjson = run_cli(stack_env, "report", "st", "--format", "ndjson")
     rows = [json.loads(line) for line in ndjson.stdout.splitlines()]
     assert {row["key"] for row in rows} == {"x/1.dcm", "x/2.txt"}

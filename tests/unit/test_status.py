@@ -37,3 +37,14 @@ def test_eta_and_failures_with_an_example_key_are_shown() -> None:
     assert "1.2 objects/s" in text  # 12 finished in 10 s
     assert "17 s" in text  # 20 pending at 1.2/s
     assert "failed: not_dicom" in text and "e.g. scans/readme.txt" in text
+
+
+def test_saved_bytes_count_only_objects_that_were_written() -> None:
+    counts = {"done": 1.0, "failed": 1.0, "bytes_in": 5e6, "bytes_out": 1e6,
+              "written_in": 3e6}  # fmt: skip
+    from rich.console import Console
+
+    console = Console(width=120, record=True)
+    console.print(render(BatchStatus("b", counts, {}, 0.0)))
+    text = console.export_text()
+    assert "2.0 MB (3.00x)" in text  # not 4.0 MB (5.00x): the failed 2 MB saved nothing
