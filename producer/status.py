@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
 import time
 from collections import deque
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from worker.errors import CODES
@@ -104,7 +106,11 @@ def render(status: BatchStatus, previous: BatchStatus | None = None) -> Table:
     counts = status.counts
     bytes_in, bytes_out = counts.get("bytes_in", 0.0), counts.get("bytes_out", 0.0)
     rate, megabytes = status.rates(previous)
-    eta = f"{status.pending / rate:,.0f} s" if rate > 0 and status.pending else "-"
+    eta = (
+        str(dt.timedelta(seconds=round(status.pending / rate)))
+        if rate > 0 and status.pending
+        else "-"
+    )
     table = Table(title=f"batch {status.batch}", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
@@ -112,7 +118,12 @@ def render(status: BatchStatus, previous: BatchStatus | None = None) -> Table:
     table.add_row("listing", f"{listing}, {status.info.get('enqueued', '0')} enqueued")
     for state in ("queued", "running", "done", "skipped", "failed"):
         table.add_row(state, f"{int(counts.get(state, 0)):,}")
-    table.add_row("progress", f"{status.finished:,} / {status.total:,}")
+    bar = Table.grid(padding=(0, 1))
+    bar.add_row(
+        ProgressBar(total=max(status.total, 1), completed=status.finished, width=30),
+        f"{status.finished:,} / {status.total:,}",
+    )
+    table.add_row("progress", bar)
     table.add_row("bytes in", f"{bytes_in / 1e6:,.1f} MB")
     table.add_row("bytes out", f"{bytes_out / 1e6:,.1f} MB")
     written_in = counts.get("written_in", 0.0)  # failed inputs were never written: no saving

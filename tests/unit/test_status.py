@@ -35,7 +35,7 @@ def test_eta_and_failures_with_an_example_key_are_shown() -> None:
     console.print(render(status, previous))
     text = console.export_text()
     assert "1.2 objects/s" in text  # 12 finished in 10 s
-    assert "17 s" in text  # 20 pending at 1.2/s
+    assert "0:00:17" in text  # 20 pending at 1.2/s
     assert "failed: not_dicom" in text and "e.g. scans/readme.txt" in text
 
 
