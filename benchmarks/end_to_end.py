@@ -23,7 +23,7 @@ from pathlib import Path
 from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages
 from producer.samples import make_image, to_bytes
 from producer.sources import KeyFilter, listing_pages
-from producer.stack import CeleryWorker, RedisServer, SeaweedS3
+from producer.stack import CeleryWorker, RedisServer, SeaweedS3, dcmpress_env
 from worker.app import create_app
 from worker.contract import BatchSpec, S3Location
 from worker.engine import process
@@ -50,8 +50,7 @@ def codec_only_seconds(files: list[bytes], target: str, processes: int) -> float
 def end_to_end_seconds(files: list[bytes], target: str, processes: int, root: Path) -> float:
     """Wall seconds from the first enqueue to the last outcome, through the real stack."""
     with RedisServer(root / "redis") as redis_server, SeaweedS3(root / "s3") as s3:
-        env = {**s3.env(), "DCMPRESS_REDIS_URL": redis_server.url,
-               "DCMPRESS_S3_ADDRESSING_STYLE": "path"}  # fmt: skip
+        env = dcmpress_env(redis_server, s3)
         os.environ.update(env)
         client = s3.client()
         client.create_bucket(Bucket="bench-src")

@@ -20,7 +20,7 @@ from pathlib import Path
 from producer.enqueue import Enqueuer, EnqueueReport, ManifestRun, enqueue_pages
 from producer.manifests import open_local, read_manifest
 from producer.sources import KeyFilter, listing_pages
-from producer.stack import RedisServer, SeaweedS3
+from producer.stack import RedisServer, SeaweedS3, dcmpress_env
 from worker.app import create_app
 from worker.contract import BatchSpec, S3Location
 from worker.ledger import Ledger
@@ -84,8 +84,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dcmpress-enqueue-") as tmp:
         root = Path(tmp)
         with RedisServer(root / "redis") as redis_server, SeaweedS3(root / "s3") as s3:
-            os.environ.update({**s3.env(), "DCMPRESS_REDIS_URL": redis_server.url,
-                               "DCMPRESS_S3_ADDRESSING_STYLE": "path"})  # fmt: skip
+            os.environ.update(dcmpress_env(redis_server, s3))
             settings = WorkerSettings()
             for keys in (args.keys // 4, args.keys):
                 rate, peak = manifest_rate(root, keys, settings)

@@ -292,6 +292,14 @@ def doctor() -> None:
     console.print(f"{len(CODES)} outcome codes; see README 'Outcome codes'.")
 
 
+def _enqueue_progress(console: Console) -> Progress:
+    """A spinner with a live detail line, for enqueue runs of unknown length."""
+    return Progress(
+        SpinnerColumn(), TextColumn("[bold]enqueue"), TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(), console=console,
+    )  # fmt: skip
+
+
 def _connect() -> tuple[WorkerSettings, Ledger]:
     try:
         settings = WorkerSettings()
@@ -414,10 +422,7 @@ def enqueue(
 
     enqueuer = Enqueuer(celery_app, ledger, spec, settings.queue, force=force)
     storage = Storage(settings)
-    with Progress(
-        SpinnerColumn(), TextColumn("[bold]enqueue"), TextColumn("{task.fields[detail]}"),
-        TimeElapsedColumn(), console=console,
-    ) as progress:  # fmt: skip
+    with _enqueue_progress(console) as progress:
         task = progress.add_task("enqueue", detail="")
 
         def on_page(current: EnqueueReport) -> None:
@@ -720,10 +725,7 @@ def _enqueue_manifest(
             if checkpoint.startswith("manifest:") and "listing_done" not in info:
                 skip = int(checkpoint.removeprefix("manifest:"))
                 console.print(f"resuming after manifest entry {skip:,}")
-        with Progress(
-            SpinnerColumn(), TextColumn("[bold]enqueue"), TextColumn("{task.fields[detail]}"),
-            TimeElapsedColumn(), console=console,
-        ) as progress:  # fmt: skip
+        with _enqueue_progress(console) as progress:
             task = progress.add_task("enqueue", detail="")
             total = run.run(
                 chain([first], pages), skip,

@@ -20,7 +20,7 @@ from rich.table import Table
 from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages
 from producer.samples import demo_files
 from producer.sources import KeyFilter, listing_pages
-from producer.stack import CeleryWorker, RedisServer, SeaweedS3
+from producer.stack import CeleryWorker, RedisServer, SeaweedS3, dcmpress_env
 from producer.status import RateWindow, render, report_rows, snapshot
 from worker.app import create_app
 from worker.contract import BatchSpec, S3Location
@@ -43,11 +43,7 @@ def run_demo(
         console.print(f"  redis      {redis_server.url}")
         s3 = stack.enter_context(SeaweedS3(root / "s3"))
         console.print(f"  s3         {s3.endpoint_url} (SeaweedFS)")
-        env = {
-            **s3.env(),
-            "DCMPRESS_REDIS_URL": redis_server.url,
-            "DCMPRESS_S3_ADDRESSING_STYLE": "path",
-        }
+        env = dcmpress_env(redis_server, s3)
         os.environ.update(env)  # this process's producer uses the same settings
         count = _upload_samples(s3)
         console.print(f"  uploaded   {count} objects to s3://{SOURCE_BUCKET}/")

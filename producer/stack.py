@@ -33,6 +33,7 @@ __all__ = [
     "CeleryWorker",
     "RedisServer",
     "SeaweedS3",
+    "dcmpress_env",
     "find_redis_server",
     "find_weed",
     "free_port",
@@ -598,3 +599,12 @@ class CeleryWorker(_Service):
         assert self._proc is not None
         _signal_group(self._proc.pid, signal.SIGKILL)
         self._proc.wait()
+
+
+def dcmpress_env(redis_server: RedisServer, s3: SeaweedS3) -> dict[str, str]:
+    """Environment pointing dcmpress (CLI, workers, boto3) at a local Redis and S3."""
+    return {
+        **s3.env(),
+        "DCMPRESS_REDIS_URL": redis_server.url,
+        "DCMPRESS_S3_ADDRESSING_STYLE": "path",  # SeaweedFS serves path-style buckets
+    }

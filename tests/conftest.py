@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from producer.stack import CeleryWorker, RedisServer, SeaweedS3
+from producer.stack import CeleryWorker, RedisServer, SeaweedS3, dcmpress_env
 from worker.ledger import Ledger
 from worker.settings import WorkerSettings
 from worker.storage import Storage
@@ -42,9 +42,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
 def stack_env(redis_server: RedisServer, s3_server: SeaweedS3) -> dict[str, str]:
     """Environment pointing dcmpress (CLI, worker, settings) at the test servers."""
     return {
-        **s3_server.env(),
-        "DCMPRESS_REDIS_URL": redis_server.url,
-        "DCMPRESS_S3_ADDRESSING_STYLE": "path",
+        **dcmpress_env(redis_server, s3_server),
         "DCMPRESS_QUEUE": f"dcmpress-test-{uuid.uuid4().hex[:6]}",
         # short limits so fault tests finish quickly; they still fit together
         "DCMPRESS_TASK_SOFT_TIME_LIMIT": "60",
