@@ -133,6 +133,16 @@ def compress(
     no_pixel_data: Annotated[
         str | None, typer.Option(help="Objects without pixel data: copy or skip.")
     ] = None,
+    not_dicom: Annotated[
+        str | None, typer.Option(help="Objects that are not DICOM: copy (default) or fail.")
+    ] = None,
+    high_bits: Annotated[
+        str | None,
+        typer.Option(
+            help="Bits set above High Bit that no overlay declares: clear (compress, "
+            "record the count; default) or keep (leave the object uncompressed)."
+        ),
+    ] = None,
     min_ratio: Annotated[
         float | None, typer.Option(help="Keep results at least this many times smaller.")
     ] = None,
@@ -158,6 +168,8 @@ def compress(
             "unsupported": unsupported,
             "transcode": transcode,
             "no_pixel_data": no_pixel_data,
+            "not_dicom": not_dicom,
+            "high_bits": high_bits,
             "min_ratio": min_ratio,
         }
     )
@@ -340,6 +352,10 @@ def enqueue(
     transcode: Annotated[
         bool | None, typer.Option("--transcode/--no-transcode", help="Re-encode lossless input.")
     ] = None,
+    not_dicom: Annotated[str | None, typer.Option(help="Non-DICOM: copy or fail.")] = None,
+    high_bits: Annotated[
+        str | None, typer.Option(help="Undeclared bits above High Bit: clear or keep.")
+    ] = None,
     batch: Annotated[
         str | None,
         typer.Option(help="Batch name (default: derived from source, dest and options)."),
@@ -364,6 +380,8 @@ def enqueue(
             "j2k_psnr": j2k_psnr,
             "unsupported": unsupported,
             "transcode": transcode,
+            "not_dicom": not_dicom,
+            "high_bits": high_bits,
         }
     )
     if (source is None) == (manifest is None):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.engine import Result, process
-from worker.errors import ConfigurationError
+from worker.errors import ConfigurationError, one_line
 from worker.settings import CompressionOptions
 
 
@@ -110,7 +110,7 @@ def _failure_record(path: Path, code: str, message: str) -> dict[str, Any]:
         "output": None,
         "outcome": "failed",
         "code": code,
-        "message": message,
+        "message": one_line(message),
         "bytes_in": size,
         "bytes_out": 0,
         "ratio": None,

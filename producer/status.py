@@ -82,13 +82,20 @@ class BatchStatus:
         return self.info.get(f"example:{code}", "")
 
     def failures(self, limit: int = 5) -> list[tuple[str, int]]:
-        """The most common failure codes."""
+        """The most common failure codes.
+
+        A code is a failure where the batch recorded a failed example of it: options
+        such as ``unsupported=fail`` turn codes that are normally skips into failures.
+        """
         codes = [
-            (name.removeprefix("code:"), int(value))
-            for name, value in self.counts.items()
-            if name.startswith("code:") and value > 0
-            and CODES.get(name.removeprefix("code:"), CODES["internal_error"]).state == "failed"
-        ]  # fmt: skip
+            (code, int(value))
+            for code, value in (
+                (name.removeprefix("code:"), value)
+                for name, value in self.counts.items()
+                if name.startswith("code:") and value > 0
+            )
+            if self.example(code) or CODES.get(code, CODES["internal_error"]).state == "failed"
+        ]
         return sorted(codes, key=lambda item: -item[1])[:limit]
 
 

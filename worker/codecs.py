@@ -215,19 +215,3 @@ def resolve_plugin(target: Target, requested: str = "") -> Plugin:
     raise ConfigurationError(
         f"no encoding plugin is installed for target {target.name!r}. Install one: {hints}"
     )
-
-
-# Encapsulated transfer syntaxes whose pixels are exactly the original ones, so
-# ``--transcode`` may decode and re-encode them. Everything else encapsulated is,
-# or may be, lossy and is never re-encoded.
-LOSSLESS_ENCAPSULATED = frozenset(
-    {
-        "1.2.840.10008.1.2.5",  # RLE Lossless
-        "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Non-Hierarchical (Process 14)
-        "1.2.840.10008.1.2.4.70",  # JPEG Lossless, SV1
-        "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-        "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless Only
-        "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless Only
-        "1.2.840.10008.1.2.4.202",  # HTJ2K with RPCL Options Lossless Only
-    }
-)

@@ -15,20 +15,26 @@ from __future__ import annotations
 
 import copy
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import compress as pydicom_compress
-from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRBigEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRBigEndian, generate_uid
 
 from worker.codecs import Plugin, Target
 from worker.errors import PermanentError, UnsupportedImage
 from worker.isolation import CodecCrashed, run_isolated
+from worker.lossy import mark_lossy, refuse_lossy
+from worker.overlays import (
+    HighBits,
+    embedded_overlay_groups,
+    split_high_bits,
+    stored_words,
+    write_overlay_data,
+)
 from worker.repair import resolve_ambiguous_vrs, swap_words_to_little_endian
 from worker.settings import DEFAULT_J2K_CR, CompressionOptions
 
@@ -50,27 +56,44 @@ LOSSY_METHODS = {"jpeg-ls-near": "ISO_14495_1", "j2k-lossy": "ISO_15444_1"}
 
 @dataclass
 class SourceImage:
-    """The source dataset (without pixel data) and its decoded pixels."""
+    """The source dataset (without pixel data) and its decoded pixels.
+
+    ``high_bits`` holds what the stored words carried besides the pixel values: the
+    embedded overlay planes (already written into ``dataset`` as Overlay Data) and
+    the count of other bits set above High Bit.
+    """
 
     dataset: Dataset
     pixels: np.ndarray
     pixel_bytes: int  # size of the uncompressed pixel data, for ratios
+    high_bits: HighBits = field(default_factory=HighBits)
 
     @property
     def bits_stored(self) -> int:
         """Bits Stored of the source image."""
         return int(self.dataset.BitsStored)
 
+    @property
+    def notices(self) -> list[str]:
+        """What the outcome record must say about the source's high bits."""
+        return self.high_bits.notices(int(self.dataset.HighBit))
+
 
 def decode_source(ds: Dataset) -> SourceImage:
-    """Decode ``ds``'s native or compressed pixels; raise ``invalid_pixel_data``."""
+    """Decode ``ds``'s native or compressed pixels; raise ``invalid_pixel_data``.
+
+    Raises UnsupportedImage for layouts no target can keep exactly (values not in
+    the low bits, overlays that cannot be moved out of Pixel Data).
+    """
     syntax = ds.file_meta.TransferSyntaxUID
+    _check_high_bit(ds)
     try:
         arr, meta = get_decoder(syntax).as_array(ds, raw=True)
     except Exception as exc:
         raise PermanentError(
             "invalid_pixel_data", f"cannot decode the source pixels: {exc}"
         ) from exc
+    high_bits = _split_high_bits(ds, syntax, arr.size, int(meta.get("number_of_frames", 1)))
     dataset = copy.copy(ds)
     for tag in (PIXEL_DATA, EXTENDED_OFFSET_TABLE, EXTENDED_OFFSET_TABLE_LENGTHS):
         # a stale Extended Offset Table of a compressed source would be kept by
@@ -92,7 +115,50 @@ def decode_source(ds: Dataset) -> SourceImage:
         # Values fit a 16-bit container exactly; then RLE and JPEG-LS can take them.
         arr = arr.astype(np.int16 if int(dataset.PixelRepresentation) else np.uint16)
         dataset.BitsAllocated = 16
-    return SourceImage(dataset, arr, pixel_bytes)
+    write_overlay_data(dataset, high_bits)
+    return SourceImage(dataset, arr, pixel_bytes, high_bits)
+
+
+def _check_high_bit(ds: Dataset) -> None:
+    """Refuse native pixels whose values do not sit in the low Bits Stored bits.
+
+    pydicom (and every encoder) takes the low Bits Stored bits of each word; with a
+    High Bit other than Bits Stored - 1 (allowed by old ACR-NEMA layouts) that would
+    silently encode the wrong bits.
+    """
+    try:
+        bits_stored, high_bit = int(ds.BitsStored), int(ds.HighBit)
+    except (AttributeError, TypeError, ValueError):
+        return  # the decoder names what is missing
+    if high_bit != bits_stored - 1:
+        raise UnsupportedImage(
+            "unsupported_high_bit",
+            f"High Bit {high_bit} with Bits Stored {bits_stored}: the values are not in "
+            "the low bits of each word",
+        )
+
+
+def _split_high_bits(ds: Dataset, syntax: UID, samples: int, frames: int) -> HighBits:
+    """Embedded overlays and stray high bits of native pixel data (see overlays.py)."""
+    embedded = embedded_overlay_groups(ds)
+    if syntax.is_encapsulated:
+        if embedded:
+            raise UnsupportedImage(
+                "unsupported_overlay",
+                f"overlay {embedded[0]:04X} is declared embedded in compressed pixel data",
+            )
+        return HighBits()
+    if not embedded and int(ds.BitsStored) >= int(ds.BitsAllocated):
+        return HighBits()  # no spare bits, nothing declared in them
+    words = stored_words(ds, syntax == ExplicitVRBigEndian, samples)
+    if words is None:
+        if embedded:
+            raise UnsupportedImage(
+                "unsupported_overlay",
+                f"overlay {embedded[0]:04X} embedded in Bits Allocated {ds.BitsAllocated}",
+            )
+        return HighBits()
+    return split_high_bits(ds, words, frames)
 
 
 def check_supported(source: SourceImage, target: Target, jls_error: int) -> None:
@@ -101,7 +167,6 @@ def check_supported(source: SourceImage, target: Target, jls_error: int) -> None
     bits_allocated = int(ds.BitsAllocated)
     bits_stored = int(ds.BitsStored)
     samples = int(ds.SamplesPerPixel)
-    photometric = str(ds.PhotometricInterpretation)
     rows, columns = int(ds.Rows), int(ds.Columns)
     if bits_allocated not in target.bits_allocated:
         raise UnsupportedImage(
@@ -117,16 +182,13 @@ def check_supported(source: SourceImage, target: Target, jls_error: int) -> None
         )
     if samples not in (1, 3):
         raise UnsupportedImage("unsupported_samples", f"Samples per Pixel {samples}")
-    if target.lossy and photometric == "PALETTE COLOR":
-        raise UnsupportedImage(
-            "unsupported_photometric",
-            f"PALETTE COLOR indices cannot be compressed lossily ({target.name})",
-        )
     if target.uid.startswith("1.2.840.10008.1.2.4.9") and min(rows, columns) < J2K_MIN_SIDE:
         raise UnsupportedImage(
             "image_too_small",
             f"{target.name} needs both sides >= {J2K_MIN_SIDE} px, image is {rows}x{columns}",
         )
+    if target.lossy:
+        refuse_lossy(ds, target)
     if "jls_error" in target.options and int(ds.PixelRepresentation) == 1:
         _check_signed_near_lossless(source, jls_error)
 
@@ -197,7 +259,7 @@ def encode(
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     if target.lossy:
-        mark_lossy(ds, source, target)
+        mark_lossy(ds, source.dataset, source.pixel_bytes, LOSSY_METHODS[target.name])
     return ds
 
 
@@ -212,47 +274,12 @@ def _new_uid_wanted(target: Target, options: CompressionOptions) -> bool:
     return options.generate_instance_uid
 
 
-def mark_lossy(ds: Dataset, source: SourceImage, target: Target) -> None:
-    """Set the attributes DICOM requires on a lossily compressed image.
-
-    Image Type value 1 DERIVED, Lossy Image Compression 01, and the ratio and method
-    *appended* to any earlier values (PS3.3 C.7.6.1.1.5); plus a Derivation
-    Description and a Source Image Sequence pointing at the original instance.
-    """
-    compressed = len(ds.PixelData)
-    ratio = source.pixel_bytes / compressed if compressed else 0.0
-    image_type = list(ds.get("ImageType", []) or ["DERIVED", "PRIMARY"])
-    image_type[0] = "DERIVED"
-    ds.ImageType = image_type
-    ds.LossyImageCompression = "01"
-    ratios = [str(v) for v in _as_list(ds.get("LossyImageCompressionRatio"))]
-    methods = [str(v) for v in _as_list(ds.get("LossyImageCompressionMethod"))]
-    ds.LossyImageCompressionRatio = [*ratios, f"{ratio:.2f}"]
-    ds.LossyImageCompressionMethod = [*methods, LOSSY_METHODS[target.name]]
-    description = f"Lossy compression {target.name}, ratio {ratio:.2f}:1, by dcmpress"
-    previous = str(ds.get("DerivationDescription", "") or "")
-    ds.DerivationDescription = (f"{previous}; {description}" if previous else description)[:1024]
-    reference = Dataset()
-    reference.ReferencedSOPClassUID = source.dataset.SOPClassUID
-    reference.ReferencedSOPInstanceUID = source.dataset.SOPInstanceUID
-    existing = list(ds.get("SourceImageSequence", []) or [])
-    ds.SourceImageSequence = Sequence([*existing, reference])
-
-
-def _as_list(value: object) -> list[object]:
-    if value is None or value == "":
-        return []
-    if isinstance(value, list | tuple | MultiValue):
-        return list(value)
-    return [value]
-
-
 def serialize(ds: Dataset) -> bytes:
     """Write ``ds`` as a Part 10 file in its (new) transfer syntax."""
     buffer = io.BytesIO()
     try:
         dcmwrite(buffer, ds, enforce_file_format=True)
-    except Exception as first:
+    except Exception:
         # Elements whose VR depends on other elements (US or SS...) can fail to
         # encode after a syntax change; resolve them and try once more.
         try:
@@ -260,7 +287,8 @@ def serialize(ds: Dataset) -> bytes:
             buffer = io.BytesIO()
             dcmwrite(buffer, ds, enforce_file_format=True)
         except Exception as exc:
-            raise PermanentError(
-                "invalid_dicom", f"cannot write the compressed dataset: {first}; {exc}"
+            # the source stays readable: copied unchanged rather than failed
+            raise UnsupportedImage(
+                "unwritable_dataset", f"cannot write the compressed data set: {_first_line(exc)}"
             ) from exc
     return buffer.getvalue()

@@ -108,7 +108,8 @@ def default_batch_id(
     identity: dict[str, Any] = {
         "source": str(source),
         "dest": str(dest) if dest else "in-place",
-        "options": options.model_dump(mode="json"),
+        # defaults left out: a release adding an option keeps the ids of existing jobs
+        "options": options.model_dump(mode="json", exclude_defaults=True),
     }
     digest = hashlib.sha256(repr(sorted(identity.items())).encode()).hexdigest()[:8]
     slug = re.sub(r"[^a-z0-9]+", "-", f"{source.bucket}-{'-'.join(options.target)}".lower())

@@ -15,7 +15,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
 
-from worker.codecs import LOSSLESS_ENCAPSULATED, Plugin, Target, plugin_status, resolve_plugin
+from worker.codecs import Plugin, Target, plugin_status, resolve_plugin
 from worker.compress import (
     DOUBLE_FLOAT_PIXEL_DATA,
     FLOAT_PIXEL_DATA,
@@ -33,10 +33,12 @@ from worker.errors import (
     State,
     TransientError,
     UnsupportedImage,
+    one_line,
 )
 from worker.isolation import CodecCrashed
 from worker.parse import read_dataset
 from worker.settings import CompressionOptions
+from worker.syntaxes import describe
 from worker.timing import StageTimer
 from worker.verify import Verification, verify
 
@@ -65,11 +67,14 @@ class Result:
     max_error: int | None = None
     psnr: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # pydicom's, about the source
+    # what the record itself must say (moved overlays, cleared high bits); also in message
+    notices: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.code not in CODES:
             raise ValueError(f"undeclared outcome code {self.code!r}")
+        self.message = one_line(self.message)
 
     @property
     def bytes_out(self) -> int:
@@ -100,6 +105,7 @@ class Result:
             "modality": self.modality,
             "timings": {k: round(v, 5) for k, v in self.timings.items()},
             "warnings": self.warnings,
+            "notices": self.notices,
         }
 
 
@@ -134,7 +140,7 @@ def _process_recording_errors(
     try:
         result = _process(data, options, stages)
     except PermanentError as exc:
-        result = Result(exc.state, exc.code, exc.message, len(data))
+        result = _refused(exc, len(data), options)
     except (TransientError, ConfigurationError):
         raise
     except Exception as exc:  # a bug of ours or a library's: record it, keep going
@@ -143,12 +149,25 @@ def _process_recording_errors(
     return result
 
 
+def _refused(error: PermanentError, bytes_in: int, options: CompressionOptions) -> Result:
+    """The record of an object the engine stopped on; non-DICOM is copied by default."""
+    if error.code == "not_dicom" and options.not_dicom == "copy":
+        return Result(
+            "skipped", "not_dicom", f"{error.message}; copied", bytes_in, copy_source=True
+        )
+    if error.code == "not_dicom":
+        return Result("failed", "not_dicom", error.message, bytes_in)
+    return Result(error.state, error.code, error.message, bytes_in)
+
+
 def _process(data: bytes, options: CompressionOptions, stage: StageTimer) -> Result:
     with stage("parse"):
         ds = read_dataset(data)
     modality = "".join(ch for ch in str(ds.get("Modality", "") or "") if ch.isalnum())[:16]
     result = _compress_parsed(ds, data, options, stage)
     result.modality = modality
+    if result.copy_source:
+        result.transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "") or None
     return result
 
 
@@ -158,8 +177,14 @@ def _compress_parsed(
     early = _classify(ds, data, options)
     if early is not None:
         return early
-    with stage("decode"):
-        source = decode_source(ds)
+    try:
+        with stage("decode"):
+            source = decode_source(ds)
+        if source.high_bits.stray_pixels and options.high_bits == "keep":
+            summary = source.high_bits.stray_summary(int(source.dataset.HighBit))
+            raise UnsupportedImage("high_bits_set", f"{summary} (high_bits is keep)")
+    except UnsupportedImage as exc:
+        return _unsupported([exc], len(data), options)
     refusals: list[UnsupportedImage] = []
     for target in options.targets():
         try:
@@ -174,15 +199,22 @@ def _compress_parsed(
         checked = Verification(0, None)
         if options.verify:
             with stage("verify"):
-                checked = verify(
-                    output, source.pixels, target, source.bits_stored, options.jls_error
-                )
-        return _finish(data, output, encoded, target, plugin, checked, note, options)
+                checked = verify(output, source, target, options.jls_error)
+        result = _finish(data, output, encoded, target, plugin, checked, note, options)
+        result.notices = source.notices
+        if result.state == "done" and result.notices:
+            result.message = one_line(f"{result.message}; " + "; ".join(result.notices))
+        return result
     return _unsupported(refusals, len(data), options)
 
 
 def _classify(ds: Dataset, data: bytes, options: CompressionOptions) -> Result | None:
-    """Objects that are not compressed at all: no pixels, float pixels, compressed."""
+    """Objects that are not compressed at all, copied unchanged so the archive stays
+    complete: directories, data sets that are not instances, no or float pixels,
+    unknown or compressed syntaxes."""
+    not_instance = _not_an_instance(ds)
+    if not_instance is not None:
+        return Result(*not_instance, len(data), copy_source=True)
     if FLOAT_PIXEL_DATA in ds or DOUBLE_FLOAT_PIXEL_DATA in ds:
         refusal = UnsupportedImage(
             "float_pixel_data", "Float/Double Float Pixel Data has no compressed syntax"
@@ -198,8 +230,15 @@ def _classify(ds: Dataset, data: bytes, options: CompressionOptions) -> Result |
             len(data),
             copy_source=copy,
         )
-    syntax = ds.file_meta.TransferSyntaxUID
-    if not syntax.is_encapsulated:
+    syntax = describe(ds.file_meta.TransferSyntaxUID)
+    if not syntax.known:
+        refusal = UnsupportedImage(
+            "unknown_transfer_syntax",
+            f"transfer syntax {syntax.uid!r} is not defined by DICOM (private?): "
+            "its encoding is unknown",
+        )
+        return _unsupported([refusal], len(data), options)
+    if not syntax.encapsulated:
         return None
     if not options.transcode:
         return Result(
@@ -209,7 +248,7 @@ def _classify(ds: Dataset, data: bytes, options: CompressionOptions) -> Result |
             len(data),
             copy_source=True,
         )
-    if syntax not in LOSSLESS_ENCAPSULATED or str(ds.get("LossyImageCompression", "")) == "01":
+    if not syntax.lossless or str(ds.get("LossyImageCompression", "")) == "01":
         return Result(
             "skipped",
             "lossy_source",
@@ -217,16 +256,43 @@ def _classify(ds: Dataset, data: bytes, options: CompressionOptions) -> Result |
             len(data),
             copy_source=True,
         )
-    if not get_decoder(syntax).is_available:
+    missing = _missing_decoder(syntax.uid)
+    if missing is not None:
         return Result(
             "skipped",
             "no_decoder",
-            f"no installed decoder for {syntax.name}: "
-            + "; ".join(get_decoder(syntax).missing_dependencies),
+            f"no installed decoder for {syntax.name}: {missing}; copied",
             len(data),
             copy_source=True,
         )
     return None
+
+
+# Media Storage Directory Storage: the SOP class of a DICOMDIR (PS3.10 §8.6).
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
+
+def _not_an_instance(ds: Dataset) -> tuple[State, str, str] | None:
+    """(state, code, message) for objects that parse but are no storable instance."""
+    media_class = str(ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
+    if media_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
+        return ("skipped", "media_directory", "a DICOMDIR (media directory index); copied")
+    missing = [name for name in ("SOPClassUID", "SOPInstanceUID") if not ds.get(name)]
+    if missing:
+        what = " and ".join(missing)
+        return ("skipped", "not_an_instance", f"no {what}: not a storable instance; copied")
+    return None
+
+
+def _missing_decoder(syntax: str) -> str | None:
+    """Why no installed pydicom plugin decodes ``syntax``; None when one does."""
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        return "pydicom has no decoder for it"
+    if decoder.is_available:
+        return None
+    return "; ".join(decoder.missing_dependencies) or "no plugin available"
 
 
 def _sop_class(ds: Dataset) -> str:

@@ -41,7 +41,20 @@ CODES: dict[str, CodeInfo] = {
         "skipped", "Pixel data already uses a compressed transfer syntax (see --transcode)."
     ),
     "lossy_source": CodeInfo(
-        "skipped", "--transcode was given but the source is lossy; it is never re-encoded."
+        "skipped",
+        "The source is (or may be) lossy: never re-encoded lossily, nor transcoded; "
+        "lossless targets still take native pixels marked Lossy Image Compression 01.",
+    ),
+    "unknown_transfer_syntax": CodeInfo(
+        "skipped", "A transfer syntax UID neither DICOM nor pydicom defines (private?)."
+    ),
+    "media_directory": CodeInfo(
+        "skipped", "A DICOMDIR (Media Storage Directory): an index, not an image; copied."
+    ),
+    "not_an_instance": CodeInfo(
+        "skipped",
+        "Parses as DICOM but lacks SOP Class or SOP Instance UID, so it cannot be "
+        "rewritten as a Part 10 instance; copied unchanged.",
     ),
     "no_pixel_data": CodeInfo(
         "skipped", "No Pixel Data element (SR, KOS, PR, RT plans...): nothing to compress."
@@ -84,11 +97,35 @@ CODES: dict[str, CodeInfo] = {
     "encoder_rejected": CodeInfo(
         "skipped", "Every requested target's encoder refused the image (message says why)."
     ),
-    # failed
-    "not_dicom": CodeInfo("failed", "The object is not a DICOM file."),
-    "invalid_dicom": CodeInfo(
-        "failed", "A DICOM file that cannot be parsed or written (truncated, corrupt)."
+    "label_data": CodeInfo(
+        "skipped",
+        "A Segmentation (or other label data) under a lossy target: labels are never "
+        "compressed lossily.",
     ),
+    "high_bits_set": CodeInfo(
+        "skipped",
+        "Bits above High Bit are set that no overlay declares, and high_bits is keep: "
+        "left uncompressed.",
+    ),
+    "unsupported_high_bit": CodeInfo(
+        "skipped",
+        "High Bit is not Bits Stored - 1 (an old layout with the values in the high "
+        "bits): no target keeps it exactly.",
+    ),
+    "unsupported_overlay": CodeInfo(
+        "skipped",
+        "An embedded overlay that cannot be moved to Overlay Data (colour image, "
+        "compressed source, or a bit position outside Bits Allocated).",
+    ),
+    "unwritable_dataset": CodeInfo(
+        "skipped",
+        "An element of the source cannot be written in the new transfer syntax (message names it).",
+    ),
+    "not_dicom": CodeInfo(
+        "skipped", "The object is not a DICOM file: copied unchanged (or failed, see not_dicom)."
+    ),
+    # failed
+    "invalid_dicom": CodeInfo("failed", "A DICOM file that cannot be parsed (truncated, corrupt)."),
     "invalid_pixel_data": CodeInfo(
         "failed",
         "Pixel Data length or Image Pixel attributes are inconsistent, so the pixels "
@@ -136,6 +173,16 @@ CODES: dict[str, CodeInfo] = {
 }
 
 
+def one_line(text: str, limit: int = 1000) -> str:
+    """``text`` on one line: every run of whitespace (newlines too) becomes one space.
+
+    Outcome messages end up in CSV rows, log lines and Flower; a library's multi-line
+    error text must never make a record span several lines.
+    """
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
 class DcmpressError(Exception):
     """Base class of every error dcmpress raises on purpose."""
 
@@ -154,6 +201,7 @@ class PermanentError(DcmpressError):
     def __init__(self, code: str, message: str) -> None:
         if code not in CODES:
             raise ValueError(f"undeclared outcome code {code!r}")
+        message = one_line(message)
         super().__init__(message)
         self.code = code
         self.message = message

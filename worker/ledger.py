@@ -15,8 +15,9 @@ Key (type) - content - lifetime
   counts, ``stage:{name}`` seconds, ``started_at``/``finished_at`` - retention
 - ``dcmpress:batch:{b}:obj:{n}`` (hash, n < 8192) - object key -> compact record
   (see :class:`Record`); sharded so each hash stays small - retention
-- ``dcmpress:batch:{b}:msg:{n}`` (hash) - object key -> message, only for skipped
-  and failed objects (a done object's message is derived) - retention
+- ``dcmpress:batch:{b}:msg:{n}`` (hash) - object key -> one-line message, only for
+  skipped and failed objects and done ones with notices (moved overlays, cleared
+  high bits); other done objects' messages are derived - retention
 - ``dcmpress:workers`` (hash) - worker tag -> worker name (records keep the tag) - none
 - ``dcmpress:claim:{sha1(bucket/key)}`` (string) - owner (``host:pid:nonce``) of the
   object while a worker processes it; renewed by a heartbeat, deleted at the end -
@@ -35,6 +36,7 @@ from typing import Any, cast
 import redis
 
 from worker.contract import BatchSpec
+from worker.errors import one_line
 
 # Shards per batch: with Redis's default small-hash limits (128 entries in Redis 7,
 # 512 in 6.2) a batch of up to ~1M objects stays in the compact listpack encoding.
@@ -439,7 +441,7 @@ class Ledger:
         for key, record, message in chunk:
             shard = shard_of(key)
             keys += [Keys.objects(batch, shard), Keys.messages(batch, shard)]
-            args += [key, record.encode(), message[:MAX_MESSAGE]]
+            args += [key, record.encode(), one_line(message, MAX_MESSAGE)]
         self._transition(keys=keys, args=args)
 
     def queue_many(

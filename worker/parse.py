@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 
 from pydicom import dcmread
+from pydicom.datadict import dictionary_has_tag
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
@@ -22,15 +23,18 @@ from pydicom.uid import (
 
 from worker.errors import PermanentError
 from worker.repair import resolve_ambiguous_vrs
+from worker.syntaxes import PAPYRUS_3
 
 # A raw dataset (no preamble) starts with its lowest tag; real ones start in these groups.
 _RAW_DATASET_FIRST_GROUPS = {0x0000, 0x0002, 0x0008}
 
 
 def read_dataset(data: bytes) -> Dataset:
-    """Parse ``data`` into a Dataset that has complete, consistent file meta.
+    """Parse ``data`` into a Dataset whose file meta matches it as far as it can.
 
-    Raises PermanentError ``not_dicom`` or ``invalid_dicom``.
+    Raises PermanentError ``not_dicom`` or ``invalid_dicom``. A data set without SOP
+    Class UID (a DICOMDIR, a stray data set) is returned as it is, for the engine to
+    classify.
     """
     if len(data) < 8:
         raise PermanentError("not_dicom", f"only {len(data)} bytes: too short to be DICOM")
@@ -50,6 +54,8 @@ def _read(data: bytes) -> Dataset:
         ds = _read_raw(data)
     except Exception as exc:  # pydicom raises many types on corrupt files
         raise PermanentError("invalid_dicom", f"cannot parse: {exc}") from exc
+    if not _has_standard_elements(ds):
+        raise PermanentError("invalid_dicom", "no standard DICOM element could be read")
     try:
         # pydicom parses lazily; convert every element now (giving the VR-ambiguous
         # ones a concrete VR) so a corrupt file fails here, with a clear code, and
@@ -57,11 +63,15 @@ def _read(data: bytes) -> Dataset:
         resolve_ambiguous_vrs(ds, signed=_is_signed(ds))
     except Exception as exc:
         raise PermanentError("invalid_dicom", f"cannot parse an element: {exc}") from exc
-    if "SOPClassUID" not in ds:
-        raise PermanentError(
-            "invalid_dicom", "no SOP Class UID (0008,0016): not a storable DICOM instance"
-        )
     return ds
+
+
+def _has_standard_elements(ds: Dataset) -> bool:
+    """True if the data set holds at least one element the DICOM dictionary defines.
+
+    Garbage after a ``DICM`` prefix parses as a few elements with meaningless tags.
+    """
+    return any(tag.group != 0xFFFE and dictionary_has_tag(tag) for tag in ds.keys())  # noqa: SIM118
 
 
 def _is_signed(ds: Dataset) -> bool:
@@ -93,7 +103,10 @@ def _complete_file_meta(ds: Dataset) -> None:
     meta = ds.get("file_meta") or FileMetaDataset()
     if "TransferSyntaxUID" not in meta:
         meta.TransferSyntaxUID = _guess_syntax(ds)
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    elif meta.TransferSyntaxUID == PAPYRUS_3:
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian  # what Papyrus 3 encodes
+    if "SOPClassUID" in ds:  # DICOMDIRs and stray data sets have none (see engine)
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
     if "SOPInstanceUID" in ds:
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.setdefault("ImplementationClassUID", PYDICOM_IMPLEMENTATION_UID)

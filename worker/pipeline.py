@@ -197,8 +197,9 @@ def _write(job: Job, fetched: Fetched, result: Result) -> str | None:
         contract.META_BYTES_OUT: str(result.bytes_out),
         contract.META_OUTCOME: f"{result.state}/{result.code}",
     }
+    if result.transfer_syntax:  # the output's, or the copied source's own
+        metadata[contract.META_TRANSFER_SYNTAX] = result.transfer_syntax
     if result.output is not None:
-        metadata[contract.META_TRANSFER_SYNTAX] = result.transfer_syntax or ""
         if_match = fetched.etag if spec.in_place else None
         job.storage.put(bucket, key, result.output, metadata, if_match=if_match)
         return f"s3://{bucket}/{key}"
@@ -222,7 +223,8 @@ def _finish(
         etag=short_etag(fetched.etag),
         modality=result.modality,
     )
-    message = "" if result.state == "done" else result.message
+    # a done object's message is derived from its record, unless it carries notices
+    message = "" if result.state == "done" and not result.notices else result.message
     with job.stage("record"):
         job.ledger.transition(job.batch, job.key, final, message)
         job.ledger.add_stage_seconds(job.batch, job.stage.seconds)

@@ -1,6 +1,6 @@
 """Repairs a source dataset needs before it can be written in a new transfer syntax.
 
-Both are lossless: they change how values are *encoded*, never what they are.
+All are lossless: they change how values are *encoded*, never what they are.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
 _BYTE_SWAP_VRS = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+_WORDS_IN_IMPLICIT_VR = {"OB or OW", "OW or OB"}
+PIXEL_DATA_TAG = 0x7FE00010  # pydicom resolves its VR itself, from Bits Allocated
 
 
 def swap_words_to_little_endian(ds: Dataset) -> None:
@@ -45,6 +47,11 @@ def resolve_ambiguous_vrs(ds: Dataset, signed: bool) -> None:
             if forced is None:
                 raise  # not an ambiguity problem: a corrupt element, for the caller
             converted = forced
+        if converted.VR in _WORDS_IN_IMPLICIT_VR and tag != PIXEL_DATA_TAG:
+            # Retired Curve Data (50xx,3000), Overlay Data (60xx,3000) read from
+            # implicit VR: PS3.5 §8.1.2 / A.1 encode them as OW there, so the bytes
+            # already are little-endian words.
+            converted.VR = "OW"
         if converted.VR == "SQ":
             for item in converted.value:
                 resolve_ambiguous_vrs(item, signed)

@@ -79,6 +79,17 @@ class CompressionOptions(BaseModel):
         default="copy",
         description="Objects without pixel data: copy unchanged, or skip without output.",
     )
+    not_dicom: Literal["copy", "fail"] = Field(
+        default="copy",
+        description="Objects that are not DICOM: copy unchanged (`skipped/not_dicom`), so "
+        "the destination stays a complete copy of the source, or record `failed`.",
+    )
+    high_bits: Literal["clear", "keep"] = Field(
+        default="clear",
+        description="Bits set above High Bit that no overlay declares (not part of the "
+        "pixel value): `clear` compresses without them and the record counts them; "
+        "`keep` leaves such objects uncompressed (`skipped/high_bits_set`).",
+    )
     min_ratio: float = Field(
         default=1.0,
         ge=0.0,

@@ -1,8 +1,9 @@
 """Decode a compressed result and prove it matches the source pixels.
 
 Lossless targets must decode bit-identical; ``jpeg-ls-near`` within ``jls_error``;
-lossy JPEG 2000 records the PSNR it achieved. The check decodes the *serialised*
-bytes, exactly what will be uploaded, not the in-memory dataset.
+lossy JPEG 2000 records the PSNR it achieved; overlay planes moved out of the source's
+high bits must decode identical. The check decodes the *serialised* bytes, exactly
+what will be uploaded, not the in-memory dataset.
 """
 
 from __future__ import annotations
@@ -10,13 +11,19 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
 
 from worker.codecs import Target
 from worker.errors import PermanentError
+from worker.overlays import check_overlays
+
+if TYPE_CHECKING:
+    from worker.compress import SourceImage
 
 
 @dataclass(frozen=True)
@@ -29,7 +36,10 @@ class Verification:
 
 def decode_raw(data: bytes, plugin: str = "") -> np.ndarray:
     """Decode the pixels of a Part 10 file without colour conversion."""
-    ds = dcmread(io.BytesIO(data))
+    return _decode(dcmread(io.BytesIO(data)), plugin)
+
+
+def _decode(ds: Dataset, plugin: str) -> np.ndarray:
     decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
     arr, _ = decoder.as_array(ds, raw=True, decoding_plugin=plugin)
     return arr
@@ -54,17 +64,20 @@ def compare(source: np.ndarray, decoded: np.ndarray, bits_stored: int) -> Verifi
     return Verification(max_error, 10.0 * math.log10(peak * peak / mse))
 
 
-def verify(
-    output: bytes, source: np.ndarray, target: Target, bits_stored: int, jls_error: int
-) -> Verification:
-    """Raise ``verification_failed`` unless ``output`` decodes within the target's bound."""
+def verify(output: bytes, source: SourceImage, target: Target, jls_error: int) -> Verification:
+    """Raise ``verification_failed`` unless ``output`` decodes within the target's bound.
+
+    The overlay planes taken out of the source's high bits must come back too.
+    """
     try:
-        decoded = decode_raw(output, target.decoder())
+        written = dcmread(io.BytesIO(output))
+        decoded = _decode(written, target.decoder())
     except Exception as exc:
         raise PermanentError(
             "verification_failed", f"the {target.name} result does not decode: {exc}"
         ) from exc
-    result = compare(source, decoded, bits_stored)
+    check_overlays(written, source.high_bits.overlays)
+    result = compare(source.pixels, decoded, source.bits_stored)
     allowed = target.allowed_error(jls_error)
     if allowed is not None and result.max_error > allowed:
         raise PermanentError(

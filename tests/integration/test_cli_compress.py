@@ -93,11 +93,23 @@ def test_compress_tree_writes_mirrored_outputs_and_one_record_per_file(
 
 def test_a_failed_file_makes_the_exit_status_non_zero(tree: Path, tmp_path: Path) -> None:
     (tree / "notes.txt").write_text("not an image\n" * 20)
-    proc = dcmpress("compress", str(tree), "-o", str(tmp_path / "out"), "--jsonl", "-j", "2")
+    out = tmp_path / "out"
+    proc = dcmpress("compress", str(tree), "-o", str(out), "--jsonl", "--not-dicom", "fail")
     assert proc.returncode == 1
     row = records(proc.stdout)["notes.txt"]
     assert (row["outcome"], row["code"], row["output"]) == ("failed", "not_dicom", None)
-    assert not (tmp_path / "out" / "notes.txt").exists()
+    assert not (out / "notes.txt").exists()
+
+
+def test_non_dicom_files_are_copied_by_default(tree: Path, tmp_path: Path) -> None:
+    notes = tree / "notes.txt"
+    notes.write_text("not an image\n" * 20)
+    out = tmp_path / "out"
+    proc = dcmpress("compress", str(tree), "-o", str(out), "--jsonl", "-j", "2")
+    assert proc.returncode == 0, proc.stderr
+    row = records(proc.stdout)["notes.txt"]
+    assert (row["outcome"], row["code"]) == ("skipped", "not_dicom")
+    assert (out / "notes.txt").read_bytes() == notes.read_bytes()
 
 
 def test_summary_table_is_printed_without_jsonl(tree: Path, tmp_path: Path) -> None:

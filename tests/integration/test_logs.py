@@ -33,7 +33,7 @@ def test_outcomes_are_logged_as_json_lines_without_secrets(
     batch = f"logs-{uuid.uuid4().hex[:6]}"
     with CeleryWorker({**env, "PYTHONPATH": str(ROOT)}, tmp_path, concurrency=1) as worker:
         assert run_cli(env, "enqueue", f"s3://{source}/", "--dest", f"s3://{dest}/",
-                       "--batch", batch).returncode == 0  # fmt: skip
+                       "--batch", batch, "--not-dicom", "fail").returncode == 0  # fmt: skip
         wait_for_batch(ledger, batch, 2)
     text = worker.log_path.read_text()
     entries = [json.loads(line) for line in text.splitlines() if line.startswith("{")]

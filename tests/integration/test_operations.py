@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import uuid
 from pathlib import Path
@@ -11,8 +13,10 @@ import pytest
 
 from producer.samples import make_image, to_bytes
 from producer.stack import CeleryWorker, SeaweedS3
+from producer.status import write_bundle
 from tests.conftest import run_cli, wait_for_batch
-from worker.ledger import Ledger
+from worker.contract import BatchSpec, S3Location
+from worker.ledger import Ledger, Record
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +32,7 @@ def test_retry_requeues_failed_objects_by_code(
     client.put_object(Bucket=source, Key="late.dcm", Body=b"still uploading" * 10)
     batch = f"retry-{uuid.uuid4().hex[:6]}"
     assert run_cli(stack_env, "enqueue", f"s3://{source}/", "--dest", f"s3://{dest}/",
-                   "--batch", batch).returncode == 0  # fmt: skip
+                   "--batch", batch, "--not-dicom", "fail").returncode == 0  # fmt: skip
     counts = wait_for_batch(ledger, batch, 2)
     assert (counts.get("done"), counts.get("failed")) == (1, 1)
     # the object is fixed at the source; only that failure code is retried
@@ -79,7 +83,7 @@ def test_report_set_in_batch_operations_shape_locally_and_on_s3(
     client.put_object(Bucket=source, Key="notes.txt", Body=b"no image here" * 5)
     batch = f"report-{uuid.uuid4().hex[:6]}"
     assert run_cli(stack_env, "enqueue", f"s3://{source}/", "--dest", f"s3://{dest}/",
-                   "--batch", batch).returncode == 0  # fmt: skip
+                   "--batch", batch, "--not-dicom", "fail").returncode == 0  # fmt: skip
     wait_for_batch(ledger, batch, 2)
     proc = run_cli(stack_env, "report", batch, "--out", str(tmp_path / "rep"), "--html")
     assert proc.returncode == 0, proc.stderr
@@ -118,3 +122,21 @@ def test_report_set_in_batch_operations_shape_locally_and_on_s3(
     assert on_s3.returncode == 0, on_s3.stderr
     body = client.get_object(Bucket=dest, Key="reports/completion.csv")["Body"].read().decode()
     assert body.splitlines() == completion
+
+
+def test_report_rows_are_one_line_and_quoted(ledger: Ledger, tmp_path: Path) -> None:
+    batch = f"quoting-{uuid.uuid4().hex[:6]}"
+    ledger.save_batch(BatchSpec(batch=batch, source=S3Location(bucket="archive")))
+    message = 'cannot parse: With tag (0009,1010), "odd"\nTraceback (most recent call last):\n x'
+    failed = Record(state="failed", code="invalid_dicom").stamped()
+    ledger.transition(batch, "a,b.dcm", failed, message)
+    write_bundle(ledger, batch, tmp_path)
+    text = (tmp_path / "completion.csv").read_text()
+    assert len(text.splitlines()) == 1  # one physical line per object
+    [row] = list(csv.reader(io.StringIO(text)))
+    assert row[:5] == ["archive", "a%2Cb.dcm", "", "failed", "invalid_dicom"]
+    assert row[6] == (
+        'failed/invalid_dicom: cannot parse: With tag (0009,1010), "odd" '
+        "Traceback (most recent call last): x"
+    )
+    assert ledger.get_message(batch, "a,b.dcm") == row[6].split(": ", 1)[1]

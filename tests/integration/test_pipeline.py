@@ -15,6 +15,7 @@ from producer.samples import make_image, to_bytes
 from producer.stack import SeaweedS3
 from tests.conftest import run_cli, wait_for_batch
 from tests.support import independent_decode, read, source_pixels
+from tests.synthetic import mr_with_embedded_overlays, with_syntax
 from worker import contract
 from worker.ledger import Ledger
 
@@ -102,6 +103,9 @@ def test_mixed_bucket_ends_with_every_object_in_one_terminal_state(
         "b/truncated.dcm": good[: len(good) // 2],
         "b/one-bit.dcm": _one_bit(),
         "c/ünïcode key+plus.dcm": to_bytes(make_image(48, 48, seed=5)),
+        "d/overlay-mr.dcm": to_bytes(mr_with_embedded_overlays((12, 15))[0]),
+        "d/DICOMDIR": to_bytes(examples.dicomdir),
+        "d/private-syntax.dcm": with_syntax(make_image(32, 32), "1.2.840.113619.5.2"),
     }
     upload(s3_server, source, objects)
     report = enqueue(stack_env, f"s3://{source}/", "--dest", f"s3://{dest}/", "--target", "jpeg-ls")
@@ -115,21 +119,32 @@ def test_mixed_bucket_ends_with_every_object_in_one_terminal_state(
         "a/good.dcm": ("done", "compressed"),
         "a/plan.dcm": ("skipped", "no_pixel_data"),
         "a/already.dcm": ("skipped", "already_compressed"),
-        "b/notes.txt": ("failed", "not_dicom"),
+        "b/notes.txt": ("skipped", "not_dicom"),
         "b/truncated.dcm": ("failed", states["b/truncated.dcm"][1]),
         "b/one-bit.dcm": ("skipped", "unsupported_bits_allocated"),
         "c/ünïcode key+plus.dcm": ("done", "compressed"),
+        "d/overlay-mr.dcm": ("done", "compressed"),
+        "d/DICOMDIR": ("skipped", "media_directory"),
+        "d/private-syntax.dcm": ("skipped", "unknown_transfer_syntax"),
     }
     assert states["b/truncated.dcm"][1] in ("invalid_dicom", "invalid_pixel_data")
     assert rows["b/notes.txt"]["message"]
+    # a done object's notices are kept in its record
+    assert "moved to Overlay Data" in rows["d/overlay-mr.dcm"]["message"]
     client = s3_server.client()
-    # skipped objects are copied unchanged, failed ones are not written
+    # skipped objects are copied unchanged, with the source's syntax; failed ones are not
     copied = client.get_object(Bucket=dest, Key="a/already.dcm")
     assert copied["Body"].read() == objects["a/already.dcm"]
     assert copied["Metadata"][contract.META_OUTCOME] == "skipped/already_compressed"
+    assert copied["Metadata"][contract.META_TRANSFER_SYNTAX] == "1.2.840.10008.1.2.4.90"
+    for key in ("b/notes.txt", "d/DICOMDIR", "d/private-syntax.dcm", "b/one-bit.dcm"):
+        body = client.get_object(Bucket=dest, Key=key)["Body"].read()
+        assert body == objects[key], key
     listed = {o["Key"] for o in client.list_objects_v2(Bucket=dest).get("Contents", [])}
-    assert "b/notes.txt" not in listed and "b/truncated.dcm" not in listed
+    assert "b/truncated.dcm" not in listed
     assert "c/ünïcode key+plus.dcm" in listed
+    compressed = client.get_object(Bucket=dest, Key="d/overlay-mr.dcm")
+    assert compressed["Metadata"][contract.META_TRANSFER_SYNTAX] == "1.2.840.10008.1.2.4.80"
 
 
 def _one_bit() -> bytes:
@@ -181,7 +196,10 @@ def test_status_shows_counts_bytes_saved_and_failures(
         "x/1.dcm": to_bytes(make_image(64, 64, bits_stored=12)),
         "x/2.txt": b"nope" * 10,
     })  # fmt: skip
-    report = enqueue(stack_env, f"s3://{source}/", "--dest", f"s3://{dest}/", "--batch", "st")
+    report = enqueue(
+        stack_env, f"s3://{source}/", "--dest", f"s3://{dest}/", "--batch", "st",
+        "--not-dicom", "fail",
+    )  # fmt: skip
     wait_for_batch(ledger, "st", 2)
     proc = run_cli(stack_env, "status", "st")
     assert proc.returncode == 0, proc.stderr

@@ -154,7 +154,7 @@ def test_html_report_matches_the_ledger_and_renders_offline(
     batch = f"html-{uuid.uuid4().hex[:8]}"
     proc = run_cli(
         stack_env, "enqueue", f"s3://{source}/", "--dest", f"s3://{dest}/",
-        "--target", "j2k,rle", "--batch", batch,
+        "--target", "j2k,rle", "--batch", batch, "--not-dicom", "fail",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     counts = wait_for_batch(ledger, batch, len(objects))

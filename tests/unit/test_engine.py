@@ -22,8 +22,18 @@ from worker.isolation import CodecCrashed, run_isolated
 from worker.settings import CompressionOptions, EngineSettings
 
 
-def test_text_file_is_not_dicom() -> None:
+def test_text_file_is_not_dicom_and_copied_by_default() -> None:
     result = run(b"patient list\n" * 50)
+    assert (result.state, result.code, result.output, result.copy_source) == (
+        "skipped",
+        "not_dicom",
+        None,
+        True,
+    )
+
+
+def test_not_dicom_fail_records_a_failure_without_output() -> None:
+    result = run(b"patient list\n" * 50, not_dicom="fail")
     assert (result.state, result.code, result.output, result.copy_source) == (
         "failed",
         "not_dicom",
@@ -39,8 +49,12 @@ def test_empty_and_tiny_objects_are_not_dicom(data: bytes) -> None:
 
 def test_preamble_without_dicom_data_is_invalid() -> None:
     result = run(b"\0" * 128 + b"DICM" + b"\xff" * 40)
-    assert result.state == "failed"
     assert result.code in ("invalid_dicom", "not_dicom")
+    assert result.output is None
+    if result.code == "invalid_dicom":
+        assert (result.state, result.copy_source) == ("failed", False)
+    else:
+        assert (result.state, result.copy_source) == ("skipped", True)
 
 
 def test_truncated_pixel_data_is_a_specific_failure() -> None:
@@ -51,12 +65,13 @@ def test_truncated_pixel_data_is_a_specific_failure() -> None:
     assert result.output is None and not result.copy_source
 
 
-def test_dataset_without_sop_class_cannot_become_part_10() -> None:
+def test_raw_dataset_without_sop_class_is_copied_unchanged() -> None:
     ds = make_image(32, 32)
     del ds.SOPClassUID
     buffer = io.BytesIO()
     dcmwrite(buffer, ds, implicit_vr=False, little_endian=True)  # no file meta
-    assert run(buffer.getvalue()).code in ("invalid_dicom", "not_dicom")
+    result = run(buffer.getvalue())
+    assert (result.state, result.code, result.copy_source) == ("skipped", "not_an_instance", True)
 
 
 def test_already_compressed_input_is_copied_and_skipped() -> None:
@@ -99,14 +114,14 @@ def test_objects_without_pixel_data_are_copied_or_skipped(policy: str, copied: b
 def test_verification_mismatch_fails_and_discards_the_output(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = verify_module.decode_raw
+    real = verify_module._decode
 
-    def corrupt(data: bytes, plugin: str = "") -> np.ndarray:
-        arr = real(data, plugin).copy()
+    def corrupt(ds: Any, plugin: str = "") -> np.ndarray:
+        arr = real(ds, plugin).copy()
         arr.flat[17] ^= 1  # one bit of one pixel
         return arr
 
-    monkeypatch.setattr(verify_module, "decode_raw", corrupt)
+    monkeypatch.setattr(verify_module, "_decode", corrupt)
     result = run(make_image(40, 40), target=["jpeg-ls"])
     assert (result.state, result.code) == ("failed", "verification_failed")
     assert result.output is None and not result.copy_source
@@ -164,9 +179,8 @@ def test_lossless_keeps_uid_unless_asked_and_lossy_gets_a_new_one() -> None:
     assert kept.SOPInstanceUID == ds.SOPInstanceUID
 
 
-def test_lossy_attributes_are_appended_after_earlier_lossy_steps() -> None:
-    ds = make_image(64, 64, bits_stored=12)
-    ds.LossyImageCompression = "01"
+def test_lossy_attributes_are_appended_after_earlier_values() -> None:
+    ds = make_image(64, 64, bits_stored=12)  # ratio and method left by an earlier step
     ds.LossyImageCompressionRatio = "3.5"
     ds.LossyImageCompressionMethod = "ISO_10918_1"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
@@ -176,7 +190,7 @@ def test_lossy_attributes_are_appended_after_earlier_lossy_steps() -> None:
     assert list(out.LossyImageCompressionMethod) == ["ISO_10918_1", "ISO_15444_1"]
     ratios = [float(v) for v in out.LossyImageCompressionRatio]
     assert ratios[0] == 3.5 and 5 < ratios[1] < 12
-    assert "j2k-lossy" in out.DerivationDescription
+    assert "ISO_15444_1" in out.DerivationDescription
 
 
 def test_lossy_jpeg_ls_method_and_ratio_are_recorded() -> None:

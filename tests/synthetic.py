@@ -1,0 +1,225 @@
+"""Synthesized objects for the real-archive cases: overlays in high bits, enhanced
+multi-frame images, segmentations, odd syntaxes. No patient data; see PS3.3 for the
+modules each one imitates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.sequence import Sequence
+from pydicom.tag import Tag
+from pydicom.uid import UID, generate_uid
+
+from producer.samples import make_image
+
+MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")
+ENHANCED_CT_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2.1")
+WHOLE_SLIDE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.77.1.6")
+SEGMENTATION_STORAGE = UID("1.2.840.10008.5.1.4.1.1.66.4")
+LABEL_MAP_SEGMENTATION_STORAGE = UID("1.2.840.10008.5.1.4.1.1.66.7")
+
+
+def overlay_mask(rows: int, cols: int, bit: int, frame: int = 0) -> np.ndarray:
+    """A distinct, recognisable plane per bit and frame: a box and a diagonal line."""
+    plane = np.zeros((rows, cols), bool)
+    top = (3 * bit + 5 * frame) % max(rows - 8, 1)
+    plane[top : top + 6, 2 : cols // 2] = True
+    diagonal = np.arange(min(rows, cols))
+    plane[diagonal, (diagonal + bit) % cols] = True
+    return plane
+
+
+def mr_with_embedded_overlays(
+    bits: tuple[int, ...] = (12, 13, 14, 15),
+    rows: int = 48,
+    cols: int = 40,
+    frames: int = 1,
+    frames_in_overlay: int | None = None,
+) -> tuple[Dataset, dict[int, np.ndarray]]:
+    """A 16-bit MR (Bits Stored 12) with overlay planes in high bits of Pixel Data.
+
+    Returns the dataset and, per overlay group, the expected planes (frames, rows, cols).
+    Each bit gets its own group (6000, 6002, ...), as old MR consoles wrote them.
+    """
+    ds = make_image(rows, cols, frames=frames, bits_stored=12, sop_class=MR_IMAGE_STORAGE)
+    ds.Modality = "MR"
+    words = np.frombuffer(ds.PixelData, "<u2").reshape(frames, rows, cols).copy()
+    expected: dict[int, np.ndarray] = {}
+    for index, bit in enumerate(bits):
+        group = 0x6000 + 2 * index
+        count = frames_in_overlay or frames
+        planes = np.stack([overlay_mask(rows, cols, bit, frame) for frame in range(count)])
+        words[:count] |= planes.astype(np.uint16) << bit
+        expected[group] = planes
+        ds.add_new(Tag(group, 0x0010), "US", rows)
+        ds.add_new(Tag(group, 0x0011), "US", cols)
+        ds.add_new(Tag(group, 0x0040), "CS", "G")
+        ds.add_new(Tag(group, 0x0050), "SS", [1, 1])
+        ds.add_new(Tag(group, 0x0100), "US", 16)
+        ds.add_new(Tag(group, 0x0102), "US", bit)
+        if frames_in_overlay:
+            ds.add_new(Tag(group, 0x0015), "IS", frames_in_overlay)
+            ds.add_new(Tag(group, 0x0051), "US", 1)
+    ds.PixelData = words.astype("<u2").tobytes()
+    return ds, expected
+
+
+def with_syntax(ds: Dataset, uid: str, implicit: bool = False) -> bytes:
+    """``ds`` as a Part 10 file whose file meta names ``uid``, whatever it is.
+
+    pydicom refuses to write transfer syntaxes it does not know; the data set is
+    written little endian (explicit VR unless ``implicit``) with that UID in the meta.
+    """
+    fp = DicomBytesIO()
+    fp.write(b"\0" * 128 + b"DICM")
+    ds.file_meta.TransferSyntaxUID = uid
+    write_file_meta_info(fp, ds.file_meta, enforce_standard=True)
+    fp.is_little_endian, fp.is_implicit_VR = True, implicit
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def _frame_content(number: int) -> Dataset:
+    content = Dataset()
+    content.FrameAcquisitionNumber = 1
+    content.FrameReferenceDateTime = "20260101120000"
+    content.FrameAcquisitionDateTime = "20260101120000"
+    content.FrameAcquisitionDuration = 100
+    content.StackID = "1"
+    content.InStackPositionNumber = number
+    content.DimensionIndexValues = [1, number]
+    return content
+
+
+def enhanced_ct(frames: int = 3, rows: int = 64, cols: int = 64) -> Dataset:
+    """An Enhanced CT Image (PS3.3 A.38) with shared and per-frame functional groups."""
+    ds = make_image(rows, cols, frames=frames, bits_stored=12, sop_class=ENHANCED_CT_STORAGE)
+    ds.Modality = "CT"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    for keyword in ("RescaleIntercept", "RescaleSlope"):
+        delattr(ds, keyword)  # in the Pixel Value Transformation group instead
+    ds.InstanceNumber = 1
+    ds.ContentDate, ds.ContentTime = "20260101", "120000"
+    ds.AcquisitionDateTime = "20260101120000"
+    ds.AcquisitionNumber = 1
+    ds.PresentationLUTShape = "IDENTITY"
+    ds.BurnedInAnnotation = "NO"
+    ds.ContentQualification = "RESEARCH"
+    ds.ImageComments = "synthetic"
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.PositionReferenceIndicator = ""
+    ds.Manufacturer = "dcmpress tests"
+    ds.ManufacturerModelName = "synthetic"
+    ds.DeviceSerialNumber = "1"
+    ds.SoftwareVersions = "1"
+    ds.SeriesNumber = 1
+    ds.StudyDate, ds.StudyTime = "20260101", "120000"
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = "1"
+    ds.AccessionNumber = ""
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.ContentDate = "20260101"
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.SliceThickness = 1.0
+    dimension = Dataset()
+    dimension.DimensionOrganizationUID = generate_uid()
+    ds.DimensionOrganizationSequence = Sequence([dimension])
+    indices = []
+    for pointer, group in ((0x00209056, 0x00209111), (0x00209057, 0x00209111)):
+        index = Dataset()
+        index.DimensionOrganizationUID = dimension.DimensionOrganizationUID
+        index.DimensionIndexPointer = pointer
+        index.FunctionalGroupPointer = group
+        indices.append(index)
+    ds.DimensionIndexSequence = Sequence(indices)
+
+    shared = Dataset()
+    frame_type = Dataset()
+    frame_type.FrameType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    frame_type.PixelPresentation = "MONOCHROME"
+    frame_type.VolumetricProperties = "VOLUME"
+    frame_type.VolumeBasedCalculationTechnique = "NONE"
+    shared.CTImageFrameTypeSequence = Sequence([frame_type])
+    transformation = Dataset()
+    transformation.RescaleIntercept, transformation.RescaleSlope = -1024, 1
+    transformation.RescaleType = "HU"
+    shared.PixelValueTransformationSequence = Sequence([transformation])
+    measures = Dataset()
+    measures.PixelSpacing = [0.5, 0.5]
+    measures.SliceThickness = 1.0
+    shared.PixelMeasuresSequence = Sequence([measures])
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PlaneOrientationSequence = Sequence([orientation])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame = []
+    for number in range(1, frames + 1):
+        item = Dataset()
+        item.FrameContentSequence = Sequence([_frame_content(number)])
+        position = Dataset()
+        position.ImagePositionPatient = [0.0, 0.0, float(number)]
+        item.PlanePositionSequence = Sequence([position])
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    return ds
+
+
+def whole_slide(frames: int = 4, tile: int = 64) -> Dataset:
+    """A tiled VL Whole Slide Microscopy image (PS3.3 A.32.8), RGB, 2x2 tiles."""
+    ds = make_image(tile, tile, frames=frames, bits_allocated=8, samples=3,
+                    sop_class=WHOLE_SLIDE_STORAGE)  # fmt: skip
+    ds.Modality = "SM"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    ds.TotalPixelMatrixColumns = ds.TotalPixelMatrixRows = 2 * tile
+    ds.TotalPixelMatrixFocalPlanes = 1
+    ds.DimensionOrganizationType = "TILED_FULL"
+    ds.ImagedVolumeWidth = ds.ImagedVolumeHeight = 1.0
+    ds.ImagedVolumeDepth = 0.01
+    ds.BurnedInAnnotation = "NO"
+    ds.SpecimenLabelInImage = "NO"
+    ds.FocusMethod = "AUTO"
+    ds.ExtendedDepthOfField = "NO"
+    ds.InstanceNumber = 1
+    ds.ContentDate, ds.ContentTime = "20260101", "120000"
+    ds.AcquisitionDateTime = "20260101120000"
+    shared = Dataset()
+    frame_type = Dataset()
+    frame_type.FrameType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    shared.WholeSlideMicroscopyImageFrameTypeSequence = Sequence([frame_type])
+    measures = Dataset()
+    measures.PixelSpacing = [0.0005, 0.0005]
+    measures.SliceThickness = 0.01
+    shared.PixelMeasuresSequence = Sequence([measures])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    return ds
+
+
+def segmentation(sop_class: UID = SEGMENTATION_STORAGE, kind: str = "FRACTIONAL") -> Dataset:
+    """An 8-bit Segmentation (fractional, or a label map) with one segment."""
+    ds = make_image(40, 40, frames=2, bits_allocated=8, sop_class=sop_class)
+    ds.Modality = "SEG"
+    ds.ImageType = ["DERIVED", "PRIMARY"]
+    ds.SegmentationType = kind
+    if kind == "FRACTIONAL":
+        ds.SegmentationFractionalType = "PROBABILITY"
+        ds.MaximumFractionalValue = 255
+    segment = Dataset()
+    segment.SegmentNumber = 1
+    segment.SegmentLabel = "synthetic"
+    segment.SegmentAlgorithmType = "MANUAL"
+    segment.SegmentedPropertyCategoryCodeSequence = Sequence(
+        [_code("91723000", "SCT", "Anatomical Structure")]
+    )
+    segment.SegmentedPropertyTypeCodeSequence = Sequence([_code("10200004", "SCT", "Liver")])
+    ds.SegmentSequence = Sequence([segment])
+    return ds
