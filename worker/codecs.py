@@ -161,6 +161,22 @@ def target_for_syntax(uid: str) -> Target | None:
     return _BY_UID.get(uid)
 
 
+# Decoding plugins for *source* pixels, safest first. python-gdcm is last: on some
+# inconsistent inputs it aborts the whole process, so it is used only when nothing
+# else decodes the syntax, and then in a throw-away fork (see compress.decode_source).
+SOURCE_DECODERS = ("pylibjpeg", "pyjpegls", "pydicom", "pillow", "gdcm")
+
+
+def source_decoding_plugin(uid: str) -> str:
+    """The decoding plugin for an untrusted source in ``uid`` ('' for native data)."""
+    try:
+        available = get_decoder(uid).available_plugins
+    except NotImplementedError:  # no decoder at all: decoding will say so
+        return ""
+    ordered = [name for name in SOURCE_DECODERS if name in available]
+    return (ordered or [*available, ""])[0]
+
+
 @dataclass(frozen=True)
 class PluginStatus:
     """Whether a plugin is usable here, and if not, what to install."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import io
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from pydicom import dcmwrite
@@ -24,7 +25,7 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import compress as pydicom_compress
 from pydicom.uid import UID, ExplicitVRBigEndian, generate_uid
 
-from worker.codecs import Plugin, Target
+from worker.codecs import Plugin, Target, source_decoding_plugin
 from worker.errors import PermanentError, UnsupportedImage
 from worker.isolation import CodecCrashed, run_isolated
 from worker.lossy import mark_lossy, refuse_lossy
@@ -87,8 +88,18 @@ def decode_source(ds: Dataset) -> SourceImage:
     """
     syntax = ds.file_meta.TransferSyntaxUID
     _check_high_bit(ds)
+    plugin = source_decoding_plugin(syntax)
+
+    def decode() -> tuple[np.ndarray, dict[str, Any]]:
+        return get_decoder(syntax).as_array(ds, raw=True, decoding_plugin=plugin)
+
     try:
-        arr, meta = get_decoder(syntax).as_array(ds, raw=True)
+        # python-gdcm aborts the process on some inconsistent inputs: only ever in a fork
+        arr, meta = run_isolated(decode) if plugin == "gdcm" else decode()
+    except CodecCrashed as crash:
+        raise PermanentError(
+            "invalid_pixel_data", f"cannot decode the source pixels: gdcm {crash}"
+        ) from crash
     except Exception as exc:
         raise PermanentError(
             "invalid_pixel_data", f"cannot decode the source pixels: {exc}"
@@ -101,6 +112,9 @@ def decode_source(ds: Dataset) -> SourceImage:
         if tag in dataset:
             del dataset[tag]
     dataset = copy.deepcopy(dataset)
+    if "HighBit" not in dataset and "BitsStored" in dataset:
+        # Type 1, and Bits Stored - 1 is the only value a compressed syntax allows
+        dataset.HighBit = int(dataset.BitsStored) - 1
     if syntax == ExplicitVRBigEndian:
         swap_words_to_little_endian(dataset)
     # pydicom returns samples interleaved and YBR_FULL_422 upsampled to YBR_FULL:

@@ -178,6 +178,8 @@ def _derivation_item(description: str, source: Dataset, frame_number: int = 0) -
 def _reference_in_common_instance_module(ds: Dataset, source: Dataset) -> None:
     """Referenced Series Sequence (PS3.3 C.12.2): the instances this one refers to
     within its study, here the source of the derivation."""
+    if not source.get("SeriesInstanceUID"):
+        return  # a source without its series cannot be referenced this way
     series_items = list(ds.get("ReferencedSeriesSequence") or [])
     series = next(
         (
@@ -202,6 +204,8 @@ def _reference_in_common_instance_module(ds: Dataset, source: Dataset) -> None:
 
 def _add_source_evidence(ds: Dataset, source: Dataset) -> None:
     """Source Image Evidence Sequence: study, series and instance of the source."""
+    if not (source.get("StudyInstanceUID") and source.get("SeriesInstanceUID")):
+        return
     instance = Dataset()
     instance.ReferencedSOPClassUID = source.SOPClassUID
     instance.ReferencedSOPInstanceUID = source.SOPInstanceUID

@@ -98,7 +98,8 @@ def split_high_bits(ds: Dataset, words: np.ndarray, frames: int) -> HighBits:
     """
     rows, columns = int(ds.Rows), int(ds.Columns)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    bits_allocated, high_bit = int(ds.BitsAllocated), int(ds.HighBit)
+    bits_allocated = int(ds.BitsAllocated)
+    high_bit = int(ds.get("HighBit", int(ds.BitsStored) - 1))
     found = HighBits()
     groups = embedded_overlay_groups(ds)
     if groups and samples != 1:

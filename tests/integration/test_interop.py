@@ -68,6 +68,7 @@ SOURCES: dict[str, Callable[[], Dataset]] = {
     "example-ct": lambda: examples.ct,
     "example-mr": lambda: examples.mr,
     "example-rgb": lambda: examples.rgb_color,
+    "example-overlay": lambda: examples.overlay,  # separate Overlay Data, kept as is
 }
 LOSSLESS = ("jpeg-ls", "rle", "j2k")
 DCMTK_DECODER = {"jpeg-ls": "dcmdjpls", "rle": "dcmdrle"}

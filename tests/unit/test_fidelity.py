@@ -16,7 +16,13 @@ from pydicom.dataset import Dataset
 from pydicom.overlays.numpy_handler import get_overlay_array
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
-from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+)
 
 from producer.samples import make_image, to_bytes
 from tests.support import assert_lossless, independent_decode, read, run, source_pixels
@@ -29,6 +35,7 @@ from tests.synthetic import (
     with_syntax,
 )
 from worker import compress as compress_module
+from worker.codecs import source_decoding_plugin
 from worker.engine import process
 from worker.errors import PermanentError, one_line
 from worker.settings import CompressionOptions
@@ -454,3 +461,32 @@ def test_copies_record_the_source_transfer_syntax() -> None:
     result = run(to_bytes(examples.jpeg2k), target=["jpeg-ls"])
     assert result.transfer_syntax == "1.2.840.10008.1.2.4.90"
     assert run(b"not dicom at all").transfer_syntax is None
+
+
+# -- untrusted sources never take the process down ------------------------------------
+
+
+def test_source_pixels_are_never_decoded_by_gdcm_when_another_plugin_can() -> None:
+    assert source_decoding_plugin(JPEG2000Lossless) == "pylibjpeg"
+    assert source_decoding_plugin(JPEGLSLossless) == "pyjpegls"
+    assert source_decoding_plugin(RLELossless) == "pylibjpeg"
+    assert source_decoding_plugin(ExplicitVRBigEndian) == ""
+
+
+def test_a_gdcm_abort_on_a_source_is_contained(monkeypatch: pytest.MonkeyPatch) -> None:
+    # python-gdcm aborts (C++ terminate) on a J2K codestream whose component count
+    # contradicts Samples per Pixel; where gdcm is the only decoder, it runs in a fork
+    monkeypatch.setattr(compress_module, "source_decoding_plugin", lambda uid: "gdcm")
+    ds = examples.jpeg2k
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    result = run(to_bytes(ds), target=["jpeg-ls"], transcode=True)
+    assert (result.state, result.code) == ("failed", "invalid_pixel_data")
+    assert "gdcm" in result.message
+
+
+def test_pydicom_overlay_example_keeps_its_overlay_data() -> None:
+    ds = examples.overlay
+    result = run(to_bytes(ds), target=["jpeg-ls"])
+    out = assert_lossless(result, source_pixels(ds))
+    assert out[0x60003000].value == ds[0x60003000].value
+    assert result.notices == []
