@@ -152,7 +152,7 @@ def _check_high_bit(ds: Dataset) -> None:
         )
 
 
-def _split_high_bits(ds: Dataset, syntax: UID, samples: int, frames: int) -> HighBits:
+def _split_high_bits(ds: Dataset, syntax: UID, words_count: int, frames: int) -> HighBits:
     """Embedded overlays and stray high bits of native pixel data (see overlays.py)."""
     embedded = embedded_overlay_groups(ds)
     if syntax.is_encapsulated:
@@ -164,7 +164,7 @@ def _split_high_bits(ds: Dataset, syntax: UID, samples: int, frames: int) -> Hig
         return HighBits()
     if not embedded and int(ds.BitsStored) >= int(ds.BitsAllocated):
         return HighBits()  # no spare bits, nothing declared in them
-    words = stored_words(ds, syntax == ExplicitVRBigEndian, samples)
+    words = stored_words(ds, syntax == ExplicitVRBigEndian, words_count)
     if words is None:
         if embedded:
             raise UnsupportedImage(
