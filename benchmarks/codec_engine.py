@@ -21,9 +21,9 @@ import time
 from pydicom import dcmread
 from pydicom.pixels.utils import compress
 
-from producer.samples import make_image, to_bytes
-from worker.codecs import TARGETS, resolve_plugin
-from worker.engine import process
+from dcmpress.stack.samples import make_image, to_bytes
+from worker.codec.engine import process
+from worker.codec.targets import TARGETS, resolve_plugin
 from worker.settings import CompressionOptions
 
 

@@ -2,7 +2,7 @@
 
 In one run, on the same synthetic files and with the same number of processes:
 
-* codec only: ``worker.engine.process`` (parse, decode, encode, verify) over the files
+* codec only: ``worker.codec.engine.process`` (parse, decode, encode, verify) over the files
   held in memory, in a process pool - the ceiling;
 * end to end: files in a local SeaweedFS bucket, ``dcmpress enqueue`` into a local
   Redis, real ``celery worker`` processes fetching, compressing, verifying, uploading
@@ -20,16 +20,16 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from dcmpress.stack.samples import make_image, to_bytes
+from dcmpress.stack.services import CeleryWorker, RedisServer, SeaweedS3, dcmpress_env
 from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages
-from producer.samples import make_image, to_bytes
 from producer.sources import KeyFilter, listing_pages
-from producer.stack import CeleryWorker, RedisServer, SeaweedS3, dcmpress_env
-from worker.app import create_app
-from worker.contract import BatchSpec, S3Location
-from worker.engine import process
-from worker.ledger import Ledger
+from worker.codec.engine import process
+from worker.runtime.app import create_app
+from worker.runtime.contract import BatchSpec, S3Location
+from worker.runtime.ledger import Ledger
+from worker.runtime.storage import Storage
 from worker.settings import CompressionOptions, WorkerSettings
-from worker.storage import Storage
 
 
 def _codec_only(data: bytes, target: str) -> int:

@@ -17,15 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from dcmpress.stack.services import RedisServer, SeaweedS3, dcmpress_env
 from producer.enqueue import Enqueuer, EnqueueReport, ManifestRun, enqueue_pages
 from producer.manifests import open_local, read_manifest
 from producer.sources import KeyFilter, listing_pages
-from producer.stack import RedisServer, SeaweedS3, dcmpress_env
-from worker.app import create_app
-from worker.contract import BatchSpec, S3Location
-from worker.ledger import Ledger
+from worker.runtime.app import create_app
+from worker.runtime.contract import BatchSpec, S3Location
+from worker.runtime.ledger import Ledger
+from worker.runtime.storage import Storage
 from worker.settings import WorkerSettings
-from worker.storage import Storage
 
 
 def write_manifest(path: Path, keys: int) -> None:

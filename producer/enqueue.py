@@ -15,8 +15,8 @@ from celery import Celery
 
 from producer.publish import BulkPublisher
 from producer.sources import ObjectRef
-from worker.contract import BatchSpec, JobMessage
-from worker.ledger import ALREADY_DONE, ALREADY_QUEUED, QUEUED, Ledger, Record
+from worker.runtime.contract import BatchSpec, JobMessage
+from worker.runtime.ledger import ALREADY_DONE, ALREADY_QUEUED, QUEUED, Ledger, Record
 
 
 @dataclass

@@ -32,12 +32,12 @@ from celery import Celery
 from producer.enqueue import Enqueuer
 from producer.events import EventFormatError, ObjectEvent, parse_message
 from producer.sources import ObjectRef
-from worker import contract
-from worker.contract import BatchSpec, S3Location
 from worker.errors import DcmpressError
-from worker.ledger import Ledger
+from worker.runtime import contract
+from worker.runtime.contract import BatchSpec, S3Location
+from worker.runtime.ledger import Ledger
+from worker.runtime.storage import Storage
 from worker.settings import CompressionOptions
-from worker.storage import Storage
 
 log = logging.getLogger(__name__)
 

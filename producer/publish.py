@@ -22,7 +22,7 @@ from typing import Any
 
 from celery import Celery
 
-from worker.contract import TASK_COMPRESS
+from worker.runtime.contract import TASK_COMPRESS
 
 _VARYING_HEADERS = {"id", "root_id", "argsrepr"}
 

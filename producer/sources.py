@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from worker.storage import Listed, Storage
+from worker.runtime.storage import Listed, Storage
 
 
 @dataclass(frozen=True)

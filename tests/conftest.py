@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from producer.stack import CeleryWorker, RedisServer, SeaweedS3, dcmpress_env
-from worker.ledger import Ledger
+from dcmpress.stack.services import CeleryWorker, RedisServer, SeaweedS3, dcmpress_env
+from worker.runtime.ledger import Ledger
+from worker.runtime.storage import Storage
 from worker.settings import WorkerSettings
-from worker.storage import Storage
 
 
 @pytest.fixture(scope="session")
@@ -103,7 +103,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``dcmpress`` in a child process with ``env`` added."""
     return subprocess.run(
-        [sys.executable, "-m", "producer", *args],
+        [sys.executable, "-m", "dcmpress", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

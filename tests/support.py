@@ -12,8 +12,8 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import RLELossless
 
-from producer.samples import to_bytes
-from worker.engine import Result, process
+from dcmpress.stack.samples import to_bytes
+from worker.codec.engine import Result, process
 from worker.settings import CompressionOptions
 
 

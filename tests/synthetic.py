@@ -13,7 +13,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import UID, generate_uid
 
-from producer.samples import make_image
+from dcmpress.stack.samples import make_image
 
 MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")
 ENHANCED_CT_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2.1")

@@ -1,6 +1,6 @@
 """dcmpress workers: ``celery -A worker worker`` finds :data:`app` here."""
 
-from worker.app import create_app
+from worker.runtime.app import create_app
 
 app = create_app()
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from worker.codecs import Target, get_target
+from worker.codec.targets import Target, get_target
 
 DEFAULT_J2K_CR = (10.0,)
 

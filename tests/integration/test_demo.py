@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 def test_demo_compresses_the_sample_bucket_and_cleans_up(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DCMPRESS_", "AWS_"))}
     proc = subprocess.run(
-        [sys.executable, "-m", "producer", "demo", "--workdir", str(tmp_path), "--workers", "2"],
+        [sys.executable, "-m", "dcmpress", "demo", "--workdir", str(tmp_path), "--workers", "2"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -43,7 +43,7 @@ def test_demo_compresses_the_sample_bucket_and_cleans_up(tmp_path: Path) -> None
 def test_demo_keep_leaves_a_usable_stack_until_interrupted(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DCMPRESS_", "AWS_"))}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "producer", "demo", "--keep", "--workdir", str(tmp_path)],
+        [sys.executable, "-m", "dcmpress", "demo", "--keep", "--workdir", str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -62,7 +62,7 @@ def test_demo_keep_leaves_a_usable_stack_until_interrupted(tmp_path: Path) -> No
             exports
         )
         status = subprocess.run(
-            [sys.executable, "-m", "producer", "status", "demo"],
+            [sys.executable, "-m", "dcmpress", "status", "demo"],
             capture_output=True, text=True, timeout=60, env={**env, **exports}, check=False,
         )  # fmt: skip
         assert status.returncode == 0, status.stderr

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from producer.samples import make_image, to_bytes
-from producer.stack import CeleryWorker, SeaweedS3, free_port
+from dcmpress.stack.samples import make_image, to_bytes
+from dcmpress.stack.services import CeleryWorker, SeaweedS3, free_port
 from tests.conftest import run_cli, wait_for_batch
-from worker.ledger import Ledger
+from worker.runtime.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +101,7 @@ def test_an_unreachable_s3_is_retried_then_recorded_retries_exhausted(
 def test_a_malformed_job_message_is_dropped_not_redelivered(
     settings: Any, celery_worker: CeleryWorker, ledger: Ledger
 ) -> None:
-    from worker.app import create_app
+    from worker.runtime.app import create_app
 
     app = create_app(settings)
     app.send_task("dcmpress.compress_object", args=[{"no": "batch"}], queue=settings.queue)

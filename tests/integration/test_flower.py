@@ -29,11 +29,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from producer.samples import make_image, to_bytes
-from producer.stack import CeleryWorker, SeaweedS3, free_port
+from dcmpress.stack.samples import make_image, to_bytes
+from dcmpress.stack.services import CeleryWorker, SeaweedS3, free_port
 from tests.conftest import run_cli, wait_for_batch
-from worker.contract import TASK_COMPRESS
-from worker.ledger import Ledger
+from worker.runtime.contract import TASK_COMPRESS
+from worker.runtime.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from pydicom.overlays.numpy_handler import get_overlay_array
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 
-from producer.samples import make_image, to_bytes
+from dcmpress.stack.samples import make_image, to_bytes
 from tests.support import run, source_pixels
 from tests.synthetic import enhanced_ct, mr_with_embedded_overlays, whole_slide
 

@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 
+from dcmpress.stack.samples import make_image, to_bytes
+from dcmpress.stack.services import CeleryWorker, SeaweedS3
 from producer.listen import POISON_KEY, EventFilter, EventIntake, SqsListener, serve_http
-from producer.samples import make_image, to_bytes
-from producer.stack import CeleryWorker, SeaweedS3
 from tests.conftest import wait_for_batch
-from worker.app import create_app
-from worker.contract import S3Location
-from worker.ledger import Ledger
+from worker.runtime.app import create_app
+from worker.runtime.contract import S3Location
+from worker.runtime.ledger import Ledger
+from worker.runtime.storage import Storage
 from worker.settings import CompressionOptions, WorkerSettings
-from worker.storage import Storage
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

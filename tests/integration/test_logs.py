@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from producer.samples import make_image, to_bytes
-from producer.stack import CeleryWorker, SeaweedS3
+from dcmpress.stack.samples import make_image, to_bytes
+from dcmpress.stack.services import CeleryWorker, SeaweedS3
 from tests.conftest import run_cli, wait_for_batch
-from worker.ledger import Ledger
-from worker.logs import JsonFormatter, wants_json
+from worker.runtime.ledger import Ledger
+from worker.runtime.logs import JsonFormatter, wants_json
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

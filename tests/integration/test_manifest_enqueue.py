@@ -14,14 +14,14 @@ from urllib.parse import quote
 
 import pytest
 
+from dcmpress.stack.samples import make_image, to_bytes
+from dcmpress.stack.services import SeaweedS3
 from producer.enqueue import Enqueuer, ManifestRun
-from producer.samples import make_image, to_bytes
 from producer.sources import ObjectRef
-from producer.stack import SeaweedS3
 from tests.conftest import run_cli, wait_for_batch
-from worker.app import create_app
-from worker.contract import BatchSpec, S3Location
-from worker.ledger import Ledger
+from worker.runtime.app import create_app
+from worker.runtime.contract import BatchSpec, S3Location
+from worker.runtime.ledger import Ledger
 from worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.integration

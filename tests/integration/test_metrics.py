@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from producer.samples import make_image, to_bytes
-from producer.stack import CeleryWorker, SeaweedS3, free_port
+from dcmpress.stack.samples import make_image, to_bytes
+from dcmpress.stack.services import CeleryWorker, SeaweedS3, free_port
 from tests.conftest import run_cli, wait_for_batch
-from worker.ledger import Ledger
+from worker.runtime.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from producer.samples import make_image, to_bytes
-from producer.stack import CeleryWorker, SeaweedS3
-from producer.status import write_bundle
+from dcmpress.reports import write_bundle
+from dcmpress.stack.samples import make_image, to_bytes
+from dcmpress.stack.services import CeleryWorker, SeaweedS3
 from tests.conftest import run_cli, wait_for_batch
-from worker.contract import BatchSpec, S3Location
-from worker.ledger import Ledger, Record
+from worker.runtime.contract import BatchSpec, S3Location
+from worker.runtime.ledger import Ledger, Record
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from pydicom import examples
 
-from producer.samples import make_image, to_bytes
-from producer.stack import SeaweedS3
+from dcmpress.stack.samples import make_image, to_bytes
+from dcmpress.stack.services import SeaweedS3
 from tests.conftest import run_cli, wait_for_batch
 from tests.support import independent_decode, read, source_pixels
 from tests.synthetic import mr_with_embedded_overlays, with_syntax
-from worker import contract
-from worker.ledger import Ledger
+from worker.runtime import contract
+from worker.runtime.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 

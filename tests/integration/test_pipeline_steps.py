@@ -16,18 +16,18 @@ from typing import Any
 import numpy as np
 import pytest
 
+from dcmpress.stack.samples import make_image, to_bytes
+from dcmpress.stack.services import SeaweedS3
 from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages
-from producer.samples import make_image, to_bytes
 from producer.sources import KeyFilter, ObjectRef, listing_pages
-from producer.stack import SeaweedS3
 from tests.support import independent_decode, read, source_pixels
-from worker.app import create_app
-from worker.contract import BatchSpec, JobMessage, S3Location
 from worker.errors import TransientError
-from worker.ledger import Ledger, Record
-from worker.pipeline import ClaimHeld, Job, process_object
+from worker.runtime.app import create_app
+from worker.runtime.contract import BatchSpec, JobMessage, S3Location
+from worker.runtime.ledger import Ledger, Record
+from worker.runtime.pipeline import ClaimHeld, Job, process_object
+from worker.runtime.storage import Storage
 from worker.settings import CompressionOptions, WorkerSettings
-from worker.storage import Storage
 
 pytestmark = pytest.mark.integration
 
@@ -149,13 +149,13 @@ def test_in_place_replaces_the_source_only_if_unchanged(
 
     # someone rewrites the source between our fetch and our write: we must not clobber it
     client.put_object(Bucket=source, Key="b.dcm", Body=to_bytes(ds))
-    real_process = __import__("worker.pipeline", fromlist=["process"]).process
+    real_process = __import__("worker.runtime.pipeline", fromlist=["process"]).process
 
     def concurrent_writer(data: bytes, options: CompressionOptions) -> Any:
         client.put_object(Bucket=source, Key="b.dcm", Body=to_bytes(make_image(64, 64, seed=9)))
         return real_process(data, options)
 
-    monkeypatch.setattr("worker.pipeline.process", concurrent_writer)
+    monkeypatch.setattr("worker.runtime.pipeline.process", concurrent_writer)
     changed = process_object(make_job(ledger, storage, spec, "b.dcm"))
     assert (changed["outcome"], changed["code"]) == ("failed", "source_changed")
     kept = read(client.get_object(Bucket=source, Key="b.dcm")["Body"].read())

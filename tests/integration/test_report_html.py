@@ -22,16 +22,16 @@ from typing import Any
 import pytest
 from pydicom import examples
 
-from producer.report_html import chart_data, ratio_bin, ratio_labels, render_html, write_html
-from producer.samples import make_image, to_bytes
-from producer.stack import SeaweedS3
-from producer.status import report_rows
+from dcmpress.report_html import chart_data, ratio_bin, ratio_labels, render_html, write_html
+from dcmpress.reports import report_rows
+from dcmpress.stack.samples import make_image, to_bytes
+from dcmpress.stack.services import SeaweedS3
 from tests.conftest import run_cli, wait_for_batch
-from worker.ledger import TERMINAL, Ledger
+from worker.runtime.ledger import TERMINAL, Ledger
 
 pytestmark = pytest.mark.integration
 
-# the field each chart's bars show (kept here, independent of producer.report_html)
+# the field each chart's bars show (kept here, independent of dcmpress.report_html)
 BAR_VALUE = {
     "by_modality": "saved",
     "by_target": "saved",

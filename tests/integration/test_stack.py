@@ -17,8 +17,8 @@ import pytest
 import redis
 from celery import Celery
 
-from producer import stack
-from producer.stack import (
+from dcmpress.stack import services as stack
+from dcmpress.stack.services import (
     CeleryWorker,
     RedisServer,
     SeaweedS3,
@@ -159,7 +159,7 @@ def test_a_dropped_or_forgotten_server_does_not_outlive_its_owner(tmp_path: Path
         """
         import os, sys
         from pathlib import Path
-        from producer.stack import RedisServer
+        from dcmpress.stack.services import RedisServer
 
         s = RedisServer(Path(sys.argv[1]))
         s.start()

@@ -12,13 +12,13 @@ import pytest
 from pydicom import dcmwrite, examples
 from pydicom.uid import JPEGLSLossless
 
-from producer.samples import make_image, to_bytes
+from dcmpress.stack.samples import make_image, to_bytes
 from tests.support import assert_lossless, read, run, source_pixels
-from worker import compress as compress_module
-from worker import verify as verify_module
-from worker.codecs import TARGETS, resolve_plugin
+from worker.codec import verify as verify_module
+from worker.codec.isolation import CodecCrashed, run_isolated
+from worker.codec.plugins import gdcm as gdcm_plugin
+from worker.codec.targets import TARGETS, resolve_plugin
 from worker.errors import CODES, ConfigurationError, PermanentError
-from worker.isolation import CodecCrashed, run_isolated
 from worker.settings import CompressionOptions, EngineSettings
 
 
@@ -138,7 +138,7 @@ def test_verification_is_on_by_default_and_can_be_turned_off(
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("worker.engine.verify", counting)
+    monkeypatch.setattr("worker.codec.engine.verify", counting)
     assert run(make_image(40, 40)).state == "done"
     assert calls == [1]
     result = run(make_image(40, 40), verify=False)
@@ -231,8 +231,9 @@ def test_missing_plugin_is_a_configuration_error_naming_the_package(
     encoder = get_encoder(TARGETS["rle"].uid)
     monkeypatch.setitem(encoder._unavailable, "gdcm", ("gdcm>=3.0.10",))
     monkeypatch.delitem(encoder._available, "gdcm")
-    with pytest.raises(ConfigurationError, match="pip install python-gdcm"):
+    with pytest.raises(ConfigurationError, match=r'pip install "dcmpress\[gdcm\]"') as caught:
         resolve_plugin(TARGETS["rle"], "gdcm")
+    assert "requires gdcm>=3.0.10" in str(caught.value)  # pydicom's own reason
     assert resolve_plugin(TARGETS["rle"]).name == "pylibjpeg"
 
 
@@ -292,9 +293,10 @@ def test_gdcm_crash_without_another_plugin_is_codec_crashed(
     def crash(func: Any) -> Any:
         raise CodecCrashed("codec process killed by SIGABRT")
 
-    monkeypatch.setattr(compress_module, "run_isolated", crash)
+    monkeypatch.setattr(gdcm_plugin, "run_isolated", crash)
     monkeypatch.setattr(
-        "worker.engine.plugin_status", lambda target, plugin: type("S", (), {"available": False})()
+        "worker.codec.engine.plugin_status",
+        lambda target, plugin: type("S", (), {"available": False})(),
     )
     result = run(make_image(40, 40), target=["rle"], encoding_plugin=["gdcm"])
     assert (result.state, result.code) == ("failed", "codec_crashed")
@@ -306,7 +308,7 @@ def test_unexpected_exceptions_are_recorded_as_internal_error(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise KeyError("boom")
 
-    monkeypatch.setattr("worker.engine.decode_source", broken)
+    monkeypatch.setattr("worker.codec.engine.decode_source", broken)
     result = run(make_image(40, 40))
     assert (result.state, result.code) == ("failed", "internal_error")
     assert "boom" in result.message

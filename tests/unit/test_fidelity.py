@@ -24,7 +24,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from producer.samples import make_image, to_bytes
+from dcmpress.stack.samples import make_image, to_bytes
 from tests.support import assert_lossless, independent_decode, read, run, source_pixels
 from tests.synthetic import (
     LABEL_MAP_SEGMENTATION_STORAGE,
@@ -34,9 +34,9 @@ from tests.synthetic import (
     whole_slide,
     with_syntax,
 )
-from worker import compress as compress_module
-from worker.codecs import source_decoding_plugin
-from worker.engine import process
+from worker.codec import compress as compress_module
+from worker.codec.engine import process
+from worker.codec.targets import source_decoding_plugin
 from worker.errors import PermanentError, one_line
 from worker.settings import CompressionOptions
 
@@ -439,7 +439,7 @@ def test_an_internal_error_with_a_multi_line_text_is_one_line(
     def explode(*_: Any, **__: Any) -> Any:
         raise RuntimeError("first line\nTraceback (most recent call last):\n  more")
 
-    monkeypatch.setattr("worker.engine._classify", explode)
+    monkeypatch.setattr("worker.codec.engine._classify", explode)
     result = process(to_bytes(make_image(32, 32)), CompressionOptions())
     assert (result.state, result.code) == ("failed", "internal_error")
     assert "\n" not in result.message and "first line" in result.message

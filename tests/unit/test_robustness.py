@@ -21,7 +21,7 @@ from pydicom import dcmwrite, examples
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from producer.samples import make_image, to_bytes
+from dcmpress.stack.samples import make_image, to_bytes
 from tests.support import independent_decode, run, source_pixels
 from tests.synthetic import enhanced_ct, mr_with_embedded_overlays
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from producer.status import BatchStatus, RateWindow, render
+from dcmpress.views import BatchStatus, RateWindow, render
 
 
 def snap(at: float, done: int, queued: int, bytes_in: float) -> BatchStatus:

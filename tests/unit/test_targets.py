@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from pydicom.uid import ImplicitVRLittleEndian
 
-from producer.samples import make_image, to_bytes
+from dcmpress.stack.samples import make_image, to_bytes
 from tests.support import assert_lossless, independent_decode, read, run, source_pixels
-from worker.codecs import TARGETS
+from worker.codec.targets import TARGETS
 
 PLUGINS = [(t.name, p.name) for t in TARGETS.values() for p in t.plugins]
 

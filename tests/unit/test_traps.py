@@ -16,7 +16,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from producer.samples import make_image, to_bytes
+from dcmpress.stack.samples import make_image, to_bytes
 from tests.support import assert_lossless, independent_decode, read, run, source_pixels
 
 

@@ -12,8 +12,9 @@ import faulthandler
 import os
 import pickle
 import signal
+import tempfile
 from collections.abc import Callable
-from typing import TypeVar
+from typing import IO, TypeVar
 
 T = TypeVar("T")
 
@@ -28,10 +29,14 @@ def run_isolated(func: Callable[[], T]) -> T:
     The result (or exception) travels back pickled through a pipe.
     """
     read_fd, write_fd = os.pipe()
+    # what the codec prints as it dies (C++ "terminate called...") is kept for the
+    # error message instead of going to the worker's stderr
+    stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed below, after the fork
     pid = os.fork()
     if pid == 0:  # child: never return into the caller's stack
         os.close(read_fd)
         faulthandler.disable()  # a crash here is expected and reported by the parent
+        os.dup2(stderr.fileno(), 2)
         status = 0
         try:
             try:
@@ -48,12 +53,22 @@ def run_isolated(func: Callable[[], T]) -> T:
     with os.fdopen(read_fd, "rb") as pipe:
         payload = pipe.read()
     _, wait_status = os.waitpid(pid, 0)
+    with stderr:
+        said = _last_words(stderr)
     if os.WIFSIGNALED(wait_status):
         name = signal.Signals(os.WTERMSIG(wait_status)).name
-        raise CodecCrashed(f"codec process killed by {name}")
+        raise CodecCrashed(f"codec process killed by {name}{said}")
     if os.WEXITSTATUS(wait_status) != 0 or not payload:
-        raise CodecCrashed(f"codec process exited with status {os.WEXITSTATUS(wait_status)}")
+        status = os.WEXITSTATUS(wait_status)
+        raise CodecCrashed(f"codec process exited with status {status}{said}")
     ok, value = pickle.loads(payload)
     if ok:
         return value  # type: ignore[no-any-return]
     raise value
+
+
+def _last_words(stderr: IO[bytes], limit: int = 300) -> str:
+    """The codec's own error text (e.g. a C++ ``what():``), for the message."""
+    stderr.seek(0)
+    text = " ".join(stderr.read(64 * 1024).decode("utf-8", "replace").split())
+    return f" ({text[:limit]})" if text else ""

@@ -24,8 +24,8 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from producer.status import report_rows
-from worker.ledger import STATES, TERMINAL, Ledger
+from dcmpress.reports import report_rows
+from worker.runtime.ledger import STATES, TERMINAL, Ledger
 
 # Upper edges of the ratio bins (the last bin is open): <1, 1-1.5, ..., 6-10, >=10.
 RATIO_EDGES = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0)
@@ -89,9 +89,9 @@ def _throughput(objects: Counter[int], bytes_in: Counter[int]) -> list[dict[str,
 def chart_data(rows: Iterable[dict[str, Any]], counts: dict[str, float]) -> dict[str, Any]:
     """The data of every chart and the totals, JSON-serialisable.
 
-    ``rows`` are :func:`producer.status.report_rows` dicts (read once, not kept, so a
+    ``rows`` are :func:`dcmpress.views.report_rows` dicts (read once, not kept, so a
     batch of millions of objects fits in memory) and ``counts`` the batch counters
-    (:meth:`worker.ledger.Ledger.counts`). The result has:
+    (:meth:`worker.runtime.ledger.Ledger.counts`). The result has:
 
     - ``by_modality`` / ``by_target``: ``{label, objects, bytes_in, bytes_out, saved}``
       over objects with an output (``bytes_out > 0``: a failed object wrote nothing,

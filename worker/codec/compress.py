@@ -25,18 +25,19 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import compress as pydicom_compress
 from pydicom.uid import UID, ExplicitVRBigEndian, generate_uid
 
-from worker.codecs import Plugin, Target, source_decoding_plugin
-from worker.errors import PermanentError, UnsupportedImage
-from worker.isolation import CodecCrashed, run_isolated
-from worker.lossy import mark_lossy, refuse_lossy
-from worker.overlays import (
+from worker.codec.isolation import CodecCrashed
+from worker.codec.lossy import mark_lossy, refuse_lossy
+from worker.codec.overlays import (
     HighBits,
     embedded_overlay_groups,
     split_high_bits,
     stored_words,
     write_overlay_data,
 )
-from worker.repair import resolve_ambiguous_vrs, swap_words_to_little_endian
+from worker.codec.plugins.gdcm import contained
+from worker.codec.repair import resolve_ambiguous_vrs, swap_words_to_little_endian
+from worker.codec.targets import Plugin, Target, source_decoding_plugin
+from worker.errors import PermanentError, UnsupportedImage
 from worker.settings import DEFAULT_J2K_CR, CompressionOptions
 
 # Tags of the pixel data variants; only (7FE0,0010) Pixel Data can be compressed.
@@ -45,11 +46,6 @@ DOUBLE_FLOAT_PIXEL_DATA = 0x7FE00009
 PIXEL_DATA = 0x7FE00010
 EXTENDED_OFFSET_TABLE = 0x7FE00001
 EXTENDED_OFFSET_TABLE_LENGTHS = 0x7FE00002
-
-# openjpeg's encoder uses 6 resolution levels, so each side needs 2**5 pixels.
-J2K_MIN_SIDE = 32
-# Below this many pixels per frame the JPEG-LS / J2K encoders may refuse to encode.
-TINY_IMAGE_PIXELS = 256
 
 # PS3.3 C.7.6.1.1.5.1: Lossy Image Compression Method defined terms.
 LOSSY_METHODS = {"jpeg-ls-near": "ISO_14495_1", "j2k-lossy": "ISO_15444_1"}
@@ -95,7 +91,7 @@ def decode_source(ds: Dataset) -> SourceImage:
 
     try:
         # python-gdcm aborts the process on some inconsistent inputs: only ever in a fork
-        arr, meta = run_isolated(decode) if plugin == "gdcm" else decode()
+        arr, meta = contained(decode) if plugin == "gdcm" else decode()
     except CodecCrashed as crash:
         raise PermanentError(
             "invalid_pixel_data", f"cannot decode the source pixels: gdcm {crash}"
@@ -175,13 +171,15 @@ def _split_high_bits(ds: Dataset, syntax: UID, words_count: int, frames: int) ->
     return split_high_bits(ds, words, frames)
 
 
-def check_supported(source: SourceImage, target: Target, jls_error: int) -> None:
-    """Raise UnsupportedImage if ``target`` cannot take this image."""
+def check_supported(source: SourceImage, target: Target) -> None:
+    """Raise UnsupportedImage if ``target`` cannot take this image.
+
+    What one plugin cannot take is its quirks' business (see :func:`encode`).
+    """
     ds = source.dataset
     bits_allocated = int(ds.BitsAllocated)
     bits_stored = int(ds.BitsStored)
     samples = int(ds.SamplesPerPixel)
-    rows, columns = int(ds.Rows), int(ds.Columns)
     if bits_allocated not in target.bits_allocated:
         raise UnsupportedImage(
             "unsupported_bits_allocated",
@@ -196,39 +194,20 @@ def check_supported(source: SourceImage, target: Target, jls_error: int) -> None
         )
     if samples not in (1, 3):
         raise UnsupportedImage("unsupported_samples", f"Samples per Pixel {samples}")
-    if target.uid.startswith("1.2.840.10008.1.2.4.9") and min(rows, columns) < J2K_MIN_SIDE:
-        raise UnsupportedImage(
-            "image_too_small",
-            f"{target.name} needs both sides >= {J2K_MIN_SIDE} px, image is {rows}x{columns}",
-        )
     if target.lossy:
         refuse_lossy(ds, target)
-    if "jls_error" in target.options and int(ds.PixelRepresentation) == 1:
-        _check_signed_near_lossless(source, jls_error)
-
-
-def _check_signed_near_lossless(source: SourceImage, jls_error: int) -> None:
-    """Signed pixels within ``jls_error`` of the Bits Stored limits would wrap.
-
-    pyjpegls codes signed samples as their two's-complement bit pattern, so the
-    near-lossless reconstruction of a value at the edge of the range can wrap to the
-    other end (an error of 2**BitsStored - 1). Values away from the edges are safe.
-    """
-    half = 2 ** (source.bits_stored - 1)
-    low, high = -half + jls_error, half - 1 - jls_error
-    pixels = source.pixels
-    if pixels.size and (int(pixels.min()) < low or int(pixels.max()) > high):
-        raise UnsupportedImage(
-            "signed_near_lossless",
-            f"signed pixels span {int(pixels.min())}..{int(pixels.max())}; JPEG-LS "
-            f"near-lossless with jls_error {jls_error} is safe only within {low}..{high}",
-        )
 
 
 def encode(
     source: SourceImage, target: Target, plugin: Plugin, options: CompressionOptions
 ) -> Dataset:
-    """Return a new dataset holding ``source`` compressed to ``target``."""
+    """Return a new dataset holding ``source`` compressed to ``target`` by ``plugin``.
+
+    The plugin's quirks (see :mod:`worker.codec.plugins`) refuse images it must not
+    see, adjust the dataset around the call, run the call, and classify its errors.
+    """
+    quirks = plugin.quirks
+    quirks.refuse(source, target, options)
     ds = copy.deepcopy(source.dataset)
     kwargs = dict(options.plugin_options)
     if "jls_error" in target.options:
@@ -239,12 +218,7 @@ def encode(
         else:
             kwargs["j2k_cr"] = list(options.j2k_cr or DEFAULT_J2K_CR)
 
-    # pydicom 3.0 RLE writes too few byte segments when Bits Stored <= 8 in 16-bit
-    # containers; encoding with Bits Stored = Bits Allocated is equivalent and correct.
-    bits_stored = int(ds.BitsStored)
-    widen = target.name == "rle" and bits_stored <= 8 < int(ds.BitsAllocated)
-    if widen:
-        ds.BitsStored, ds.HighBit = int(ds.BitsAllocated), int(ds.BitsAllocated) - 1
+    restore = quirks.prepare(ds)
 
     def run() -> Dataset:
         pydicom_compress(
@@ -259,16 +233,13 @@ def encode(
         return ds
 
     try:
-        # python-gdcm aborts the process on some inputs: keep it in a throw-away fork.
-        ds = run_isolated(run) if plugin.name == "gdcm" else run()
+        ds = quirks.call(run)
     except CodecCrashed:
         raise
     except (RuntimeError, ValueError) as exc:
-        pixels_per_frame = int(ds.Rows) * int(ds.Columns)
-        code = "image_too_small" if pixels_per_frame < TINY_IMAGE_PIXELS else "encoder_rejected"
+        code = quirks.rejection_code(ds)
         raise UnsupportedImage(code, f"{target.name}/{plugin.name}: {_first_line(exc)}") from exc
-    if widen:
-        ds.BitsStored, ds.HighBit = bits_stored, bits_stored - 1
+    restore(ds)
     if _new_uid_wanted(target, options):
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

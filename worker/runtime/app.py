@@ -18,7 +18,7 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
     settings = settings or WorkerSettings()
     app = Celery("dcmpress", broker=settings.broker_url or settings.redis_url)
     app.conf.update(
-        imports=["worker.tasks"],
+        imports=["worker.runtime.tasks"],
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",

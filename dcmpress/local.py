@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.engine import Result, process
+from worker.codec.engine import Result, process
 from worker.errors import ConfigurationError, one_line
 from worker.settings import CompressionOptions
 

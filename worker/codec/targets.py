@@ -21,22 +21,14 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from worker.codec.plugins.base import Plugin
+from worker.codec.plugins.gdcm import GDCM_RLE
+from worker.codec.plugins.pyjpegls import PYJPEGLS
+from worker.codec.plugins.pylibjpeg import PYLIBJPEG_J2K, PYLIBJPEG_RLE
+from worker.codec.plugins.rle import PYDICOM_RLE
 from worker.errors import ConfigurationError
 
-
-@dataclass(frozen=True)
-class Plugin:
-    """One pydicom encoding plugin and the pip packages it needs."""
-
-    name: str
-    packages: tuple[str, ...]
-
-
-PYJPEGLS = Plugin("pyjpegls", ("pyjpegls",))
-PYLIBJPEG_J2K = Plugin("pylibjpeg", ("pylibjpeg", "pylibjpeg-openjpeg"))
-PYLIBJPEG_RLE = Plugin("pylibjpeg", ("pylibjpeg", "pylibjpeg-rle"))
-PYDICOM_RLE = Plugin("pydicom", ())
-GDCM_RLE = Plugin("gdcm", ("python-gdcm",))
+__all__ = ["TARGETS", "Plugin", "PluginStatus", "Target", "get_target", "resolve_plugin"]
 
 
 @dataclass(frozen=True)
@@ -189,9 +181,7 @@ class PluginStatus:
     @property
     def install_hint(self) -> str:
         """The pip command that would make the plugin available."""
-        if not self.plugin.packages:
-            return ""
-        return "pip install " + " ".join(self.plugin.packages)
+        return self.plugin.install_hint
 
 
 def plugin_status(target: Target, plugin: Plugin) -> PluginStatus:
@@ -200,8 +190,13 @@ def plugin_status(target: Target, plugin: Plugin) -> PluginStatus:
     available = plugin.name in encoder.available_plugins
     missing = ""
     if not available:
-        deps = encoder._unavailable.get(plugin.name)  # pydicom keeps the reason here
-        missing = "requires " + ", ".join(deps) if deps else "not registered in pydicom"
+        # pydicom's own words: "gdcm - requires gdcm"
+        reasons = [
+            text.split(" - ", 1)[1]
+            for text in encoder.missing_dependencies
+            if text.split(" - ", 1)[0] == plugin.name
+        ]
+        missing = reasons[0] if reasons else "not registered in pydicom"
     return PluginStatus(target, plugin, available, missing)
 
 

@@ -8,25 +8,28 @@ progress and the summary, and shuts everything down (or keeps it up with ``--kee
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import tempfile
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
+from dcmpress.reports import report_rows
+from dcmpress.stack.samples import demo_files
+from dcmpress.stack.services import CeleryWorker, RedisServer, SeaweedS3, dcmpress_env
+from dcmpress.views import RateWindow, outcomes_table, render, snapshot
 from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages
-from producer.samples import demo_files
 from producer.sources import KeyFilter, listing_pages
-from producer.stack import CeleryWorker, RedisServer, SeaweedS3, dcmpress_env
-from producer.status import RateWindow, render, report_rows, snapshot
-from worker.app import create_app
-from worker.contract import BatchSpec, S3Location
-from worker.ledger import Ledger
+from worker.runtime.app import create_app
+from worker.runtime.contract import BatchSpec, S3Location
+from worker.runtime.ledger import Ledger
+from worker.runtime.storage import Storage
 from worker.settings import CompressionOptions, WorkerSettings
-from worker.storage import Storage
 
 SOURCE_BUCKET = "dicom-archive"
 DEST_BUCKET = "dicom-compressed"
@@ -35,8 +38,38 @@ DEST_BUCKET = "dicom-compressed"
 def run_demo(
     options: CompressionOptions, workers: int, keep: bool, workdir: Path | None, console: Console
 ) -> int:
-    """Run the demo; return the number of objects processed."""
+    """Run the demo; return the number of objects processed.
+
+    SIGTERM and SIGHUP stop it like Ctrl-C: every service it started is stopped, and
+    the temporary directory is removed unless ``keep`` or ``workdir`` was given.
+    """
     root = workdir or Path(tempfile.mkdtemp(prefix="dcmpress-demo-"))
+    try:
+        with _signals_interrupt():
+            return _run(options, workers, keep, root, console)
+    finally:
+        if workdir is None and not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into KeyboardInterrupt, so the stack unwinds as on Ctrl-C."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(
+    options: CompressionOptions, workers: int, keep: bool, root: Path, console: Console
+) -> int:
     with ExitStack() as stack:
         console.print(f"[bold]dcmpress demo[/] in {root}")
         redis_server = stack.enter_context(RedisServer(root / "redis"))
@@ -67,7 +100,7 @@ def run_demo(
         console.print(f"  enqueued   {report.enqueued} jobs in batch 'demo'")
         _watch(ledger, spec.batch, console)
         console.print()
-        console.print(_outcomes(ledger, spec.batch))
+        console.print(outcomes_table(list(report_rows(ledger, spec.batch)), console.width))
         if keep:
             _keep_running(env, console)
         return report.enqueued
@@ -97,18 +130,6 @@ def _watch(ledger: Ledger, batch: str, console: Console) -> None:
             live.update(render(current, window.add(current)), refresh=True)
 
 
-def _outcomes(ledger: Ledger, batch: str) -> Table:
-    table = Table(title="outcome per object")
-    table.add_column("key", no_wrap=True)
-    for column, width in (("state", 7), ("code", 18), ("ratio", 5)):
-        table.add_column(column, no_wrap=True, min_width=width)
-    table.add_column("message", overflow="ellipsis", no_wrap=True)
-    for row in sorted(report_rows(ledger, batch), key=lambda row: str(row["key"])):
-        ratio = f"{row['ratio']:.2f}" if row["ratio"] else "-"
-        table.add_row(row["key"], row["state"], row["code"], ratio, row["message"][:70])
-    return table
-
-
 def _keep_running(env: dict[str, str], console: Console) -> None:
     console.print(
         "\nThe stack stays up until Ctrl-C. Point dcmpress, celery, Flower or boto3 at it:"
@@ -120,5 +141,5 @@ def _keep_running(env: dict[str, str], console: Console) -> None:
     try:
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP
         console.print("stopping")

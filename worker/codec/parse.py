@@ -21,9 +21,9 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from worker.codec.repair import resolve_ambiguous_vrs
+from worker.codec.syntaxes import PAPYRUS_3
 from worker.errors import PermanentError
-from worker.repair import resolve_ambiguous_vrs
-from worker.syntaxes import PAPYRUS_3
 
 # A raw dataset (no preamble) starts with its lowest tag; real ones start in these groups.
 _RAW_DATASET_FIRST_GROUPS = {0x0000, 0x0002, 0x0008}

@@ -18,12 +18,12 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
 
-from worker.codecs import Target
+from worker.codec.overlays import check_overlays
+from worker.codec.targets import Target
 from worker.errors import PermanentError
-from worker.overlays import check_overlays
 
 if TYPE_CHECKING:
-    from worker.compress import SourceImage
+    from worker.codec.compress import SourceImage
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from worker import contract
-from worker.contract import BatchSpec, JobMessage
-from worker.engine import Result, process
+from worker.codec.engine import Result, process
 from worker.errors import PermanentError, TransientError
-from worker.ledger import Ledger, Record, short_etag
-from worker.storage import Fetched, Storage
+from worker.runtime import contract
+from worker.runtime.contract import BatchSpec, JobMessage
+from worker.runtime.ledger import Ledger, Record, short_etag
+from worker.runtime.storage import Fetched, Storage
 from worker.timing import StageTimer
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
-from worker.codecs import Target
+from worker.codec.targets import Target
 from worker.errors import UnsupportedImage
 
 # SOP classes whose pixels are labels, not intensities (PS3.4 B.5); more label data is

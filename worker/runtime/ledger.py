@@ -35,8 +35,8 @@ from typing import Any, cast
 
 import redis
 
-from worker.contract import BatchSpec
 from worker.errors import one_line
+from worker.runtime.contract import BatchSpec
 
 # Shards per batch: with Redis's default small-hash limits (128 entries in Redis 7,
 # 512 in 6.2) a batch of up to ~1M objects stays in the compact listpack encoding.

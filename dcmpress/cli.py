@@ -6,7 +6,6 @@ import json
 import os
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,160 +22,86 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
-from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages, requeue
-from producer.local import plan_jobs, run_all
-from producer.samples import demo_files
-from producer.sources import KeyFilter, listing_pages
-from producer.status import (
-    RateWindow,
-    render,
-    report_rows,
-    snapshot,
-    write_bundle,
-    write_report,
+from dcmpress.console import (
+    EXIT_FAILED,
+    explain,
+    fail,
+    resolve_batch,
+    validation_message,
 )
-from worker.codecs import TARGETS, all_plugin_status, resolve_plugin
-from worker.contract import BatchSpec, S3Location, default_batch_id
+from dcmpress.local import plan_jobs, run_all
+from dcmpress.options import build_options, compression_flags
+from dcmpress.reports import report_rows, write_bundle, write_report
+from dcmpress.stack.samples import demo_files
+from dcmpress.views import (
+    RateWindow,
+    batches_table,
+    doctor_table,
+    render,
+    snapshot,
+    summary_table,
+)
+from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages, requeue
+from producer.sources import KeyFilter, listing_pages
+from worker.codec.targets import all_plugin_status
 from worker.errors import CODES, ConfigurationError, DcmpressError
-from worker.ledger import Ledger
-from worker.settings import CompressionOptions, EngineSettings, WorkerSettings
-from worker.storage import Storage
+from worker.runtime.contract import BatchSpec, S3Location, default_batch_id
+from worker.runtime.ledger import Ledger
+from worker.runtime.storage import Storage
+from worker.settings import CompressionOptions, WorkerSettings
+
+BATCH_HELP = "Batch id, or a unique start of one (see `dcmpress batches`)."
 
 app = typer.Typer(
     help="Compress DICOM archives losslessly (or lossily, if you choose), verified.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals may hold credentials
 )
+_debug = False
+
+
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of any failure.")
+    ] = False,
+) -> None:
+    global _debug
+    _debug = debug or os.environ.get("DCMPRESS_DEBUG", "") not in ("", "0")
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
-
-
-def _fail(message: str) -> typer.Exit:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}")
-    return typer.Exit(2)
-
-
-def build_options(overrides: dict[str, Any]) -> CompressionOptions:
-    """Environment settings (``DCMPRESS_*``) overlaid with the flags actually given."""
-    given = {key: value for key, value in overrides.items() if value is not None}
+    """Console-script entry point: expected failures are one line, not a traceback."""
     try:
-        base = EngineSettings().compression_options()
-        options = CompressionOptions.model_validate({**base.model_dump(), **given})
-        for target in options.targets():  # a missing plugin fails here, before any work
-            resolve_plugin(target, options.plugin_for(target))
-    except ValidationError as exc:
-        raise _fail(_validation_message(exc)) from None
-    except ConfigurationError as exc:
-        raise _fail(str(exc)) from None
-    return options
-
-
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "options"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
+        app()
+    except Exception as exc:
+        line = None if _debug else explain(exc)
+        if line is None:
+            raise
+        raise SystemExit(fail(line, EXIT_FAILED).exit_code) from None
 
 
 @app.command()
+@compression_flags
 def compress(
     paths: Annotated[list[Path], typer.Argument(help="Files or directory trees.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
-    target: Annotated[
-        str | None,
-        typer.Option(
-            help="Target, or comma-separated fallbacks (e.g. j2k,rle). Names: " + ", ".join(TARGETS)
-        ),
-    ] = None,
-    plugin: Annotated[
-        str | None,
-        typer.Option(help="Encoding plugin: NAME, or TARGET=NAME pairs, comma-separated."),
-    ] = None,
-    jls_error: Annotated[int | None, typer.Option(help="jpeg-ls-near: max pixel error.")] = None,
-    j2k_cr: Annotated[
-        str | None, typer.Option(help="j2k-lossy: compression ratios per layer, e.g. 20,5.")
-    ] = None,
-    j2k_psnr: Annotated[
-        str | None, typer.Option(help="j2k-lossy: PSNR (dB) per layer, e.g. 80,300.")
-    ] = None,
-    encapsulate_ext: Annotated[
-        bool | None,
-        typer.Option("--encapsulate-ext/--no-encapsulate-ext", help="Extended Offset Table."),
-    ] = None,
-    new_uid: Annotated[
-        bool | None,
-        typer.Option(
-            "--new-uid/--keep-uid",
-            help="Generate a new SOP Instance UID (default: only for lossy targets).",
-        ),
-    ] = None,
-    plugin_option: Annotated[
-        list[str] | None,
-        typer.Option(help="Plugin keyword option KEY=JSON_VALUE (repeatable)."),
-    ] = None,
-    verify: Annotated[
-        bool | None, typer.Option("--verify/--no-verify", help="Decode and compare results.")
-    ] = None,
-    unsupported: Annotated[
-        str | None, typer.Option(help="Images no target can take: skip (copy) or fail.")
-    ] = None,
-    transcode: Annotated[
-        bool | None,
-        typer.Option("--transcode/--no-transcode", help="Re-encode lossless compressed input."),
-    ] = None,
-    no_pixel_data: Annotated[
-        str | None, typer.Option(help="Objects without pixel data: copy or skip.")
-    ] = None,
-    not_dicom: Annotated[
-        str | None, typer.Option(help="Objects that are not DICOM: copy (default) or fail.")
-    ] = None,
-    high_bits: Annotated[
-        str | None,
-        typer.Option(
-            help="Bits set above High Bit that no overlay declares: clear (compress, "
-            "record the count; default) or keep (leave the object uncompressed)."
-        ),
-    ] = None,
-    min_ratio: Annotated[
-        float | None, typer.Option(help="Keep results at least this many times smaller.")
-    ] = None,
     processes: Annotated[
         int, typer.Option("--processes", "-j", help="Worker processes (default: all cores).")
     ] = 0,
     jsonl: Annotated[
         bool, typer.Option("--jsonl", help="One JSON record per input file on stdout.")
     ] = False,
+    *,
+    options: CompressionOptions,
 ) -> None:
     """Compress DICOM files on local disk into OUT, verifying every result."""
-    options = build_options(
-        {
-            "target": target,
-            "encoding_plugin": plugin,
-            "jls_error": jls_error,
-            "j2k_cr": j2k_cr,
-            "j2k_psnr": j2k_psnr,
-            "encapsulate_ext": encapsulate_ext,
-            "generate_instance_uid": new_uid,
-            "plugin_options": _parse_plugin_options(plugin_option),
-            "verify": verify,
-            "unsupported": unsupported,
-            "transcode": transcode,
-            "no_pixel_data": no_pixel_data,
-            "not_dicom": not_dicom,
-            "high_bits": high_bits,
-            "min_ratio": min_ratio,
-        }
-    )
     try:
         jobs = list(plan_jobs(paths, out))
     except ConfigurationError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     workers = processes or os.cpu_count() or 1
     console = Console(stderr=True)
     records: list[dict[str, Any]] = []
@@ -206,67 +131,12 @@ def compress(
         raise typer.Exit(1)
 
 
-def _parse_plugin_options(items: list[str] | None) -> dict[str, Any] | None:
-    if not items:
-        return None
-    parsed: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise _fail(f"--plugin-option {item!r}: expected KEY=VALUE")
-        try:
-            parsed[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            parsed[key] = raw
-    return parsed
-
-
 def _saved_text(records: list[dict[str, Any]]) -> str:
     bytes_in = sum(r["bytes_in"] for r in records if r["output"])
     bytes_out = sum(r["bytes_out"] for r in records if r["output"])
     if not bytes_out:
         return ""
     return f"{(bytes_in - bytes_out) / 1e6:,.1f} MB saved ({bytes_in / bytes_out:.2f}x)"
-
-
-def summary_table(records: list[dict[str, Any]]) -> Table:
-    """Counts, bytes and ratio by outcome and code."""
-    table = Table(title="dcmpress summary")
-    for column in ("outcome", "code", "files", "MB in", "MB out", "ratio"):
-        table.add_column(column, justify="left" if column in ("outcome", "code") else "right")
-    groups: Counter[tuple[str, str]] = Counter()
-    sizes: dict[tuple[str, str], list[int]] = {}
-    for item in records:
-        key = (item["outcome"], item["code"])
-        groups[key] += 1
-        totals = sizes.setdefault(key, [0, 0])
-        totals[0] += item["bytes_in"]
-        totals[1] += item["bytes_out"]
-    order = {"done": 0, "skipped": 1, "failed": 2}
-    for key in sorted(groups, key=lambda k: (order.get(k[0], 3), k[1])):
-        bytes_in, bytes_out = sizes[key]
-        ratio = f"{bytes_in / bytes_out:.2f}" if bytes_out else "-"
-        style = {"done": "green", "skipped": "yellow", "failed": "red"}.get(key[0], "")
-        table.add_row(
-            f"[{style}]{key[0]}[/]",
-            key[1],
-            str(groups[key]),
-            f"{bytes_in / 1e6:,.2f}",
-            f"{bytes_out / 1e6:,.2f}",
-            ratio,
-        )
-    total_in = sum(r["bytes_in"] for r in records)
-    total_out = sum(r["bytes_out"] for r in records)
-    table.add_section()
-    table.add_row(
-        "all",
-        "",
-        str(len(records)),
-        f"{total_in / 1e6:,.2f}",
-        f"{total_out / 1e6:,.2f}",
-        f"{total_in / total_out:.2f}" if total_out else "-",
-    )
-    return table
 
 
 @app.command()
@@ -287,20 +157,7 @@ def samples(
 def doctor() -> None:
     """List targets, their plugins, and which are installed."""
     console = Console()
-    table = Table(title="dcmpress targets and plugins")
-    for column in ("target", "transfer syntax", "lossy", "plugin", "status", "to install"):
-        table.add_column(column)
-    for status in all_plugin_status():
-        target = status.target
-        table.add_row(
-            target.name,
-            target.uid,
-            "yes" if target.lossy else "no",
-            status.plugin.name,
-            "[green]available[/]" if status.available else f"[red]missing[/] ({status.missing})",
-            "" if status.available else status.install_hint,
-        )
-    console.print(table)
+    console.print(doctor_table(all_plugin_status(), console.width))
     console.print(f"{len(CODES)} outcome codes; see README 'Outcome codes'.")
 
 
@@ -316,11 +173,12 @@ def _connect() -> tuple[WorkerSettings, Ledger]:
     try:
         settings = WorkerSettings()
     except ValidationError as exc:
-        raise _fail(_validation_message(exc)) from None
+        raise fail(validation_message(exc)) from None
     return settings, Ledger.from_url(settings.redis_url, settings.retention_seconds)
 
 
 @app.command()
+@compression_flags
 def enqueue(
     source: Annotated[
         str | None, typer.Argument(help="s3://bucket/prefix to compress (or --manifest).")
@@ -343,19 +201,6 @@ def enqueue(
             "for lossy targets.",
         ),
     ] = False,
-    target: Annotated[str | None, typer.Option(help="Target(s), comma-separated.")] = None,
-    plugin: Annotated[str | None, typer.Option(help="Encoding plugin(s).")] = None,
-    jls_error: Annotated[int | None, typer.Option(help="jpeg-ls-near: max error.")] = None,
-    j2k_cr: Annotated[str | None, typer.Option(help="j2k-lossy: ratios per layer.")] = None,
-    j2k_psnr: Annotated[str | None, typer.Option(help="j2k-lossy: PSNR per layer.")] = None,
-    unsupported: Annotated[str | None, typer.Option(help="skip (copy) or fail.")] = None,
-    transcode: Annotated[
-        bool | None, typer.Option("--transcode/--no-transcode", help="Re-encode lossless input.")
-    ] = None,
-    not_dicom: Annotated[str | None, typer.Option(help="Non-DICOM: copy or fail.")] = None,
-    high_bits: Annotated[
-        str | None, typer.Option(help="Undeclared bits above High Bit: clear or keep.")
-    ] = None,
     batch: Annotated[
         str | None,
         typer.Option(help="Batch name (default: derived from source, dest and options)."),
@@ -369,30 +214,19 @@ def enqueue(
     force: Annotated[
         bool, typer.Option("--force", help="Process again objects already done.")
     ] = False,
+    *,
+    options: CompressionOptions,
 ) -> None:
-    """List s3://bucket/prefix page by page and enqueue one job per object."""
-    options = build_options(
-        {
-            "target": target,
-            "encoding_plugin": plugin,
-            "jls_error": jls_error,
-            "j2k_cr": j2k_cr,
-            "j2k_psnr": j2k_psnr,
-            "unsupported": unsupported,
-            "transcode": transcode,
-            "not_dicom": not_dicom,
-            "high_bits": high_bits,
-        }
-    )
+    """List s3://bucket/prefix (or read a manifest) and enqueue one job per object."""
     if (source is None) == (manifest is None):
-        raise _fail("give either s3://bucket/prefix or --manifest FILE")
+        raise fail("give either s3://bucket/prefix or --manifest FILE")
     try:
         dest_location = S3Location.parse(dest) if dest else None
         source_location = S3Location.parse(source) if source else None
     except ConfigurationError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if (dest_location is None) == (not in_place):
-        raise _fail("give exactly one of --dest s3://bucket/prefix and --in-place")
+        raise fail("give exactly one of --dest s3://bucket/prefix and --in-place")
     settings, ledger = _connect()
     if manifest is not None:
         _enqueue_manifest(
@@ -415,7 +249,7 @@ def enqueue(
         dest_location,
         options,
     ):
-        raise _fail(f"batch {batch_id!r} exists with other source/dest/options; pick a new --batch")
+        raise fail(f"batch {batch_id!r} exists with other source/dest/options; pick a new --batch")
     ledger.save_batch(spec)
     info = ledger.batch_info(batch_id)
     resuming = existing is not None and "listing_done" not in info
@@ -456,14 +290,14 @@ def enqueue(
             )
             enqueue_pages(enqueuer, pages, report, resuming, on_page)
         except DcmpressError as exc:
-            raise _fail(f"{exc} (run the same command again to resume)") from None
+            raise fail(f"{exc} (run the same command again to resume)") from None
     report.filtered = dict(key_filter.rejected)
     print(json.dumps(report.__dict__))
 
 
 @app.command()
 def status(
-    batch: Annotated[str, typer.Argument(help="Batch id (see `dcmpress batches`).")],
+    batch: Annotated[str, typer.Argument(help=BATCH_HELP)],
     watch: Annotated[
         bool, typer.Option("--watch", help="Refresh until the batch is done.")
     ] = False,
@@ -471,8 +305,7 @@ def status(
 ) -> None:
     """Counts, bytes saved, rate, ETA and the most common failures of a batch."""
     _, ledger = _connect()
-    if ledger.get_batch(batch) is None:
-        raise _fail(f"no batch {batch!r} in the ledger")
+    batch = resolve_batch(ledger, batch)
     current = snapshot(ledger, batch)
     if not watch:
         Console().print(render(current))
@@ -491,28 +324,25 @@ def status(
 def batches() -> None:
     """List known batches with their progress."""
     _, ledger = _connect()
-    table = Table(title="dcmpress batches")
-    columns = ("batch", "state", "source", "dest", "targets", "done", "skipped", "failed",
-               "pending")  # fmt: skip
-    for column in columns:
-        table.add_column(column)
+    rows = []
     for batch_id in ledger.batch_ids():
         spec = ledger.get_batch(batch_id)
         if spec is None:
-            continue
+            continue  # expired
         current = snapshot(ledger, batch_id)
-        table.add_row(
-            batch_id, current.state, str(spec.source), str(spec.dest or "in place"),
-            ",".join(spec.options.target),
-            *(str(int(current.counts.get(s, 0))) for s in ("done", "skipped", "failed")),
-            str(current.pending),
-        )  # fmt: skip
-    Console().print(table)
+        rows.append({
+            "batch": batch_id, "state": current.state, "source": str(spec.source),
+            "dest": str(spec.dest or "in place"), "targets": ", ".join(spec.options.target),
+            **{state: int(current.counts.get(state, 0)) for state in ("done", "skipped", "failed")},
+            "pending": current.pending,
+        })  # fmt: skip
+    console = Console()
+    console.print(batches_table(rows, console.width))
 
 
 @app.command()
 def report(
-    batch: Annotated[str, typer.Argument(help="Batch id.")],
+    batch: Annotated[str, typer.Argument(help=BATCH_HELP)],
     format: Annotated[str, typer.Option("--format", help="csv or ndjson.")] = "csv",
     output: Annotated[Path | None, typer.Option(help="File to write (default: stdout).")] = None,
     out: Annotated[
@@ -528,12 +358,11 @@ def report(
 ) -> None:
     """One row per object of the batch, or a report set with --out."""
     if format not in ("csv", "ndjson"):
-        raise _fail("--format must be csv or ndjson")
+        raise fail("--format must be csv or ndjson")
     if html and not out:
-        raise _fail("--html writes into --out DIR or s3://...")
+        raise fail("--html writes into --out DIR or s3://...")
     settings, ledger = _connect()
-    if ledger.get_batch(batch) is None:
-        raise _fail(f"no batch {batch!r} in the ledger")
+    batch = resolve_batch(ledger, batch)
     if out:
         _report_set(ledger, settings, batch, out, html)
         return
@@ -543,7 +372,8 @@ def report(
     else:
         with output.open("w", newline="") as handle:
             count = write_report(rows, handle, format)
-    Console(stderr=True).print(f"{count} rows")
+    where = f" to {output}" if output else ""
+    Console(stderr=True).print(f"{count:,} object(s) of {batch} written{where} as {format}")
 
 
 def _report_set(ledger: Ledger, settings: WorkerSettings, batch: str, out: str, html: bool) -> None:
@@ -554,7 +384,7 @@ def _report_set(ledger: Ledger, settings: WorkerSettings, batch: str, out: str, 
         local = Path(scratch) if out.startswith("s3://") else Path(out)
         written = write_bundle(ledger, batch, local)
         if html:
-            from producer.report_html import write_html
+            from dcmpress.report_html import write_html
 
             write_html(ledger, batch, local / "report.html")
             written["report.html"] = 1
@@ -566,8 +396,18 @@ def _report_set(ledger: Ledger, settings: WorkerSettings, batch: str, out: str, 
                 if data:  # SeaweedFS hangs after empty PUTs; an empty file says nothing
                     kind = "text/html" if name.endswith(".html") else "text/plain"
                     storage.put(where.bucket, where.prefix + name, data, {}, content_type=kind)
+        console.print(f"report set of {batch} written to {out.rstrip('/')}/:")
         for name, rows in written.items():
-            console.print(f"{out.rstrip('/')}/{name}: {rows} row(s)")
+            console.print(f"  {name}: {_report_contents(name, rows)}", highlight=False)
+
+
+def _report_contents(name: str, rows: int) -> str:
+    if name == "report.html":
+        return "charts and tables, self-contained"
+    if name == "completion.csv":
+        return f"{rows:,} row(s), one per object (S3 Batch Operations shape)"
+    what = "done or skipped" if name.startswith("success") else "failed"
+    return f"{rows:,} {what} object(s)"
 
 
 @app.command()
@@ -582,16 +422,17 @@ def demo(
     ] = None,
 ) -> None:
     """Run everything locally: Redis, an S3 server, workers, sample data, one batch."""
-    from producer.demo import run_demo  # the stack module is only needed here
+    from dcmpress.stack.demo import run_demo  # the stack module is only needed here
 
     options = build_options({"target": target})
     try:
         run_demo(options, workers, keep, workdir, Console())
     except RuntimeError as exc:  # a service would not start: say which and why
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 @app.command()
+@compression_flags
 def listen(
     dest: Annotated[
         str | None, typer.Option(help="s3://bucket/prefix for outputs (keys are mirrored).")
@@ -607,7 +448,6 @@ def listen(
         str | None,
         typer.Option(envvar="DCMPRESS_WEBHOOK_TOKEN", help="Bearer token the webhook requires."),
     ] = None,
-    target: Annotated[str | None, typer.Option(help="Target(s), comma-separated.")] = None,
     batch: Annotated[
         str | None, typer.Option(help="Batch name (default: one batch per bucket and day).")
     ] = None,
@@ -621,6 +461,8 @@ def listen(
         typer.Option(envvar="DCMPRESS_SQS_ENDPOINT_URL", help="SQS endpoint (emulators)."),
     ] = None,
     wait_seconds: Annotated[int, typer.Option(help="SQS long-poll seconds.")] = 20,
+    *,
+    options: CompressionOptions,
 ) -> None:
     """Turn object-storage events (SQS, or a webhook) into jobs, until interrupted."""
     import signal as signals
@@ -631,14 +473,13 @@ def listen(
     from producer.listen import EventFilter, EventIntake, SqsListener, serve_http
 
     if not sqs and not http:
-        raise _fail("give --sqs QUEUE_URL and/or --http HOST:PORT")
+        raise fail("give --sqs QUEUE_URL and/or --http HOST:PORT")
     if (dest is None) == (not in_place):
-        raise _fail("give exactly one of --dest s3://bucket/prefix and --in-place")
-    options = build_options({"target": target})
+        raise fail("give exactly one of --dest s3://bucket/prefix and --in-place")
     try:
         dest_location = S3Location.parse(dest) if dest else None
     except ConfigurationError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     settings, ledger = _connect()
     from worker import app as celery_app
 
@@ -683,7 +524,7 @@ def listen(
     try:
         while not stop.wait(1):
             if not all(thread.is_alive() for thread in threads):
-                raise _fail("a listener thread died; see the log")
+                raise fail("a listener thread died; see the log")
     except KeyboardInterrupt:
         pass
     finally:
@@ -750,7 +591,7 @@ def _enqueue_manifest(
                 lambda position: progress.update(task, detail=f"{position:,} entries"),
             )  # fmt: skip
     except (ManifestError, DcmpressError) as exc:
-        raise _fail(f"{exc} (run the same command again to resume)") from None
+        raise fail(f"{exc} (run the same command again to resume)") from None
     for report in run.reports.values():
         print(json.dumps(report.__dict__))
     console.print(f"{total:,} manifest entries, {len(run.reports)} batch(es)")
@@ -758,9 +599,8 @@ def _enqueue_manifest(
 
 def _batch_enqueuer(batch: str, force: bool) -> Enqueuer:
     settings, ledger = _connect()
-    spec = ledger.get_batch(batch)
-    if spec is None:
-        raise _fail(f"no batch {batch!r} in the ledger")
+    spec = ledger.get_batch(resolve_batch(ledger, batch))
+    assert spec is not None  # resolve_batch found it
     from worker import app as celery_app
 
     return Enqueuer(celery_app, ledger, spec, settings.queue, force=force)
@@ -768,31 +608,34 @@ def _batch_enqueuer(batch: str, force: bool) -> Enqueuer:
 
 @app.command()
 def retry(
-    batch: Annotated[str, typer.Argument(help="Batch id.")],
+    batch: Annotated[str, typer.Argument(help=BATCH_HELP)],
     code: Annotated[
         list[str] | None, typer.Option(help="Only objects that failed with this code.")
     ] = None,
 ) -> None:
     """Queue the failed objects of a batch again (all, or those with --code)."""
     enqueuer = _batch_enqueuer(batch, force=True)
+    batch = enqueuer.spec.batch
     codes = set(code or ())
     sent = requeue(enqueuer, lambda r: r.state == "failed" and (not codes or r.code in codes))
     Console().print(f"{sent} failed object(s) of {batch} queued again")
 
 
 @app.command()
-def cancel(batch: Annotated[str, typer.Argument(help="Batch id.")]) -> None:
+def cancel(batch: Annotated[str, typer.Argument(help=BATCH_HELP)]) -> None:
     """Stop a batch: its queued objects are acknowledged and recorded `cancelled`."""
     enqueuer = _batch_enqueuer(batch, force=False)
+    batch = enqueuer.spec.batch
     enqueuer.ledger.set_cancelled(batch, True)
     pending = snapshot(enqueuer.ledger, batch).pending
     Console().print(f"batch {batch} cancelled; {pending} queued/running object(s) will stop")
 
 
 @app.command()
-def resume(batch: Annotated[str, typer.Argument(help="Batch id.")]) -> None:
+def resume(batch: Annotated[str, typer.Argument(help=BATCH_HELP)]) -> None:
     """Continue a cancelled batch: its cancelled objects are queued again."""
     enqueuer = _batch_enqueuer(batch, force=True)
+    batch = enqueuer.spec.batch
     enqueuer.ledger.set_cancelled(batch, False)
     sent = requeue(enqueuer, lambda r: r.code == "cancelled")
     Console().print(f"batch {batch} resumed; {sent} cancelled object(s) queued again")

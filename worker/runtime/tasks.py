@@ -22,13 +22,13 @@ from celery.signals import (
 )
 from pydantic import ValidationError
 
-from worker import logs, metrics
-from worker.contract import TASK_COMPRESS, BatchSpec, JobMessage
 from worker.errors import PermanentError, TransientError
-from worker.ledger import Ledger
-from worker.pipeline import ClaimHeld, Job, finish_failure, process_object
+from worker.runtime import logs, metrics
+from worker.runtime.contract import TASK_COMPRESS, BatchSpec, JobMessage
+from worker.runtime.ledger import Ledger
+from worker.runtime.pipeline import ClaimHeld, Job, finish_failure, process_object
+from worker.runtime.storage import Storage
 from worker.settings import WorkerSettings
-from worker.storage import Storage
 
 log = logging.getLogger(__name__)
 

@@ -1,28 +1,19 @@
-"""Batch progress and per-object reports, read from the ledger."""
+"""What the operator sees: batch progress, rates and ETA, read from the ledger."""
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import json
 import time
-from collections import deque
-from collections.abc import Iterator
+from collections import Counter, deque
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any
-from urllib.parse import quote
+from typing import Any
 
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from worker.codec.targets import PluginStatus
 from worker.errors import CODES
-from worker.ledger import TERMINAL, Ledger
-
-REPORT_FIELDS = (
-    "key", "state", "code", "message", "bytes_in", "bytes_out", "ratio", "target",
-    "plugin", "attempts", "seconds", "worker", "etag", "updated", "modality",
-)  # fmt: skip
+from worker.runtime.ledger import TERMINAL, Ledger
 
 
 @dataclass
@@ -72,9 +63,9 @@ class BatchStatus:
             return objects / seconds, megabytes / seconds
         started = self.counts.get("started_at")
         last = self.counts.get("finished_at")
-        if not started or not last or last <= started:
+        if not started or not last:
             return 0.0, 0.0
-        seconds = last - started
+        seconds = max(last - started, 1.0)  # whole seconds: a batch that took under one
         return self.finished / seconds, self.counts.get("bytes_in", 0) / 1e6 / seconds
 
     def example(self, code: str) -> str:
@@ -162,81 +153,112 @@ class RateWindow:
         return oldest if oldest is not status else None
 
 
-def report_rows(ledger: Ledger, batch: str) -> Iterator[dict[str, Any]]:
-    """One dict per object of the batch, in ledger order."""
-    workers = ledger.worker_names()
-    for key, record, message in ledger.iter_records(batch):
-        ratio = round(record.bytes_in / record.bytes_out, 4) if record.bytes_out else None
-        yield {
-            "key": key,
-            "state": record.state,
-            "code": record.code,
-            "message": message or (f"{record.target}/{record.plugin}" if record.target else ""),
-            "bytes_in": record.bytes_in,
-            "bytes_out": record.bytes_out,
-            "ratio": ratio,
-            "target": record.target,
-            "plugin": record.plugin,
-            "attempts": record.attempts,
-            "seconds": record.millis / 1000,
-            "worker": workers.get(record.worker, record.worker),
-            "etag": record.etag,
-            "updated": record.updated,
-            "modality": record.modality,
-        }
+def id_column(table: Table, header: str, values: list[str], **kwargs: Any) -> None:
+    """A column that is never cut: identifiers a user types next, codes, numbers.
 
-
-def write_report(rows: Iterator[dict[str, Any]], out: IO[str], fmt: str) -> int:
-    """Write rows as CSV or NDJSON; return how many."""
-    count = 0
-    if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=REPORT_FIELDS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row)
-            count += 1
-    else:
-        for row in rows:
-            out.write(json.dumps(row) + "\n")
-            count += 1
-    return count
-
-
-def completion_row(bucket: str, row: dict[str, Any]) -> list[str]:
-    """A row in the shape of an S3 Batch Operations completion report.
-
-    Bucket, Key (URL-encoded), VersionId, TaskStatus, ErrorCode, HTTPStatusCode,
-    ResultMessage; done and skipped objects count as succeeded.
+    Its minimum width is its longest value (or header word), so at 80 columns the other
+    columns wrap, or are left out, instead.
     """
-    failed = row["state"] == "failed"
-    return [
-        bucket,
-        quote(str(row["key"]), safe="/"),
-        "",
-        "failed" if failed else "succeeded",
-        str(row["code"]) if failed else "",
-        "" if failed else "200",
-        f"{row['state']}/{row['code']}: {row['message']}",
-    ]
+    width = max([*(len(word) for word in header.split()), *(len(value) for value in values)])
+    table.add_column(header, no_wrap=True, min_width=width, **kwargs)
 
 
-def write_bundle(ledger: Ledger, batch: str, directory: Path) -> dict[str, int]:
-    """Write completion.csv, success.ndjson and failure.ndjson into ``directory``."""
-    spec = ledger.get_batch(batch)
-    bucket = spec.source.bucket if spec else ""
-    directory.mkdir(parents=True, exist_ok=True)
-    written = {"completion.csv": 0, "success.ndjson": 0, "failure.ndjson": 0}
-    with (
-        (directory / "completion.csv").open("w", newline="") as completion,
-        (directory / "success.ndjson").open("w") as success,
-        (directory / "failure.ndjson").open("w") as failure,
-    ):
-        writer = csv.writer(completion)
-        for row in report_rows(ledger, batch):
-            writer.writerow(completion_row(bucket, row))
-            written["completion.csv"] += 1
-            target, name = (failure, "failure.ndjson") if row["state"] == "failed" else (
-                success, "success.ndjson")  # fmt: skip
-            target.write(json.dumps({"batch": batch, **row}) + "\n")
-            written[name] += 1
-    return written
+def batches_table(rows: list[dict[str, Any]], width: int) -> Table:
+    """``dcmpress batches``: id and state whole; counts in columns when they fit.
+
+    Narrower than 120 columns, the counts share one wrapping column and source and
+    destination are left out (``dcmpress status BATCH`` shows them).
+    """
+    counts = ("done", "skipped", "failed", "pending")
+    table = Table(title="dcmpress batches")
+    id_column(table, "batch", [str(row["batch"]) for row in rows])
+    id_column(table, "state", [str(row["state"]) for row in rows])
+    wide = width >= 120
+    if wide:
+        for column in ("source", "dest"):
+            table.add_column(column, overflow="fold")
+    table.add_column("targets", overflow="fold")
+    if wide:
+        for column in counts:
+            id_column(table, column, [str(row[column]) for row in rows], justify="right")
+    else:
+        table.add_column("objects", overflow="fold")
+    for row in rows:
+        places = [row["source"], row["dest"]] if wide else []
+        if wide:
+            numbers = [str(row[name]) for name in counts]
+        else:
+            numbers = [", ".join(f"{row[name]} {name}" for name in counts)]
+        table.add_row(row["batch"], row["state"], *places, row["targets"], *numbers)
+    return table
+
+
+def doctor_table(statuses: list[PluginStatus], width: int) -> Table:
+    """``dcmpress doctor``: every target's plugins, installed or what to install."""
+    table = Table(title="dcmpress targets and plugins")
+    id_column(table, "target", [status.target.name for status in statuses])
+    id_column(table, "transfer syntax", [str(status.target.uid) for status in statuses])
+    if width >= 100:
+        table.add_column("lossy")
+    id_column(table, "plugin", [status.plugin.name for status in statuses])
+    table.add_column("status", overflow="fold")
+    for status in statuses:
+        state = "[green]available[/]" if status.available else "[red]missing[/]"
+        if not status.available:
+            state += f": {status.missing}; {status.install_hint}"
+        lossy = ["yes" if status.target.lossy else "no"] if width >= 100 else []
+        table.add_row(status.target.name, status.target.uid, *lossy, status.plugin.name, state)
+    return table
+
+
+def outcomes_table(rows: list[dict[str, Any]], width: int) -> Table:
+    """One row per object: key, state, code and ratio always; the message if it fits.
+
+    State, code and ratio are never cut; a long key wraps.
+    """
+    rows = sorted(rows, key=lambda row: str(row["key"]))
+    ratios = [f"{row['ratio']:.2f}" if row["ratio"] else "-" for row in rows]
+    table = Table(title="outcome per object")
+    table.add_column("key", overflow="fold")
+    id_column(table, "state", [str(row["state"]) for row in rows])
+    id_column(table, "code", [str(row["code"]) for row in rows])
+    id_column(table, "ratio", ratios, justify="right")
+    show_message = width >= 110
+    if show_message:
+        table.add_column("message", overflow="ellipsis", no_wrap=True)
+    for row, ratio in zip(rows, ratios, strict=True):
+        message = [str(row["message"])] if show_message else []
+        table.add_row(row["key"], row["state"], row["code"], ratio, *message)
+    return table
+
+
+def summary_table(records: list[dict[str, Any]]) -> Table:
+    """Counts, bytes and ratio by outcome and code (``dcmpress compress``)."""
+    table = Table(title="dcmpress summary")
+    for column in ("outcome", "code", "files", "MB in", "MB out", "ratio"):
+        table.add_column(column, justify="left" if column in ("outcome", "code") else "right")
+    groups: Counter[tuple[str, str]] = Counter()
+    sizes: dict[tuple[str, str], list[int]] = {}
+    for item in records:
+        key = (item["outcome"], item["code"])
+        groups[key] += 1
+        totals = sizes.setdefault(key, [0, 0])
+        totals[0] += item["bytes_in"]
+        totals[1] += item["bytes_out"]
+    order = {"done": 0, "skipped": 1, "failed": 2}
+    for key in sorted(groups, key=lambda k: (order.get(k[0], 3), k[1])):
+        bytes_in, bytes_out = sizes[key]
+        ratio = f"{bytes_in / bytes_out:.2f}" if bytes_out else "-"
+        style = {"done": "green", "skipped": "yellow", "failed": "red"}.get(key[0], "")
+        table.add_row(
+            f"[{style}]{key[0]}[/]", key[1], str(groups[key]),
+            f"{bytes_in / 1e6:,.2f}", f"{bytes_out / 1e6:,.2f}", ratio,
+        )  # fmt: skip
+    total_in = sum(r["bytes_in"] for r in records)
+    total_out = sum(r["bytes_out"] for r in records)
+    table.add_section()
+    table.add_row(
+        "all", "", str(len(records)), f"{total_in / 1e6:,.2f}", f"{total_out / 1e6:,.2f}",
+        f"{total_in / total_out:.2f}" if total_out else "-",
+    )  # fmt: skip
+    return table

@@ -15,8 +15,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
 
-from worker.codecs import Plugin, Target, plugin_status, resolve_plugin
-from worker.compress import (
+from worker.codec.compress import (
     DOUBLE_FLOAT_PIXEL_DATA,
     FLOAT_PIXEL_DATA,
     PIXEL_DATA,
@@ -26,6 +25,11 @@ from worker.compress import (
     encode,
     serialize,
 )
+from worker.codec.isolation import CodecCrashed
+from worker.codec.parse import read_dataset
+from worker.codec.syntaxes import describe
+from worker.codec.targets import Plugin, Target, plugin_status, resolve_plugin
+from worker.codec.verify import Verification, verify
 from worker.errors import (
     CODES,
     ConfigurationError,
@@ -35,12 +39,8 @@ from worker.errors import (
     UnsupportedImage,
     one_line,
 )
-from worker.isolation import CodecCrashed
-from worker.parse import read_dataset
 from worker.settings import CompressionOptions
-from worker.syntaxes import describe
 from worker.timing import StageTimer
-from worker.verify import Verification, verify
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def _compress_parsed(
     refusals: list[UnsupportedImage] = []
     for target in options.targets():
         try:
-            check_supported(source, target, options.jls_error)
+            check_supported(source, target)
             with stage("encode"):
                 encoded, plugin, note = _encode_any_plugin(source, target, options)
             with stage("serialize"):

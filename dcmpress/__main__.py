@@ -1,0 +1,5 @@
+"""``python -m dcmpress`` is the ``dcmpress`` command."""
+
+from dcmpress.cli import main
+
+main()

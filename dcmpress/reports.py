@@ -1,0 +1,101 @@
+"""Per-object reports of a batch: CSV / NDJSON rows and the report set.
+
+The report set (``dcmpress report --out``) is ``completion.csv`` in the shape of an S3
+Batch Operations completion report plus ``success.ndjson`` and ``failure.ndjson``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote
+
+from worker.runtime.ledger import Ledger
+
+REPORT_FIELDS = (
+    "key", "state", "code", "message", "bytes_in", "bytes_out", "ratio", "target",
+    "plugin", "attempts", "seconds", "worker", "etag", "updated", "modality",
+)  # fmt: skip
+
+
+def report_rows(ledger: Ledger, batch: str) -> Iterator[dict[str, Any]]:
+    """One dict per object of the batch, in ledger order."""
+    workers = ledger.worker_names()
+    for key, record, message in ledger.iter_records(batch):
+        ratio = round(record.bytes_in / record.bytes_out, 4) if record.bytes_out else None
+        yield {
+            "key": key,
+            "state": record.state,
+            "code": record.code,
+            "message": message or (f"{record.target}/{record.plugin}" if record.target else ""),
+            "bytes_in": record.bytes_in,
+            "bytes_out": record.bytes_out,
+            "ratio": ratio,
+            "target": record.target,
+            "plugin": record.plugin,
+            "attempts": record.attempts,
+            "seconds": record.millis / 1000,
+            "worker": workers.get(record.worker, record.worker),
+            "etag": record.etag,
+            "updated": record.updated,
+            "modality": record.modality,
+        }
+
+
+def write_report(rows: Iterator[dict[str, Any]], out: IO[str], fmt: str) -> int:
+    """Write rows as CSV or NDJSON; return how many."""
+    count = 0
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=REPORT_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+            count += 1
+    else:
+        for row in rows:
+            out.write(json.dumps(row) + "\n")
+            count += 1
+    return count
+
+
+def completion_row(bucket: str, row: dict[str, Any]) -> list[str]:
+    """A row in the shape of an S3 Batch Operations completion report.
+
+    Bucket, Key (URL-encoded), VersionId, TaskStatus, ErrorCode, HTTPStatusCode,
+    ResultMessage; done and skipped objects count as succeeded.
+    """
+    failed = row["state"] == "failed"
+    return [
+        bucket,
+        quote(str(row["key"]), safe="/"),
+        "",
+        "failed" if failed else "succeeded",
+        str(row["code"]) if failed else "",
+        "" if failed else "200",
+        f"{row['state']}/{row['code']}: {row['message']}",
+    ]
+
+
+def write_bundle(ledger: Ledger, batch: str, directory: Path) -> dict[str, int]:
+    """Write completion.csv, success.ndjson and failure.ndjson into ``directory``."""
+    spec = ledger.get_batch(batch)
+    bucket = spec.source.bucket if spec else ""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = {"completion.csv": 0, "success.ndjson": 0, "failure.ndjson": 0}
+    with (
+        (directory / "completion.csv").open("w", newline="") as completion,
+        (directory / "success.ndjson").open("w") as success,
+        (directory / "failure.ndjson").open("w") as failure,
+    ):
+        writer = csv.writer(completion)
+        for row in report_rows(ledger, batch):
+            writer.writerow(completion_row(bucket, row))
+            written["completion.csv"] += 1
+            target, name = (failure, "failure.ndjson") if row["state"] == "failed" else (
+                success, "success.ndjson")  # fmt: skip
+            target.write(json.dumps({"batch": batch, **row}) + "\n")
+            written[name] += 1
+    return written
