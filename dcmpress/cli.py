@@ -290,7 +290,7 @@ def enqueue(
             )
             enqueue_pages(enqueuer, pages, report, resuming, on_page)
         except DcmpressError as exc:
-            raise fail(f"{exc} (run the same command again to resume)") from None
+            raise fail(_resumable(exc), EXIT_FAILED) from None
     report.filtered = dict(key_filter.rejected)
     print(json.dumps(report.__dict__))
 
@@ -591,10 +591,15 @@ def _enqueue_manifest(
                 lambda position: progress.update(task, detail=f"{position:,} entries"),
             )  # fmt: skip
     except (ManifestError, DcmpressError) as exc:
-        raise fail(f"{exc} (run the same command again to resume)") from None
+        raise fail(_resumable(exc), EXIT_FAILED) from None
     for report in run.reports.values():
         print(json.dumps(report.__dict__))
     console.print(f"{total:,} manifest entries, {len(run.reports)} batch(es)")
+
+
+def _resumable(exc: Exception) -> str:
+    """An enqueue failure, explained, and that nothing is lost by stopping here."""
+    return f"{explain(exc) or exc} (run the same command again to resume)"
 
 
 def _batch_enqueuer(batch: str, force: bool) -> Enqueuer:

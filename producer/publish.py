@@ -7,8 +7,9 @@ from a manifest of millions. Here:
 * Celery's own protocol function (``app.amqp.as_task_v2``) builds the headers,
   properties and body of the *first* message of each call; every other message copies
   them and changes only what differs between two of our messages (task id, root id,
-  correlation id, ``argsrepr``, the argument) - checked by the tests against a real
-  worker, and by :func:`_check_template` at run time;
+  correlation id, ``argsrepr``, the argument) - checked by the tests against
+  ``app.send_task``'s own message and a real worker, and by :func:`_check_template`
+  at run time (Celery and kombu are pinned to the tested minor release);
 * kombu's channel shapes the transport envelope (``prepare_message``, ``encode_body``)
   and the envelopes are pushed in one Redis pipeline per ``batch_size`` messages.
 """
@@ -21,6 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
+from kombu.entity import PERSISTENT_DELIVERY_MODE  # type: ignore[attr-defined]
 
 from worker.runtime.contract import TASK_COMPRESS
 
@@ -55,14 +57,23 @@ class BulkPublisher:
             argument = json.dumps(payload, ensure_ascii=False)
             argsrepr = f"[{argument}]"
             if template is None:
+                # as send_task fills them: ignore_result None (the task's own setting
+                # holds), reply_to this process's oid
                 template = self.app.amqp.as_task_v2(
                     task_id, TASK_COMPRESS, args=(payload,), kwargs={},
                     argsrepr=argsrepr, kwargsrepr="{}",
+                    ignore_result=None,  # type: ignore[arg-type]  # stubs say bool; Celery passes None
+                    reply_to=self.app.thread_oid,
                 )  # fmt: skip
                 _check_template(template.headers, task_id)
                 embed = json.dumps(template.body[2])
             headers = {**template.headers, "id": task_id, "root_id": task_id, "argsrepr": argsrepr}
-            properties = {**template.properties, "correlation_id": task_id}
+            # kombu's Producer.publish adds the (default exchange's) delivery mode
+            properties = {
+                **template.properties,
+                "correlation_id": task_id,
+                "delivery_mode": PERSISTENT_DELIVERY_MODE,
+            }
             body = f"[[{argument}], {{}}, {embed}]"  # (args, kwargs, embed): protocol 2
             message = channel.prepare_message(
                 body, 0, "application/json", "utf-8", headers, properties

@@ -58,3 +58,28 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
 
 def test_quick_start_runs_the_demo() -> None:
     assert _block_after("quickstart-command") == 'python -m pip install ".[demo]" && dcmpress demo'
+
+
+def _layout_paths() -> set[str]:
+    """The paths the README's layout drawing names, rebuilt from its indentation."""
+    match = re.search(r"<!-- layout -->\s*```\n(.+?)\n```", README, re.S)
+    assert match, "layout block"
+    stack: list[str] = []
+    paths = set()
+    for line in match.group(1).splitlines():
+        indent = (len(line) - len(line.lstrip(" "))) // 2
+        name = line.split()[0]
+        stack[indent:] = [name]
+        paths.add("".join(stack))
+    return paths
+
+
+def test_readme_draws_the_layout_as_it_is() -> None:
+    drawn = {path for path in _layout_paths() if path.endswith(".py")}
+    modules = {
+        str(path.relative_to(ROOT))
+        for package in ("worker", "producer", "dcmpress")
+        for path in (ROOT / package).rglob("*.py")
+        if path.name != "__init__.py" or path.parent == ROOT / "worker"
+    }
+    assert drawn == modules

@@ -1,0 +1,135 @@
+"""The command line: one source for every option, and what it prints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import typer
+from kombu import Connection
+from rich.console import Console
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from dcmpress.cli import app
+from dcmpress.console import masked
+from dcmpress.options import FLAGS, compression_flags
+from dcmpress.views import batches_table, doctor_table, outcomes_table
+from worker.codec.targets import all_plugin_status
+from worker.settings import CompressionOptions
+
+
+@pytest.mark.parametrize("command", ["compress", "enqueue", "listen"])
+def test_every_compression_option_is_a_flag_of_the_command(command: str) -> None:
+    click_command = get_command(app).commands[command]  # type: ignore[attr-defined]
+    params = {param.name for param in click_command.params}
+    assert set(CompressionOptions.model_fields) <= params
+
+
+def _probe() -> tuple[typer.Typer, list[CompressionOptions]]:
+    seen: list[CompressionOptions] = []
+    probe = typer.Typer()
+
+    @probe.command()
+    @compression_flags
+    def run(name: str, *, options: CompressionOptions) -> None:
+        seen.append(options)
+
+    @probe.command()
+    def other() -> None:  # a second command keeps typer's subcommand form
+        pass
+
+    return probe, seen
+
+
+def test_flags_become_the_options_and_win_over_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DCMPRESS_JLS_ERROR", "7")
+    monkeypatch.setenv("DCMPRESS_MIN_RATIO", "1.5")
+    probe, seen = _probe()
+    result = CliRunner().invoke(probe, [
+        "run", "x", "--target", "jpeg-ls-near,rle", "--jls-error", "3", "--no-verify",
+        "--plugin", "rle=pydicom", "--plugin-option", "compression_ratios=[40]",
+        "--plugin-option", "label=text", "--new-uid", "--not-dicom", "fail",
+        "--high-bits", "keep", "--unsupported", "fail", "--transcode", "--j2k-cr", "20,5",
+        "--no-pixel-data", "skip", "--encapsulate-ext",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    [options] = seen
+    assert options.model_dump() == {
+        **CompressionOptions().model_dump(),
+        "target": ["jpeg-ls-near", "rle"], "jls_error": 3, "verify": False,
+        "encoding_plugin": ["rle=pydicom"],
+        "plugin_options": {"compression_ratios": [40], "label": "text"},
+        "generate_instance_uid": True, "not_dicom": "fail", "high_bits": "keep",
+        "unsupported": "fail", "transcode": True, "j2k_cr": [20.0, 5.0],
+        "no_pixel_data": "skip", "encapsulate_ext": True,
+        "min_ratio": 1.5,  # not given as a flag: the environment's
+    }  # fmt: skip
+
+
+def test_without_flags_the_defaults_users_get_apply(monkeypatch: pytest.MonkeyPatch) -> None:
+    for flag in FLAGS:
+        monkeypatch.delenv(f"DCMPRESS_{flag.field.upper()}", raising=False)
+    probe, seen = _probe()
+    assert CliRunner().invoke(probe, ["run", "x"]).exit_code == 0
+    assert seen == [CompressionOptions()]
+
+
+def test_a_bad_choice_names_the_flag_and_the_choices() -> None:
+    probe, _ = _probe()
+    result = CliRunner().invoke(probe, ["run", "x", "--high-bits", "maybe"])
+    assert result.exit_code == 2
+    assert "--high-bits" in result.output and "clear" in result.output
+
+
+def test_passwords_are_masked_in_printed_urls() -> None:
+    assert masked("redis://:pw@host:6379/0") == "redis://:***@host:6379/0"
+    assert masked("redis://user:pw@host/0") == "redis://user:***@host/0"
+    assert masked("redis://host:6379/0") == "redis://host:6379/0"
+
+
+def test_flowers_masked_broker_url_is_kombus_not_an_empty_password_of_ours() -> None:
+    # Flower prints Connection.as_uri(), which masks the password field even when the
+    # URL has none; the URL dcmpress builds (RedisServer.url) has no user information.
+    connection = Connection("redis://127.0.0.1:6379/0")
+    assert connection.password is None
+    assert connection.as_uri() == "redis://:**@127.0.0.1:6379/0"
+
+
+def _render(renderable: Any) -> list[str]:
+    console = Console(width=80, record=True)
+    console.print(renderable)
+    return console.export_text().splitlines()
+
+
+def test_tables_keep_identifiers_whole_at_80_columns() -> None:
+    rows = [
+        {"batch": "dicom-archive-2019-jpeg-ls-rle-1c9e2f0a", "state": "complete",
+         "source": "s3://dicom-archive-2019/", "dest": "s3://dicom-archive-2019-out/",
+         "targets": "jpeg-ls, rle", "done": 100000, "skipped": 12, "failed": 3, "pending": 0},
+        {"batch": "events-dicom-archive-20261201", "state": "cancelled", "source": "s3://x/",
+         "dest": "in place", "targets": "jpeg-ls", "done": 1, "skipped": 0, "failed": 0,
+         "pending": 5},
+    ]  # fmt: skip
+    lines = _render(batches_table(rows, 80))
+    assert max(len(line) for line in lines) <= 80
+    for row in rows:
+        assert any(row["batch"] in line and row["state"] in line for line in lines)
+    statuses = all_plugin_status()
+    lines = _render(doctor_table(statuses, 80))
+    assert max(len(line) for line in lines) <= 80
+    for status in statuses:
+        assert any(str(status.target.uid) in line for line in lines)
+    outcomes = [
+        {"key": "synthetic/mr-multiframe.dcm", "state": "skipped",
+         "code": "unknown_transfer_syntax", "ratio": 1.0, "message": "x" * 200},
+        {"key": "examples/palette_color.dcm", "state": "done", "code": "compressed",
+         "ratio": 13.64, "message": "jpeg-ls/pyjpegls"},
+    ]  # fmt: skip
+    lines = _render(outcomes_table(outcomes, 80))
+    assert max(len(line) for line in lines) <= 80
+    assert any("skipped" in line and "unknown_transfer_syntax" in line and "1.00" in line
+               for line in lines)  # fmt: skip
+    assert any("examples/palette_color.dcm" in line and "13.64" in line for line in lines)
