@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from dcmpress.console import fail, validation_message
-from worker.codec.targets import TARGETS, resolve_plugin
+from worker.codec.targets import resolve_plugin
 from worker.errors import ConfigurationError
 from worker.settings import CompressionOptions, EngineSettings
 
@@ -143,6 +143,3 @@ def compression_flags(command: F) -> F:
     run.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
     run.__annotations__ = {p.name: p.annotation for p in parameters}
     return run  # type: ignore[return-value]
-
-
-TARGET_NAMES = ", ".join(TARGETS)
