@@ -17,6 +17,7 @@ each one and a test keeps the two in step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -137,6 +138,11 @@ CODES: dict[str, CodeInfo] = {
         "error); it was discarded.",
     ),
     "codec_crashed": CodeInfo("failed", "A native codec crashed the process handling this object."),
+    "out_of_memory": CodeInfo(
+        "failed",
+        "The worker ran out of memory on this object (MemoryError); retry it on a worker "
+        "with more memory.",
+    ),
     "io_error": CodeInfo(
         "failed", "Reading the source or writing the output failed (local files)."
     ),
@@ -154,6 +160,11 @@ CODES: dict[str, CodeInfo] = {
     ),
     "storage_rejected": CodeInfo(
         "failed", "The storage refused a request for another reason (message says which)."
+    ),
+    "storage_misconfigured": CodeInfo(
+        "failed",
+        "The S3 client cannot work as configured (no or partial credentials, no region, "
+        "an invalid parameter); fix the workers' configuration, then retry.",
     ),
     "retries_exhausted": CodeInfo(
         "failed", "A transient error (S3 5xx, throttling, connection) outlasted max_retries."
@@ -181,6 +192,40 @@ def one_line(text: str, limit: int = 1000) -> str:
     """
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+# Exceptions that stop an object's processing from outside - a task time limit - and are
+# never the object's fault: no broad handler may turn them into an outcome code. The
+# engine knows no Celery; the runtime registers Celery's SoftTimeLimitExceeded here.
+INTERRUPTIONS: list[type[BaseException]] = []
+# Probes the runtime registers: each says whether the current object's work was
+# interrupted from outside even if a library swallowed the exception on its way (pydicom
+# turns a plugin's exception into its own RuntimeError text); None if it was not.
+INTERRUPTION_PROBES: list[Callable[[], BaseException | None]] = []
+
+
+def check_interrupted() -> None:
+    """Raise the interruption a registered probe reports, if any."""
+    for probe in INTERRUPTION_PROBES:
+        interruption = probe()
+        if interruption is not None:
+            raise interruption
+
+
+def raise_outside_causes(exc: BaseException) -> None:
+    """Re-raise what stopped the work from outside, found anywhere in ``exc``'s chain.
+
+    A registered interruption (a time limit) or a MemoryError is re-raised as itself,
+    so it is recorded as what it is (``time_limit``, ``out_of_memory``), never as a
+    verification failure, an encoder refusal or an internal error.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (MemoryError, *INTERRUPTIONS)):
+            raise current
+        current = current.__cause__ or current.__context__
 
 
 class DcmpressError(Exception):

@@ -14,6 +14,7 @@ from pydicom.uid import JPEGLSLossless
 
 from dcmpress.stack.samples import make_image, to_bytes
 from tests.support import assert_lossless, read, run, source_pixels
+from worker.codec import compress as compress_module
 from worker.codec import verify as verify_module
 from worker.codec.isolation import CodecCrashed, run_isolated
 from worker.codec.plugins import gdcm as gdcm_plugin
@@ -328,3 +329,62 @@ def test_pydicom_example_files_compress_losslessly(name: str, target: str) -> No
     out = assert_lossless(result, source_pixels(ds))
     assert out.SOPInstanceUID == ds.SOPInstanceUID
     assert out.PatientName == ds.PatientName
+
+
+class _TimeLimit(Exception):
+    """Stands in for Celery's SoftTimeLimitExceeded (an Exception subclass too)."""
+
+
+class _Raising:
+    """A pydicom decoder whose decoding raises ``error``."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def as_array(self, *_: Any, **__: Any) -> Any:
+        raise self.error
+
+
+# each library call sits inside one of the engine's broad handlers
+LIBRARY_CALLS = {
+    "decoder": ("get_decoder", lambda error: lambda *_: _Raising(error)),
+    "encoder": ("pydicom_compress", lambda error: _raiser(error)),
+    "writer": ("dcmwrite", lambda error: _raiser(error)),
+}
+
+
+def _raiser(error: BaseException) -> Any:
+    def call(*_: Any, **__: Any) -> Any:
+        raise error
+
+    return call
+
+
+def _break(where: str, error: BaseException, monkeypatch: pytest.MonkeyPatch) -> None:
+    if where == "verify":
+        monkeypatch.setattr(verify_module, "_decode", _raiser(error))
+    else:
+        name, make = LIBRARY_CALLS[where]
+        monkeypatch.setattr(compress_module, name, make(error))
+
+
+@pytest.mark.parametrize("where", [*LIBRARY_CALLS, "verify"])
+def test_a_registered_interruption_is_never_swallowed(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker import errors
+
+    monkeypatch.setattr(errors, "INTERRUPTIONS", [_TimeLimit])
+    _break(where, _TimeLimit("soft time limit"), monkeypatch)
+    with pytest.raises(_TimeLimit):
+        run(make_image(40, 40), target=["jpeg-ls", "rle"])
+
+
+@pytest.mark.parametrize("where", [*LIBRARY_CALLS, "verify"])
+def test_memory_errors_are_recorded_out_of_memory_at_any_stage(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _break(where, MemoryError("cannot allocate 2.1 GiB"), monkeypatch)
+    result = run(make_image(40, 40), target=["jpeg-ls", "rle"])
+    assert (result.state, result.code) == ("failed", "out_of_memory")
+    assert "2.1 GiB" in result.message and not result.copy_source

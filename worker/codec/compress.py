@@ -37,7 +37,7 @@ from worker.codec.overlays import (
 from worker.codec.plugins.gdcm import contained
 from worker.codec.repair import resolve_ambiguous_vrs, swap_words_to_little_endian
 from worker.codec.targets import Plugin, Target, source_decoding_plugin
-from worker.errors import PermanentError, UnsupportedImage
+from worker.errors import PermanentError, UnsupportedImage, raise_outside_causes
 from worker.settings import DEFAULT_J2K_CR, CompressionOptions
 
 # Tags of the pixel data variants; only (7FE0,0010) Pixel Data can be compressed.
@@ -97,6 +97,7 @@ def decode_source(ds: Dataset) -> SourceImage:
             "invalid_pixel_data", f"cannot decode the source pixels: gdcm {crash}"
         ) from crash
     except Exception as exc:
+        raise_outside_causes(exc)
         raise PermanentError(
             "invalid_pixel_data", f"cannot decode the source pixels: {exc}"
         ) from exc
@@ -264,7 +265,8 @@ def serialize(ds: Dataset) -> bytes:
     buffer = io.BytesIO()
     try:
         dcmwrite(buffer, ds, enforce_file_format=True)
-    except Exception:
+    except Exception as first:
+        raise_outside_causes(first)
         # Elements whose VR depends on other elements (US or SS...) can fail to
         # encode after a syntax change; resolve them and try once more.
         try:
@@ -272,6 +274,7 @@ def serialize(ds: Dataset) -> bytes:
             buffer = io.BytesIO()
             dcmwrite(buffer, ds, enforce_file_format=True)
         except Exception as exc:
+            raise_outside_causes(exc)
             # the source stays readable: copied unchanged rather than failed
             raise UnsupportedImage(
                 "unwritable_dataset", f"cannot write the compressed data set: {_first_line(exc)}"

@@ -37,7 +37,9 @@ from worker.errors import (
     State,
     TransientError,
     UnsupportedImage,
+    check_interrupted,
     one_line,
+    raise_outside_causes,
 )
 from worker.settings import CompressionOptions
 from worker.timing import StageTimer
@@ -120,6 +122,7 @@ def process(data: bytes, options: CompressionOptions) -> Result:
         # odd lengths); they are reported with the outcome, not raised or printed.
         warnings.simplefilter("always")
         result = _process_recording_errors(data, options, stages)
+    check_interrupted()  # a time limit a library swallowed: the result is not to be trusted
     result.timings = stages.seconds
     result.warnings = _distinct_messages(caught)
     return result
@@ -138,12 +141,21 @@ def _process_recording_errors(
     data: bytes, options: CompressionOptions, stages: StageTimer
 ) -> Result:
     try:
+        return _recorded(data, options, stages)
+    except MemoryError as exc:  # raised as itself wherever it struck (raise_outside_causes)
+        return Result("failed", "out_of_memory", f"out of memory: {exc!r}", len(data))
+
+
+def _recorded(data: bytes, options: CompressionOptions, stages: StageTimer) -> Result:
+    try:
         result = _process(data, options, stages)
     except PermanentError as exc:
+        raise_outside_causes(exc)
         result = _refused(exc, len(data), options)
     except (TransientError, ConfigurationError):
         raise
     except Exception as exc:  # a bug of ours or a library's: record it, keep going
+        raise_outside_causes(exc)  # a time limit is the task's to record
         log.exception("internal error while compressing an object")
         result = Result("failed", "internal_error", f"{type(exc).__name__}: {exc}", len(data))
     return result
@@ -184,6 +196,7 @@ def _compress_parsed(
             summary = source.high_bits.stray_summary(int(source.dataset.HighBit))
             raise UnsupportedImage("high_bits_set", f"{summary} (high_bits is keep)")
     except UnsupportedImage as exc:
+        raise_outside_causes(exc)
         return _unsupported([exc], len(data), options)
     refusals: list[UnsupportedImage] = []
     for target in options.targets():
@@ -194,6 +207,7 @@ def _compress_parsed(
             with stage("serialize"):
                 output = serialize(encoded)
         except UnsupportedImage as exc:
+            raise_outside_causes(exc)
             refusals.append(exc)
             continue
         checked = Verification(0, None)

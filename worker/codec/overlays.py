@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.overlays.numpy_handler import get_overlay_array
 from pydicom.tag import Tag
 
-from worker.errors import PermanentError, UnsupportedImage
+from worker.errors import PermanentError, UnsupportedImage, raise_outside_causes
 
 OVERLAY_GROUPS = range(0x6000, 0x6020, 2)  # 16 repeating groups, PS3.3 C.9.2
 _ROWS, _COLUMNS, _FRAMES, _ORIGIN_FRAME = 0x0010, 0x0011, 0x0015, 0x0051
@@ -217,6 +217,7 @@ def check_overlays(output: Dataset, expected: dict[int, np.ndarray]) -> None:
         try:
             decoded = np.asarray(get_overlay_array(output, group), dtype=bool)
         except Exception as exc:
+            raise_outside_causes(exc)
             raise PermanentError(
                 "verification_failed", f"overlay {group:04X} does not decode: {exc}"
             ) from exc

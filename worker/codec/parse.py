@@ -23,7 +23,7 @@ from pydicom.uid import (
 
 from worker.codec.repair import resolve_ambiguous_vrs
 from worker.codec.syntaxes import PAPYRUS_3
-from worker.errors import PermanentError
+from worker.errors import PermanentError, raise_outside_causes
 
 # A raw dataset (no preamble) starts with its lowest tag; real ones start in these groups.
 _RAW_DATASET_FIRST_GROUPS = {0x0000, 0x0002, 0x0008}
@@ -53,6 +53,7 @@ def _read(data: bytes) -> Dataset:
             ) from None
         ds = _read_raw(data)
     except Exception as exc:  # pydicom raises many types on corrupt files
+        raise_outside_causes(exc)
         raise PermanentError("invalid_dicom", f"cannot parse: {exc}") from exc
     if not _has_standard_elements(ds):
         raise PermanentError("invalid_dicom", "no standard DICOM element could be read")
@@ -62,6 +63,7 @@ def _read(data: bytes) -> Dataset:
         # not halfway through encoding.
         resolve_ambiguous_vrs(ds, signed=_is_signed(ds))
     except Exception as exc:
+        raise_outside_causes(exc)
         raise PermanentError("invalid_dicom", f"cannot parse an element: {exc}") from exc
     return ds
 
@@ -92,6 +94,7 @@ def _read_raw(data: bytes) -> Dataset:
     try:
         ds = dcmread(io.BytesIO(data), force=True)
     except Exception as exc:
+        raise_outside_causes(exc)
         raise PermanentError("invalid_dicom", f"cannot parse raw data set: {exc}") from exc
     if len(ds) == 0:
         raise PermanentError("not_dicom", "no DICOM elements found")

@@ -11,6 +11,8 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
+from worker.errors import raise_outside_causes
+
 _BYTE_SWAP_VRS = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 _WORDS_IN_IMPLICIT_VR = {"OB or OW", "OW or OB"}
 PIXEL_DATA_TAG = 0x7FE00010  # pydicom resolves its VR itself, from Bits Allocated
@@ -42,7 +44,8 @@ def resolve_ambiguous_vrs(ds: Dataset, signed: bool) -> None:
         tag = element.tag
         try:
             converted = ds[tag]
-        except Exception:
+        except Exception as exc:
+            raise_outside_causes(exc)
             forced = _force_vr(ds, tag, signed)
             if forced is None:
                 raise  # not an ambiguity problem: a corrupt element, for the caller

@@ -20,7 +20,7 @@ from pydicom.pixels.decoders.base import get_decoder
 
 from worker.codec.overlays import check_overlays
 from worker.codec.targets import Target
-from worker.errors import PermanentError
+from worker.errors import PermanentError, raise_outside_causes
 
 if TYPE_CHECKING:
     from worker.codec.compress import SourceImage
@@ -73,6 +73,7 @@ def verify(output: bytes, source: SourceImage, target: Target, jls_error: int) -
         written = dcmread(io.BytesIO(output))
         decoded = _decode(written, target.decoder())
     except Exception as exc:
+        raise_outside_causes(exc)
         raise PermanentError(
             "verification_failed", f"the {target.name} result does not decode: {exc}"
         ) from exc

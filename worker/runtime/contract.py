@@ -66,6 +66,9 @@ class JobMessage(BaseModel):
     size: int | None = None
     version_id: str | None = None
     target: str | None = None
+    # deliveries that waited for another worker's claim on the object: Celery counts
+    # them as retries too, but they are not failures and must not use up max_retries
+    claim_waits: int = 0
 
 
 class BatchSpec(BaseModel):

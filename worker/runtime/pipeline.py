@@ -12,12 +12,12 @@ import os
 import socket
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
 from worker.codec.engine import Result, process
-from worker.errors import PermanentError, TransientError
+from worker.errors import PermanentError, TransientError, check_interrupted
 from worker.runtime import contract
 from worker.runtime.contract import BatchSpec, JobMessage
 from worker.runtime.ledger import Ledger, Record, short_etag
@@ -140,7 +140,7 @@ def _run_claimed(job: Job) -> dict[str, Any]:
                     f"the worker died {lost} times on this object (crash, out of memory or "
                     "hard time limit); not tried again",
                 ),
-                previous,
+                replace(previous, lost=lost),  # the record says as many deaths as the text
             )
     running = Record(
         state="running",
@@ -153,6 +153,7 @@ def _run_claimed(job: Job) -> dict[str, Any]:
     try:
         with job.stage("fetch"):
             fetched = job.storage.fetch(job.message.bucket, job.key, job.message.version_id)
+        check_interrupted()  # botocore retries whatever it catches, a time limit too
         result = _compress(job, fetched)
         with job.stage("upload"):
             output_url = _write(job, fetched, result)

@@ -16,7 +16,18 @@ from typing import Any
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    InvalidRegionError,
+    InvalidS3AddressingStyleError,
+    NoCredentialsError,
+    NoRegionError,
+    ParamValidationError,
+    PartialCredentialsError,
+    ProfileNotFound,
+    UnknownSignatureVersionError,
+)
 
 from worker.errors import DcmpressError, PermanentError, TransientError
 from worker.settings import WorkerSettings
@@ -37,6 +48,19 @@ _PERMANENT_CODES = {
 }
 
 
+# botocore errors that say the client is configured wrongly, not that S3 was unhappy
+_CONFIGURATION_ERRORS = (
+    NoCredentialsError,
+    PartialCredentialsError,
+    NoRegionError,
+    ParamValidationError,
+    InvalidRegionError,
+    InvalidS3AddressingStyleError,
+    UnknownSignatureVersionError,
+    ProfileNotFound,
+)
+
+
 def classify(exc: Exception, action: str) -> DcmpressError:
     """Turn a boto3/botocore error into a TransientError or a PermanentError."""
     if isinstance(exc, ClientError):
@@ -47,6 +71,9 @@ def classify(exc: Exception, action: str) -> DcmpressError:
             return TransientError(message.strip())
         outcome = _PERMANENT_CODES.get(code) or _PERMANENT_CODES.get(str(status))
         return PermanentError(outcome or "storage_rejected", message.strip())
+    if isinstance(exc, _CONFIGURATION_ERRORS):
+        # no retry makes credentials appear or a parameter valid: permanent at once
+        return PermanentError("storage_misconfigured", f"{action}: {exc}")
     if isinstance(exc, BotoCoreError):
         return TransientError(f"{action}: {exc}")  # connection reset, timeout, DNS...
     raise exc

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 import socket
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
+import boto3
 import redis
 from celery import Task, shared_task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
@@ -22,7 +24,7 @@ from celery.signals import (
 )
 from pydantic import ValidationError
 
-from worker.errors import PermanentError, TransientError
+from worker.errors import INTERRUPTION_PROBES, INTERRUPTIONS, PermanentError, TransientError
 from worker.runtime import logs, metrics
 from worker.runtime.contract import TASK_COMPRESS, BatchSpec, JobMessage
 from worker.runtime.ledger import Ledger
@@ -31,6 +33,45 @@ from worker.runtime.storage import Storage
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+
+
+class SoftLimitWatch:
+    """Notices that the soft time limit fired, even if a library swallows its exception.
+
+    billiard raises SoftTimeLimitExceeded from its SIGUSR1 handler in the pool process;
+    pydicom, botocore and others catch broad exceptions on the way and report something
+    else. The watch wraps that handler (installed after worker_process_init, so it is
+    wrapped at each task's start) and answers the engine's interruption probe.
+    """
+
+    def __init__(self) -> None:
+        self.fired = False
+        self._original: Any = None
+
+    def arm(self) -> None:
+        """Start watching for this task."""
+        self.fired = False
+        if not hasattr(signal, "SIGUSR1"):
+            return
+        current = signal.getsignal(signal.SIGUSR1)
+        if current is not self._on_soft_limit and callable(current):
+            self._original = current
+            signal.signal(signal.SIGUSR1, self._on_soft_limit)
+
+    def _on_soft_limit(self, signum: int, frame: Any) -> None:
+        self.fired = True
+        self._original(signum, frame)  # billiard's: raises SoftTimeLimitExceeded
+
+    def probe(self) -> BaseException | None:
+        """SoftTimeLimitExceeded if the limit fired during this task."""
+        return SoftTimeLimitExceeded() if self.fired else None
+
+
+soft_limit = SoftLimitWatch()
+# a soft time limit is recorded failed/time_limit wherever it strikes (errors.py)
+if SoftTimeLimitExceeded not in INTERRUPTIONS:
+    INTERRUPTIONS.append(SoftTimeLimitExceeded)
+    INTERRUPTION_PROBES.append(soft_limit.probe)
 
 
 @dataclass
@@ -91,6 +132,17 @@ def _structured_logs(logger: logging.Logger, **_: Any) -> None:
 
 
 @worker_init.connect
+def _check_storage_credentials(**_: Any) -> None:
+    """Say at start-up what every object would otherwise fail with, one by one."""
+    if boto3.session.Session().get_credentials() is None:
+        log.error(
+            "no S3 credentials found (environment, ~/.aws, instance or pod role): every "
+            "object will fail storage_misconfigured; set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY or give the workers a role"
+        )
+
+
+@worker_init.connect
 def _serve_metrics(**_: Any) -> None:
     settings = WorkerSettings()
     if settings.metrics_port:
@@ -108,13 +160,19 @@ def _remove_metrics_files(**_: Any) -> None:
 
 
 def backoff(retries: int, cap: int) -> float:
-    """Exponential backoff with full jitter: 1, 2, 4... seconds, at most ``cap``."""
-    return float(random.uniform(0.5, 1.0) * min(cap, 2**retries))
+    """Exponential backoff with full jitter: uniform in [0, min(cap, 2**retries)] seconds."""
+    return float(random.uniform(0.0, min(cap, 2**retries)))
 
 
-@shared_task(name=TASK_COMPRESS, bind=True, acks_late=True, reject_on_worker_lost=True)
+# max_retries=None: Celery itself never gives up on a retry (its default of 3 would drop
+# the message after the fourth failure, with no record); our own bound is
+# DCMPRESS_MAX_RETRIES, and reaching it records failed/retries_exhausted.
+@shared_task(
+    name=TASK_COMPRESS, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None
+)
 def compress_object(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, Any]:
     """Compress one object of a batch; the outcome is recorded in the ledger."""
+    soft_limit.arm()
     with metrics.IN_FLIGHT.track_inprogress():
         return _compress_object(self, message)
 
@@ -155,22 +213,23 @@ def _run(self: Task[Any, Any], ctx: Context, job: Job, known_batch: bool) -> dic
         except (redis.ConnectionError, redis.TimeoutError) as exc:  # a Redis hiccup
             raise TransientError(f"redis: {exc}") from exc
     except ClaimHeld as exc:
-        # another delivery of the same object is running; look again later
+        # another delivery of the same object is running; look again later, without
+        # using up a retry of its own
         metrics.RETRIES.labels("claim_held").inc()
-        raise self.retry(exc=exc, countdown=backoff(4, 60), max_retries=None) from exc
+        waiting = job.message.model_copy(update={"claim_waits": job.message.claim_waits + 1})
+        _retry(self, exc, backoff(4, 60), waiting.model_dump(mode="json"))
     except TransientError as exc:
-        if self.request.retries >= ctx.settings.max_retries:
+        retries = self.request.retries - job.message.claim_waits
+        if retries >= ctx.settings.max_retries:
             return finish_failure(
                 job,
-                PermanentError(
-                    "retries_exhausted", f"{exc} (after {self.request.retries} retries)"
-                ),
+                PermanentError("retries_exhausted", f"{exc} (after {retries} retries)"),
                 job.ledger.get_record(job.batch, job.key),
             )
-        delay = backoff(self.request.retries, ctx.settings.retry_backoff_max)
+        delay = backoff(retries, ctx.settings.retry_backoff_max)
         log.warning("transient error, retrying in %.1fs: %s", delay, exc)
         metrics.RETRIES.labels("transient").inc()
-        raise self.retry(exc=exc, countdown=delay, max_retries=None) from exc
+        _retry(self, exc, delay, job.message.model_dump(mode="json"))
     except SoftTimeLimitExceeded:
         return finish_failure(
             job,
@@ -179,3 +238,20 @@ def _run(self: Task[Any, Any], ctx: Context, job: Job, known_batch: bool) -> dic
             ),
             job.ledger.get_record(job.batch, job.key),
         )
+
+
+def _retry(task: Task[Any, Any], exc: Exception, delay: float, message: dict[str, Any]) -> NoReturn:
+    """Schedule the object again in ``delay`` seconds with ``message`` as its argument.
+
+    If the retry cannot be published (the broker is away), Celery rejects the message
+    without requeueing it: the object would be lost with no record. It is rejected
+    *with* requeue instead, so the broker delivers it again once it is back (an
+    unacknowledged message also survives in Redis until its visibility timeout).
+    """
+    try:
+        raise task.retry(args=(message,), exc=exc, countdown=delay)
+    except Reject as rejected:
+        reason = getattr(rejected, "reason", rejected)  # the publishing error
+        log.warning("could not publish the retry (%s); the message goes back to the queue",
+                    reason)  # fmt: skip
+        raise Reject(reason, requeue=True) from exc
