@@ -32,11 +32,32 @@ def _fetch(self, bucket, key, version_id=None):
 
 
 storage.Storage.fetch = _fetch
+
+_PUBLISH_FAILURES = int(os.environ.get("DCMPRESS_TEST_RETRY_PUBLISH_FAILURES", "0"))
+if _PUBLISH_FAILURES:
+    from celery.canvas import Signature
+    from kombu.exceptions import OperationalError
+
+    _real_apply_async = Signature.apply_async
+
+    def _apply_async(self, *args, **kwargs):
+        # in a worker, only Task.retry publishes: the broker "is away" for it
+        count_file = _DIR / "retry-publish"
+        count = int(count_file.read_text()) if count_file.exists() else 0
+        if count < _PUBLISH_FAILURES:
+            count_file.write_text(str(count + 1))
+            raise OperationalError("injected: Error 111 connecting to the broker")
+        return _real_apply_async(self, *args, **kwargs)
+
+    Signature.apply_async = _apply_async
 """
 
 
-def faulty_env(workdir: Path, root: Path, fetch_failures: int) -> dict[str, str]:
-    """Environment for a worker whose fetches fail ``fetch_failures`` times per key."""
+def faulty_env(
+    workdir: Path, root: Path, fetch_failures: int, retry_publish_failures: int = 0
+) -> dict[str, str]:
+    """Environment for a worker whose fetches fail ``fetch_failures`` times per key,
+    and whose first ``retry_publish_failures`` retries cannot be published."""
     site = workdir / "site"
     site.mkdir(parents=True, exist_ok=True)
     (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
@@ -46,6 +67,7 @@ def faulty_env(workdir: Path, root: Path, fetch_failures: int) -> dict[str, str]
         "PYTHONPATH": f"{site}:{root}",
         "DCMPRESS_TEST_FAULTS": str(counts),
         "DCMPRESS_TEST_FETCH_FAILURES": str(fetch_failures),
+        "DCMPRESS_TEST_RETRY_PUBLISH_FAILURES": str(retry_publish_failures),
     }
 
 

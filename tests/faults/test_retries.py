@@ -103,3 +103,22 @@ def test_waiting_for_a_held_claim_uses_no_retry(
     # two waits and then one transient failure: within max_retries=1, so done
     assert failures_seen(tmp_path, "held.dcm") == 1
     assert counts.get("done") == 1, counts
+
+
+def test_a_retry_that_cannot_be_published_is_not_dropped(
+    stack_env: dict[str, str], s3_server: SeaweedS3, bucket_pair: tuple[str, str],
+    ledger: Ledger, tmp_path: Path,
+) -> None:  # fmt: skip
+    # the broker refuses the retry message (Celery then rejects the delivery without
+    # requeue): the delivery goes back to the queue instead and the object still ends
+    source, dest = bucket_pair
+    env = {**_defaults(stack_env), "DCMPRESS_QUEUE": f"publish-{uuid.uuid4().hex[:6]}"}
+    s3_server.client().put_object(Bucket=source, Key="lost.dcm", Body=to_bytes(make_image(64, 64)))
+    batch = f"lost-{uuid.uuid4().hex[:6]}"
+    faults = faulty_env(tmp_path, ROOT, fetch_failures=1, retry_publish_failures=1)
+    with CeleryWorker({**env, **faults}, tmp_path, concurrency=1) as worker:
+        _enqueue(env, source, dest, batch)
+        counts = wait_for_batch(ledger, batch, 1, timeout=120)
+        log = worker.log_path.read_text()
+    assert counts.get("done") == 1, counts
+    assert "could not publish the retry" in log
