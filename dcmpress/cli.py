@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import sys
@@ -461,6 +462,9 @@ def listen(
         typer.Option(envvar="DCMPRESS_SQS_ENDPOINT_URL", help="SQS endpoint (emulators)."),
     ] = None,
     wait_seconds: Annotated[int, typer.Option(help="SQS long-poll seconds.")] = 20,
+    max_body_kb: Annotated[
+        int, typer.Option(help="Webhook: largest request body accepted (KiB); larger is 413.")
+    ] = 4096,
     *,
     options: CompressionOptions,
 ) -> None:
@@ -470,10 +474,18 @@ def listen(
 
     import boto3
 
-    from producer.listen import EventFilter, EventIntake, SqsListener, serve_http
+    from producer.listen import EventFilter, EventIntake, SqsListener
+    from producer.webhook import WebhookLimits, serve_http
 
     if not sqs and not http:
         raise fail("give --sqs QUEUE_URL and/or --http HOST:PORT")
+    host, _, port = (http or "").rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if http and not token and not _is_loopback(host):
+        raise fail(
+            f"--http {http} listens beyond this machine: give --token (or "
+            "DCMPRESS_WEBHOOK_TOKEN) so only your storage can post events"
+        )
     if (dest is None) == (not in_place):
         raise fail("give exactly one of --dest s3://bucket/prefix and --in-place")
     try:
@@ -507,7 +519,6 @@ def listen(
         threads.append(threading.Thread(target=listener.run, name="sqs", daemon=True))
         console.print(f"listening on SQS {sqs}")
     if http:
-        host, _, port = http.rpartition(":")
 
         def healthy() -> bool:
             try:
@@ -515,16 +526,17 @@ def listen(
             except Exception:
                 return False
 
-        server = serve_http(intake, host or "127.0.0.1", int(port), token, healthy)
-        threads.append(threading.Thread(target=server.serve_forever, name="http", daemon=True))
-        console.print(f"listening on http://{host or '127.0.0.1'}:{server.server_port}/")
+        limits = WebhookLimits(max_body_bytes=max_body_kb * 1024)
+        server = serve_http(intake, host, int(port), token, healthy, limits)
+        console.print(f"listening on http://{host}:{server.server_port}/")
     for thread in threads:
         thread.start()
     console.print("ready", highlight=False)
     try:
         while not stop.wait(1):
-            if not all(thread.is_alive() for thread in threads):
-                raise fail("a listener thread died; see the log")
+            alive = [thread.is_alive() for thread in threads] + ([server.alive()] if server else [])
+            if not all(alive):
+                raise fail("a listener thread died; see the log", EXIT_FAILED)
     except KeyboardInterrupt:
         pass
     finally:
@@ -595,6 +607,16 @@ def _enqueue_manifest(
     for report in run.reports.values():
         print(json.dumps(report.__dict__))
     console.print(f"{total:,} manifest entries, {len(run.reports)} batch(es)")
+
+
+def _is_loopback(host: str) -> bool:
+    """True for an address (or name) only this machine can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def _resumable(exc: Exception) -> str:

@@ -71,6 +71,21 @@ Other ``<vendor>:s3`` event sources
     vendor part of ``eventSource``. A record whose ``eventSource`` is not ``*:s3`` (for
     example a whole Lambda SQS event, ``aws:sqs``) is refused.
 
+Google Cloud Storage through Pub/Sub push
+    ``{"message": {"attributes": {"eventType": "OBJECT_FINALIZE", "bucketId",
+    "objectId", "objectGeneration", "payloadFormat": "JSON_API_V1", ...}, "data":
+    "<base64 object resource>"}, "subscription"}``: OBJECT_FINALIZE is ``created``,
+    OBJECT_DELETE ``removed``, the rest ``other``; the object name is not encoded; the
+    ETag is the hex of ``md5Hash`` (what the S3 interoperability API reports). Source:
+    Cloud Storage docs, "Pub/Sub notifications for Cloud Storage"; Pub/Sub docs, "Push
+    subscriptions".
+
+Google Cloud Storage CloudEvents (Eventarc and other CloudEvents brokers)
+    ``{"specversion": "1.0", "type": "google.cloud.storage.object.v1.finalized",
+    "source": "//storage.googleapis.com/projects/_/buckets/<bucket>", "subject":
+    "objects/<name>", "data": <object resource>}`` (structured mode; the webhook rebuilds
+    binary mode, ``ce-*`` headers and the resource as the body, into this form).
+
 SeaweedFS filer notifications posted by ``[notification.webhook]``
     Learnt from the SeaweedFS source (not from docs, which do not describe the body):
 
@@ -116,7 +131,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote_plus
 
-__all__ = ["EventFormatError", "Kind", "ObjectEvent", "parse_message"]
+__all__ = ["EventFormatError", "Kind", "ObjectEvent", "RejectedRecord", "parse_message"]
 
 Kind = Literal["created", "removed", "test", "other"]
 
@@ -147,6 +162,15 @@ class ObjectEvent:
     sequencer: str | None = None
 
 
+@dataclass(frozen=True)
+class RejectedRecord:
+    """One record of a multi-record message that could not be read; the rest could."""
+
+    where: str  # e.g. "Records[3]"
+    reason: str
+    record: object  # the record as sent, for the poison list
+
+
 class EventFormatError(ValueError):
     """A message that is not a storage event this module understands (a poison message).
 
@@ -159,14 +183,17 @@ def parse_message(
     body: str | bytes | Mapping[str, object],
     *,
     seaweedfs_buckets_dir: str = SEAWEEDFS_BUCKETS_DIR,
+    rejected: list[RejectedRecord] | None = None,
 ) -> list[ObjectEvent]:
     """Parse one SQS message body or webhook request body into object events.
 
     ``body`` is the raw text or bytes (UTF-8 JSON) or an already-parsed JSON object.
     ``seaweedfs_buckets_dir`` is the filer folder holding S3 buckets, if not the default.
-    Raises :class:`EventFormatError` for anything that is not a known event shape.
+    Raises :class:`EventFormatError` for anything that is not a known event shape. With
+    ``rejected`` given, one unreadable record of a ``Records`` message is appended there
+    instead, so the records beside it are not lost with it.
     """
-    return _dispatch(_load_body(body), seaweedfs_buckets_dir, inside_sns=False)
+    return _dispatch(_load_body(body), seaweedfs_buckets_dir, inside_sns=False, rejected=rejected)
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -203,16 +230,26 @@ def _load_json(text: str, where: str) -> object:
         raise EventFormatError(f"{where} is JSON nested too deeply to be an event") from exc
 
 
-def _dispatch(body: JsonObject, buckets_dir: str, *, inside_sns: bool) -> list[ObjectEvent]:
+def _dispatch(
+    body: JsonObject,
+    buckets_dir: str,
+    *,
+    inside_sns: bool,
+    rejected: list[RejectedRecord] | None = None,
+) -> list[ObjectEvent]:
     """Route one JSON object to the parser for its vendor shape."""
     if _is_sns_envelope(body):
         if inside_sns:
             raise EventFormatError("SNS Message holds another SNS envelope")
-        return _parse_sns(body, buckets_dir)
+        return _parse_sns(body, buckets_dir, rejected)
     if body.get("Event") == "s3:TestEvent":
         return [_parse_s3_test_event(body)]
     if "Records" in body:
-        return _parse_records_message(body)
+        return _parse_records_message(body, rejected)
+    if _is_pubsub_push(body):
+        return [_parse_pubsub_push(body)]
+    if "specversion" in body:
+        return [_parse_cloudevent(body)]
     if "Key" in body and ("EventName" in body or "EventType" in body):
         return [_parse_minio_key_only(body)]
     if "detail-type" in body:
@@ -322,14 +359,27 @@ def _s3_event_kind(event_name: str) -> Kind:
     return "other"  # restore, replication, transition, tiering, tagging, ACL, access...
 
 
-def _parse_records_message(body: JsonObject) -> list[ObjectEvent]:
+def _parse_records_message(
+    body: JsonObject, rejected: list[RejectedRecord] | None
+) -> list[ObjectEvent]:
     """A ``Records`` message (AWS, MinIO, Ceph); MinIO's top-level Key only as a fallback."""
     records = body.get("Records")
     if (records is None or records == []) and "Key" in body:
         return [_parse_minio_key_only(body)]
     if not isinstance(records, list):
         raise EventFormatError(f"Records is {_json_type(records)}, expected an array")
-    return [_parse_record(record, f"Records[{index}]") for index, record in enumerate(records)]
+    events = []
+    for index, record in enumerate(records):
+        where = f"Records[{index}]"
+        try:
+            events.append(_parse_record(record, where))
+        except EventFormatError as exc:
+            if rejected is None or len(records) == 1:
+                raise  # a message of one bad record is a poison message as a whole
+            rejected.append(RejectedRecord(where, str(exc), record))
+    if rejected and not events:
+        raise EventFormatError("no record of the message could be read: " + rejected[0].reason)
+    return events
 
 
 def _check_event_version(record: JsonObject, where: str) -> None:
@@ -402,7 +452,9 @@ def _is_sns_envelope(body: JsonObject) -> bool:
     return isinstance(body.get("Type"), str) and "TopicArn" in body
 
 
-def _parse_sns(body: JsonObject, buckets_dir: str) -> list[ObjectEvent]:
+def _parse_sns(
+    body: JsonObject, buckets_dir: str, rejected: list[RejectedRecord] | None
+) -> list[ObjectEvent]:
     """Unwrap an SNS notification; subscription bookkeeping is ``other``."""
     sns_type = body.get("Type")
     if sns_type == "Notification":
@@ -410,7 +462,7 @@ def _parse_sns(body: JsonObject, buckets_dir: str) -> list[ObjectEvent]:
         if not isinstance(message, str):
             raise EventFormatError(f"SNS Message is {_json_type(message)}, expected JSON text")
         inner = _as_object(_load_json(message, "SNS Message"), "SNS Message")
-        return _dispatch(inner, buckets_dir, inside_sns=True)
+        return _dispatch(inner, buckets_dir, inside_sns=True, rejected=rejected)
     if sns_type in ("SubscriptionConfirmation", "UnsubscribeConfirmation"):
         return [ObjectEvent("other", "aws", str(sns_type), "", "", None, None, None)]
     raise EventFormatError(f"SNS message Type {sns_type!r} is not understood")
@@ -441,6 +493,102 @@ def _parse_eventbridge(body: JsonObject) -> ObjectEvent:
         version_id=_optional_str(obj.get("version-id"), "detail.object.version-id"),
         sequencer=_optional_str(obj.get("sequencer"), "detail.object.sequencer"),
     )
+
+
+# --- Google Cloud Storage: Pub/Sub push, CloudEvents ---------------------------------------
+
+_GCS_KINDS: dict[str, Kind] = {"OBJECT_FINALIZE": "created", "OBJECT_DELETE": "removed"}
+_GCS_CLOUDEVENT_PREFIX = "google.cloud.storage.object.v1."
+_GCS_CLOUDEVENT_KINDS: dict[str, Kind] = {"finalized": "created", "deleted": "removed"}
+_GCS_SOURCE_PREFIX = "//storage.googleapis.com/projects/_/buckets/"
+
+
+def _is_pubsub_push(body: JsonObject) -> bool:
+    """A Pub/Sub push request: ``{"message": {attributes, data, ...}, "subscription"}``."""
+    message = body.get("message")
+    return (
+        "subscription" in body
+        and isinstance(message, Mapping)
+        and ("attributes" in message or "data" in message)
+    )
+
+
+def _parse_pubsub_push(body: JsonObject) -> ObjectEvent:
+    """A Cloud Storage notification pushed by Pub/Sub; the object name is not encoded.
+
+    The attributes carry what happened (``eventType`` OBJECT_FINALIZE, OBJECT_DELETE,
+    OBJECT_ARCHIVE, OBJECT_METADATA_UPDATE), ``bucketId``, ``objectId`` and
+    ``objectGeneration``; ``data`` is the base64 object resource when ``payloadFormat``
+    is JSON_API_V1 (size, md5Hash). Source: Cloud Storage docs, "Pub/Sub notifications
+    for Cloud Storage"; Pub/Sub docs, "Push subscriptions" (the push request body).
+    """
+    message = _as_object(body.get("message"), "message")
+    attributes = _as_object(message.get("attributes", {}), "message.attributes")
+    if "bucketId" not in attributes:
+        raise EventFormatError("Pub/Sub message has no bucketId: not a Cloud Storage notification")
+    event_type = _required_str(attributes, "eventType", "message.attributes")
+    resource: JsonObject = {}
+    if attributes.get("payloadFormat") == "JSON_API_V1" and message.get("data"):
+        decoded = _base64_bytes(message.get("data"))
+        if decoded is None:
+            raise EventFormatError("message.data is not base64 text")
+        resource = _as_object(_load_json(decoded.decode("utf-8", "replace"), "message.data"),
+                              "message.data")  # fmt: skip
+    return ObjectEvent(
+        kind=_GCS_KINDS.get(event_type, "other"),
+        source="gcs",
+        event_name=event_type,
+        bucket=_required_str(attributes, "bucketId", "message.attributes"),
+        key=_required_str(attributes, "objectId", "message.attributes"),
+        size=_size(resource.get("size"), "message.data.size"),
+        etag=_gcs_etag(resource),
+        version_id=None,  # a generation, which the S3 interoperability API does not take
+        sequencer=_optional_str(attributes.get("objectGeneration"), "objectGeneration"),
+    )
+
+
+def _parse_cloudevent(body: JsonObject) -> ObjectEvent:
+    """A Cloud Storage CloudEvent (Eventarc; structured mode, or binary mode rebuilt).
+
+    ``type`` is ``google.cloud.storage.object.v1.finalized|deleted|archived|
+    metadataUpdated``, ``source`` names the bucket, ``subject`` is ``objects/<name>``,
+    ``data`` the object resource. Source: Eventarc docs, "Cloud Storage events"; the
+    CloudEvents 1.0 JSON format.
+    """
+    ce_type = _required_str(body, "type", "CloudEvent")
+    if not ce_type.startswith(_GCS_CLOUDEVENT_PREFIX):
+        raise EventFormatError(f"CloudEvent type {ce_type!r} is not a Cloud Storage object event")
+    action = ce_type.removeprefix(_GCS_CLOUDEVENT_PREFIX)
+    data_value = body.get("data")
+    if data_value is None and isinstance(body.get("data_base64"), str):
+        decoded = _base64_bytes(body.get("data_base64"))
+        data_value = _load_json((decoded or b"").decode("utf-8", "replace"), "data_base64")
+    data = _as_object(data_value, "CloudEvent data")
+    source = str(body.get("source") or "")
+    subject = str(body.get("subject") or "")
+    bucket = _optional_str(data.get("bucket"), "data.bucket") or source.removeprefix(
+        _GCS_SOURCE_PREFIX
+    )
+    key = _optional_str(data.get("name"), "data.name") or subject.removeprefix("objects/")
+    if not bucket or not key or "/" in bucket:
+        raise EventFormatError("CloudEvent names no bucket and object (data, source, subject)")
+    return ObjectEvent(
+        kind=_GCS_CLOUDEVENT_KINDS.get(action, "other"),
+        source="gcs",
+        event_name=ce_type,
+        bucket=bucket,
+        key=key,
+        size=_size(data.get("size"), "data.size"),
+        etag=_gcs_etag(data),
+        version_id=None,
+        sequencer=_optional_str(data.get("generation"), "data.generation"),
+    )
+
+
+def _gcs_etag(resource: JsonObject) -> str | None:
+    """The S3-interoperability ETag of a GCS object: the hex MD5 (composites have none)."""
+    md5 = _base64_bytes(resource.get("md5Hash"))
+    return md5.hex() if md5 is not None and len(md5) == 16 else None
 
 
 # --- SeaweedFS filer notifications -------------------------------------------------------

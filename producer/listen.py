@@ -4,8 +4,9 @@ Two front doors share one :class:`EventIntake`:
 
 * :class:`SqsListener` long-polls an SQS queue (S3 notifications, SNS-wrapped or not,
   EventBridge) and deletes a message only after its jobs are durably enqueued.
-* :func:`serve_http` is a webhook endpoint for MinIO, Ceph RGW and the SeaweedFS filer;
-  it answers 2xx only after enqueueing, so the sender retries anything we lost.
+* the webhook (:mod:`producer.webhook`, Starlette on uvicorn) for MinIO, Ceph RGW, the
+  SeaweedFS filer and Cloud Storage (Pub/Sub push, CloudEvents); it answers 2xx only
+  after enqueueing, so the sender retries anything we lost.
 
 Duplicate events (all of these are at-least-once) are absorbed by the ledger: the
 same bucket/key/ETag in a batch is queued once. Events go to one batch per source
@@ -16,21 +17,18 @@ bucket and UTC day (``events-<bucket>-<YYYYMMDD>``), or ``<name>-<bucket>`` with
 from __future__ import annotations
 
 import datetime as dt
-import hmac
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from celery import Celery
 
 from producer.enqueue import Enqueuer
-from producer.events import EventFormatError, ObjectEvent, parse_message
+from producer.events import EventFormatError, ObjectEvent, RejectedRecord, parse_message
 from producer.sources import ObjectRef
 from worker.errors import DcmpressError
 from worker.runtime import contract
@@ -84,6 +82,7 @@ class IntakeReport:
     duplicates: int = 0
     ignored: int = 0
     tests: int = 0
+    rejected: int = 0  # records that could not be read (kept in the poison list)
     batches: set[str] = field(default_factory=set)
 
 
@@ -137,19 +136,33 @@ class EventIntake:
             self._enqueuers = {batch: enqueuer, **self._enqueuers}
         return enqueuer
 
-    def _is_our_output(self, event: ObjectEvent) -> bool:
-        """Our own writes raise events too: drop them (else in-place mode would loop)."""
-        if self.dest is not None and event.bucket == self.dest.bucket:
-            if event.key.startswith(self.dest.prefix) and self.dest.prefix:
-                return True
-        elif not self.in_place:
-            return False
-        # the output bucket: only the object's metadata can tell ours from the user's
+    def _look_up(self, event: ObjectEvent) -> tuple[bool, str]:
+        """(is it our own output?, its ETag), with one HEAD request only where needed.
+
+        Our own writes raise events too: they are dropped (else in-place mode would
+        loop). An event without an ETag (MinIO's key-only logs, composite GCS objects)
+        gets the object's current one, so a re-upload is not mistaken for a duplicate.
+        """
+        etag = event.etag or ""
+        output_bucket = self.in_place or (
+            self.dest is not None and event.bucket == self.dest.bucket
+        )
+        in_dest_prefix = (
+            self.dest is not None
+            and event.bucket == self.dest.bucket
+            and bool(self.dest.prefix)
+            and event.key.startswith(self.dest.prefix)
+        )
+        if in_dest_prefix:
+            return True, etag
+        if not output_bucket and etag:
+            return False, etag
         try:
-            metadata = self.storage.head_metadata(event.bucket, event.key, event.version_id)
+            head = self.storage.head(event.bucket, event.key, event.version_id)
         except DcmpressError:
-            return False  # gone or unreadable: let the worker record what it finds
-        return bool(metadata.get(contract.META_MARKER))
+            return False, etag  # gone or unreadable: let the worker record what it finds
+        ours = output_bucket and bool(head.metadata.get(contract.META_MARKER))
+        return ours, etag or head.etag
 
     def handle(self, events: list[ObjectEvent]) -> IntakeReport:
         """Enqueue the accepted events; raises on a failure to enqueue (retry later)."""
@@ -158,13 +171,16 @@ class EventIntake:
         for event in events:
             if event.kind == "test":
                 report.tests += 1
-            elif not self.filter.accepts(event) or self._is_our_output(event):
+                continue
+            if not self.filter.accepts(event):
                 report.ignored += 1
-            else:
-                ref = ObjectRef(
-                    event.bucket, event.key, event.etag or "", event.size, event.version_id
-                )
-                by_bucket.setdefault(event.bucket, []).append(ref)
+                continue
+            ours, etag = self._look_up(event)
+            if ours:
+                report.ignored += 1
+                continue
+            ref = ObjectRef(event.bucket, event.key, etag, event.size, event.version_id)
+            by_bucket.setdefault(event.bucket, []).append(ref)
         with self._lock:
             for bucket, refs in by_bucket.items():
                 enqueuer = self._enqueuer(bucket)
@@ -174,13 +190,29 @@ class EventIntake:
                 report.batches.add(enqueuer.spec.batch)
         return report
 
-    def handle_body(self, body: str | bytes) -> IntakeReport:
-        """Parse and handle one message body; EventFormatError for poison messages."""
-        return self.handle(parse_message(body))
+    def handle_body(self, body: str | bytes | Mapping[str, object], source: str) -> IntakeReport:
+        """Parse and handle one message body; EventFormatError for a poison message.
 
-    def record_poison(self, body: str | bytes, reason: str, source: str) -> None:
+        A record that cannot be read is kept in the poison list on its own; the valid
+        records of the same message are enqueued.
+        """
+        rejected: list[RejectedRecord] = []
+        report = self.handle(parse_message(body, rejected=rejected))
+        for record in rejected:
+            self.record_poison(
+                json.dumps(record.record, default=str), f"{record.where}: {record.reason}", source
+            )
+        report.rejected = len(rejected)
+        return report
+
+    def record_poison(
+        self, body: str | bytes | Mapping[str, object], reason: str, source: str
+    ) -> None:
         """Keep a rejected message for the operator (capped list), and log it."""
-        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        if isinstance(body, Mapping):
+            text = json.dumps(body, default=str)
+        else:
+            text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
         entry = json.dumps({"at": time.time(), "source": source, "reason": reason,
                             "body": text[:4000]})  # fmt: skip
         log.error("rejected event message from %s: %s", source, reason)
@@ -225,7 +257,7 @@ class SqsListener:
                 started = time.monotonic()
             body = message.get("Body", "")
             try:
-                self.intake.handle_body(body)
+                self.intake.handle_body(body, f"sqs:{self.queue_url}")
             except EventFormatError as exc:
                 # a poison message never becomes valid: keep it for the operator, delete it
                 self.intake.record_poison(body, str(exc), f"sqs:{self.queue_url}")
@@ -261,79 +293,3 @@ class SqsListener:
     def stop(self) -> None:
         """Ask :meth:`run` to return after the current poll."""
         self.stopping.set()
-
-
-def make_handler(
-    intake: EventIntake, token: str | None, health: Callable[[], bool]
-) -> type[BaseHTTPRequestHandler]:
-    """The webhook's request handler class."""
-
-    class WebhookHandler(BaseHTTPRequestHandler):
-        server_version = "dcmpress-listen"
-
-        def _reply(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _authorised(self) -> bool:
-            if not token:
-                return True
-            given = self.headers.get("Authorization", "")
-            # MinIO sends auth_token as configured; accept "Bearer T" and plain "T"
-            candidate = given[7:] if given.lower().startswith("bearer ") else given
-            return hmac.compare_digest(candidate.encode(), token.encode())
-
-        def do_GET(self) -> None:
-            if self.path.rstrip("/") in ("/healthz", "/health", ""):
-                ok = health()
-                self._reply(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE,
-                            {"status": "ok" if ok else "redis unavailable"})  # fmt: skip
-            else:
-                self._reply(HTTPStatus.NOT_FOUND, {"error": "not found"})
-
-        def do_HEAD(self) -> None:
-            self.send_response(HTTPStatus.OK)  # liveness probes of senders
-            self.end_headers()
-
-        def do_POST(self) -> None:
-            if not self._authorised():
-                self._reply(HTTPStatus.UNAUTHORIZED, {"error": "bad or missing token"})
-                return
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            if not body.strip():
-                self._reply(HTTPStatus.OK, {"enqueued": 0})  # a sender's connectivity test
-                return
-            try:
-                report = intake.handle_body(body)
-            except EventFormatError as exc:
-                intake.record_poison(body, str(exc), f"http:{self.client_address[0]}")
-                # 2xx so the sender does not retry a message that can never succeed
-                self._reply(HTTPStatus.ACCEPTED, {"enqueued": 0, "rejected": str(exc)})
-                return
-            except Exception as exc:
-                log.exception("could not enqueue a webhook event")
-                self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
-                return
-            self._reply(HTTPStatus.OK, {
-                "enqueued": report.enqueued, "duplicates": report.duplicates,
-                "ignored": report.ignored, "batches": sorted(report.batches),
-            })  # fmt: skip
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("webhook %s - %s", self.client_address[0], format % args)
-
-    return WebhookHandler
-
-
-def serve_http(
-    intake: EventIntake, host: str, port: int, token: str | None, health: Callable[[], bool]
-) -> ThreadingHTTPServer:
-    """Create (not start) the webhook server; call ``serve_forever`` on it."""
-    server = ThreadingHTTPServer((host, port), make_handler(intake, token, health))
-    server.daemon_threads = True
-    return server

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
-import threading
+import os
+import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,8 +19,9 @@ from typing import Any
 import pytest
 
 from dcmpress.stack.samples import make_image, to_bytes
-from dcmpress.stack.services import CeleryWorker, SeaweedS3
-from producer.listen import POISON_KEY, EventFilter, EventIntake, SqsListener, serve_http
+from dcmpress.stack.services import CeleryWorker, SeaweedS3, free_port
+from producer.listen import POISON_KEY, EventFilter, EventIntake, SqsListener
+from producer.webhook import serve_http
 from tests.conftest import wait_for_batch
 from worker.runtime.app import create_app
 from worker.runtime.contract import S3Location
@@ -45,11 +49,8 @@ def webhook(
     """The webhook server (token 's3cret') in a thread, feeding the session worker."""
     intake = make_intake(settings, ledger, bucket_pair[1], settings.queue)
     server = serve_http(intake, "127.0.0.1", 0, "s3cret", lambda: bool(ledger.redis.ping()))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     yield f"http://127.0.0.1:{server.server_port}", intake
     server.shutdown()
-    server.server_close()
 
 
 def post(url: str, body: Any, token: str | None = "s3cret") -> tuple[int, dict[str, Any]]:
@@ -157,7 +158,6 @@ def test_seaweedfs_filer_webhook_drives_the_listener_for_real(
     settings = WorkerSettings()
     intake = make_intake(settings, ledger, "hook-dst", queue)
     server = serve_http(intake, "127.0.0.1", 0, "t0ken", lambda: True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     (weed_dir / "notification.toml").write_text(
         "[notification.webhook]\nenabled = true\n"
         f'endpoint = "http://127.0.0.1:{server.server_port}/events"\n'
@@ -189,7 +189,6 @@ def test_seaweedfs_filer_webhook_drives_the_listener_for_real(
             assert head["Metadata"]["dcmpress-output"] == "1"
     finally:
         server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
@@ -244,7 +243,7 @@ def test_sqs_s3_notifications_end_to_end_with_sns_eventbridge_and_poison(
         s3.put_object(Bucket="moto-src", Key="a/one two.dcm", Body=data)
         # a listener that dies before enqueueing loses nothing: SQS shows it again
         real_handle = intake.handle_body
-        monkeypatch.setattr(intake, "handle_body", lambda body: (_ for _ in ()).throw(
+        monkeypatch.setattr(intake, "handle_body", lambda body, source: (_ for _ in ()).throw(
             RuntimeError("redis down (injected)")))  # fmt: skip
         assert listener.poll_once() == 1
         monkeypatch.setattr(intake, "handle_body", real_handle)
@@ -294,3 +293,51 @@ def test_sqs_s3_notifications_end_to_end_with_sns_eventbridge_and_poison(
     assert attributes["ApproximateNumberOfMessages"] == "0"  # everything handled and deleted
     assert attributes["ApproximateNumberOfMessagesNotVisible"] == "0"
     assert json.loads(ledger.redis.lindex(POISON_KEY, 0))["body"] == "not json at all"  # type: ignore[arg-type]
+
+
+def test_the_listen_command_serves_the_webhook_until_sigterm(
+    stack_env: dict[str, str], ledger: Ledger, bucket_pair: tuple[str, str]
+) -> None:
+    source, dest = bucket_pair
+    port = free_port()
+    batch = f"cli-{uuid.uuid4().hex[:6]}"
+    env = {
+        **os.environ,
+        "COLUMNS": "160",
+        **stack_env,
+        "DCMPRESS_QUEUE": f"cli-listen-{uuid.uuid4().hex[:6]}",
+    }  # no worker: jobs stay
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dcmpress", "listen", "--http", f"127.0.0.1:{port}",
+         "--token", "t0k", "--dest", f"s3://{dest}/", "--batch", batch],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.strip() == "ready":
+                break
+        record = {
+            "eventVersion": "2.0",
+            "eventSource": "minio:s3",
+            "eventName": "s3:ObjectCreated:Put",
+            "s3": {
+                "bucket": {"name": source},
+                "object": {"key": "cli/one.dcm", "size": 10, "eTag": "e1"},
+            },
+        }
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/minio",
+            data=json.dumps({"Records": [record]}).encode(),
+            method="POST",
+            headers={"Authorization": "Bearer t0k"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            assert json.loads(reply.read())["enqueued"] == 1
+        found = ledger.get_record(f"{batch}-{source}", "cli/one.dcm")
+        assert found is not None and found.state == "queued"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output
+    assert "stopped" in output

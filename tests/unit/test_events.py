@@ -837,3 +837,90 @@ def test_damaged_messages_never_raise_anything_but_event_format_error(message: o
             continue
         assert all(isinstance(event, ObjectEvent) for event in events)
     assert count > 50
+
+
+# --- Google Cloud Storage ------------------------------------------------------------------
+
+
+def gcs_push(event_type: str = "OBJECT_FINALIZE", name: str = "scans/a b+c.dcm") -> dict[str, Any]:
+    """A Pub/Sub push request for a Cloud Storage notification (JSON_API_V1 payload)."""
+    resource = {
+        "kind": "storage#object",
+        "bucket": "gbucket",
+        "name": name,
+        "size": "2048",
+        "md5Hash": base64.b64encode(bytes(range(16))).decode(),
+        "generation": "17",
+    }
+    return {
+        "message": {
+            "attributes": {"eventType": event_type, "bucketId": "gbucket", "objectId": name,
+                           "objectGeneration": "17", "payloadFormat": "JSON_API_V1",
+                           "notificationConfig": "projects/_/buckets/gbucket/notif/1"},
+            "data": base64.b64encode(json.dumps(resource).encode()).decode(),
+            "messageId": "42", "publishTime": "2026-12-01T10:00:00Z",
+        },
+        "subscription": "projects/p/subscriptions/s",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("event_type", "kind"),
+    [
+        ("OBJECT_FINALIZE", "created"),
+        ("OBJECT_DELETE", "removed"),
+        ("OBJECT_ARCHIVE", "other"),
+        ("OBJECT_METADATA_UPDATE", "other"),
+    ],
+)
+def test_gcs_pubsub_push_notifications(event_type: str, kind: str) -> None:
+    [event] = parse_message(gcs_push(event_type))
+    assert event == ObjectEvent(
+        kind, "gcs", event_type, "gbucket", "scans/a b+c.dcm", 2048,  # a name is never encoded
+        bytes(range(16)).hex(), None, sequencer="17",
+    )  # fmt: skip
+
+
+def test_gcs_push_without_a_payload_still_names_the_object() -> None:
+    body = gcs_push()
+    body["message"]["attributes"]["payloadFormat"] = "NONE"
+    del body["message"]["data"]
+    [event] = parse_message(body)
+    assert (event.key, event.size, event.etag) == ("scans/a b+c.dcm", None, None)
+
+
+def test_a_pubsub_message_that_is_not_from_cloud_storage_is_refused() -> None:
+    body = {"message": {"attributes": {"eventType": "x"}, "data": ""}, "subscription": "s"}
+    with pytest.raises(EventFormatError, match="bucketId"):
+        parse_message(body)
+
+
+def test_gcs_cloudevents_in_structured_mode() -> None:
+    body = {
+        "specversion": "1.0",
+        "type": "google.cloud.storage.object.v1.finalized",
+        "source": "//storage.googleapis.com/projects/_/buckets/gbucket",
+        "subject": "objects/x/y.dcm",
+        "id": "1",
+        "data": {"bucket": "gbucket", "name": "x/y.dcm", "size": "9", "generation": "3"},
+    }
+    [event] = parse_message(body)  # fmt: skip
+    assert (event.kind, event.bucket, event.key, event.size, event.sequencer) == (
+        "created", "gbucket", "x/y.dcm", 9, "3")  # fmt: skip
+    deleted = {**body, "type": "google.cloud.storage.object.v1.deleted", "data": {}}
+    [gone] = parse_message(deleted)  # names from source and subject
+    assert (gone.kind, gone.bucket, gone.key) == ("removed", "gbucket", "x/y.dcm")
+    with pytest.raises(EventFormatError, match="not a Cloud Storage object event"):
+        parse_message({**body, "type": "com.example.other"})
+
+
+def test_one_bad_record_beside_good_ones_can_be_set_apart() -> None:
+    body = {"Records": [aws_record(key="a"), {"eventSource": "aws:s3"}, aws_record(key="b")]}
+    with pytest.raises(EventFormatError):
+        parse_message(body)  # without a place for rejects, the message is refused whole
+    rejected: list[Any] = []
+    events = parse_message(body, rejected=rejected)
+    assert [event.key for event in events] == ["a", "b"]
+    assert [(r.where, r.record) for r in rejected] == [("Records[1]", {"eventSource": "aws:s3"})]
+    with pytest.raises(EventFormatError):  # nothing readable at all: poison as a whole
+        parse_message({"Records": [{"x": 1}, {"y": 2}]}, rejected=[])

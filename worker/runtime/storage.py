@@ -91,11 +91,12 @@ class Fetched:
 
 @dataclass(frozen=True)
 class Listed:
-    """One object of a listing."""
+    """One object of a listing (or a HEAD request, which also gives its metadata)."""
 
     key: str
     etag: str
     size: int
+    metadata: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 class Storage:
@@ -155,14 +156,19 @@ class Storage:
         except (ClientError, BotoCoreError) as exc:
             raise classify(exc, f"open s3://{bucket}/{key}") from exc
 
-    def head_metadata(self, bucket: str, key: str, version_id: str | None = None) -> dict[str, str]:
-        """The user metadata of an object (one HEAD request)."""
+    def head(self, bucket: str, key: str, version_id: str | None = None) -> Listed:
+        """The ETag, size and user metadata of an object (one HEAD request)."""
         extra = {"VersionId": version_id} if version_id else {}
         try:
             head = self.client.head_object(Bucket=bucket, Key=key, **extra)
         except (ClientError, BotoCoreError) as exc:
             raise classify(exc, f"head s3://{bucket}/{key}") from exc
-        return dict(head.get("Metadata", {}))
+        return Listed(
+            key=key,
+            etag=str(head.get("ETag", "")).strip('"'),
+            size=int(head.get("ContentLength", 0) or 0),
+            metadata=dict(head.get("Metadata", {})),
+        )
 
     def put(
         self,

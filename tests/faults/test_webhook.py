@@ -1,0 +1,267 @@
+"""The webhook under abuse, through raw sockets against the real uvicorn server.
+
+Malformed lengths, short or endless bodies, trickling headers, floods of connections,
+a missing token, partly bad messages: each gets a clear answer (or a closed
+connection) and nothing is lost or enqueued wrongly. Timeouts are shortened here; the
+defaults users get are asserted as values.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dcmpress.stack.samples import make_image, to_bytes
+from dcmpress.stack.services import SeaweedS3
+from producer.listen import POISON_KEY, EventFilter, EventIntake
+from producer.webhook import WebhookLimits, WebhookServer, serve_http
+from tests.conftest import run_cli
+from worker.runtime.app import create_app
+from worker.runtime.contract import S3Location
+from worker.runtime.ledger import Ledger
+from worker.runtime.storage import Storage
+from worker.settings import CompressionOptions, WorkerSettings
+
+pytestmark = pytest.mark.integration
+TOKEN = "s3cret"
+FAST = WebhookLimits(max_body_bytes=64 * 1024, header_timeout=1.0, body_timeout=1.0,
+                     max_concurrency=8)  # fmt: skip
+
+
+@pytest.fixture
+def intake(settings: WorkerSettings, ledger: Ledger, bucket_pair: tuple[str, str]) -> EventIntake:
+    """An intake into its own queue (no worker consumes it: jobs stay countable)."""
+    return EventIntake(
+        create_app(settings), ledger, Storage(settings), f"hook-{uuid.uuid4().hex[:6]}",
+        S3Location(bucket=bucket_pair[1]), False, CompressionOptions(), EventFilter(),
+        batch_name=f"hook-{uuid.uuid4().hex[:6]}",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def server(intake: EventIntake, ledger: Ledger) -> Iterator[WebhookServer]:
+    """The webhook with short timeouts and a small body limit."""
+    webhook = serve_http(intake, "127.0.0.1", 0, TOKEN, lambda: True, FAST)
+    yield webhook
+    webhook.shutdown()
+
+
+def raw(server: WebhookServer, data: bytes, wait: float = 5.0) -> bytes:
+    """Send ``data`` on a fresh connection; everything the server answers before closing."""
+    with socket.create_connection(("127.0.0.1", server.server_port), timeout=wait) as sock:
+        sock.sendall(data)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except TimeoutError:
+            pass
+    return b"".join(chunks)
+
+
+def status_of(reply: bytes) -> int:
+    """The status code of a raw HTTP reply (0 if the connection closed without one)."""
+    line = reply.split(b"\r\n", 1)[0]
+    return int(line.split()[1]) if line.startswith(b"HTTP/") else 0
+
+
+def request(body: bytes, headers: dict[str, str] | None = None, path: str = "/events") -> bytes:
+    """A raw POST with Content-Length, authorised."""
+    lines = [f"POST {path} HTTP/1.1", "Host: listener", f"Authorization: Bearer {TOKEN}",
+             f"Content-Length: {len(body)}", "Connection: close",
+             *(f"{k}: {v}" for k, v in (headers or {}).items())]  # fmt: skip
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def s3_event(bucket: str, key: str, etag: str | None = "abc123") -> dict[str, Any]:
+    """An AWS-shaped record."""
+    obj: dict[str, Any] = {"key": key, "size": 1000, "sequencer": "0A1B"}
+    if etag:
+        obj["eTag"] = etag
+    return {"eventVersion": "2.1", "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+            "s3": {"bucket": {"name": bucket}, "object": obj}}  # fmt: skip
+
+
+def reply_json(reply: bytes) -> dict[str, Any]:
+    """The JSON body of a raw reply."""
+    return dict(json.loads(reply.split(b"\r\n\r\n", 1)[1] or b"{}"))
+
+
+def test_the_defaults_users_get() -> None:
+    assert WebhookLimits() == WebhookLimits(
+        max_body_bytes=4 * 1024 * 1024, header_timeout=10.0, body_timeout=30.0,
+        max_concurrency=64, keep_alive=5,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("length", ["abc", "1e12", "-1", "12, 13"])
+def test_a_malformed_content_length_is_400(server: WebhookServer, length: str) -> None:
+    data = (f"POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Length: {length}\r\n\r\n{{}}").encode()  # fmt: skip
+    assert status_of(raw(server, data)) == 400
+
+
+def test_a_huge_declared_body_is_413_without_reading_it(server: WebhookServer) -> None:
+    data = (f"POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            "Content-Length: 1000000000000\r\n\r\n").encode()  # fmt: skip
+    started = time.monotonic()
+    assert status_of(raw(server, data)) == 413
+    assert time.monotonic() - started < FAST.body_timeout  # answered at once
+
+
+def test_a_body_over_the_limit_is_413_chunked_or_not(server: WebhookServer) -> None:
+    big = b"x" * (FAST.max_body_bytes + 1)
+    assert status_of(raw(server, request(big))) == 413
+    chunked = (f"POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+               "Transfer-Encoding: chunked\r\n\r\n").encode()  # fmt: skip
+    for _ in range(3):
+        piece = b"y" * (FAST.max_body_bytes // 2)
+        chunked += f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    assert status_of(raw(server, chunked + b"0\r\n\r\n")) == 413
+
+
+def test_a_body_shorter_than_its_length_is_408_not_a_hang(server: WebhookServer) -> None:
+    data = (f"POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            "Content-Length: 500\r\n\r\n{\"Records\": [").encode()  # fmt: skip
+    started = time.monotonic()
+    assert status_of(raw(server, data)) == 408
+    assert time.monotonic() - started < FAST.body_timeout + 2
+
+
+def test_headers_that_never_end_close_the_connection(server: WebhookServer) -> None:
+    started = time.monotonic()
+    reply = raw(server, b"POST / HTTP/1.1\r\nHost: x\r\nX-Slow: ", wait=10)
+    assert reply == b"" and time.monotonic() - started < FAST.header_timeout + 2
+
+
+def test_connections_beyond_the_concurrency_limit_get_503(server: WebhookServer) -> None:
+    held = []
+    try:
+        for _ in range(FAST.max_concurrency):
+            sock = socket.create_connection(("127.0.0.1", server.server_port))
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")  # headers still coming
+            held.append(sock)
+        time.sleep(0.2)
+        assert status_of(raw(server, request(b"{}"))) == 503
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(FAST.header_timeout + 0.5)  # their slots are free again
+    assert status_of(raw(server, request(b""))) == 200
+
+
+def test_a_token_is_required(server: WebhookServer) -> None:
+    data = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    assert status_of(raw(server, data)) == 401
+    by_query = data.replace(b"POST / ", f"POST /?token={TOKEN} ".encode())
+    assert status_of(raw(server, by_query)) == 200  # Pub/Sub push puts it in the URL
+    wrong = data.replace(b"POST / ", b"POST /?token=guess ")
+    assert status_of(raw(server, wrong)) == 401
+
+
+def test_listening_beyond_loopback_without_a_token_is_refused(stack_env: dict[str, str]) -> None:
+    proc = run_cli({k: v for k, v in stack_env.items() if k != "DCMPRESS_WEBHOOK_TOKEN"},
+                   "listen", "--http", "0.0.0.0:0", "--dest", "s3://out/")  # fmt: skip
+    assert proc.returncode == 2
+    assert "give --token" in proc.stderr
+
+
+def test_one_bad_record_is_poisoned_alone_and_the_rest_enqueued(
+    server: WebhookServer, intake: EventIntake, ledger: Ledger, bucket_pair: tuple[str, str]
+) -> None:
+    source = bucket_pair[0]
+    bad = {"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": {"bucket": {}}}
+    body = json.dumps({"Records": [s3_event(source, "good.dcm"), bad]}).encode()
+    before = ledger.redis.llen(POISON_KEY)
+    reply = raw(server, request(body))
+    assert status_of(reply) == 200
+    assert reply_json(reply) | {"batches": []} == {
+        "enqueued": 1, "duplicates": 0, "ignored": 0, "rejected": 1, "batches": [],
+    }  # fmt: skip
+    assert ledger.redis.llen(POISON_KEY) == before + 1
+    entry = json.loads(ledger.redis.lindex(POISON_KEY, 0))  # type: ignore[arg-type]
+    assert entry["reason"].startswith("Records[1]:") and json.loads(entry["body"]) == bad
+
+
+def test_a_failure_to_enqueue_is_503_without_internal_detail(
+    server: WebhookServer, intake: EventIntake, bucket_pair: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    def broken(*_: Any) -> Any:
+        raise RuntimeError("redis://:hunter2@10.0.0.5 refused (internal detail)")
+
+    monkeypatch.setattr(intake, "handle_body", broken)
+    body = json.dumps({"Records": [s3_event(bucket_pair[0], "k.dcm")]}).encode()
+    reply = raw(server, request(body))
+    assert status_of(reply) == 503
+    assert b"hunter2" not in reply and b"internal" not in reply
+
+
+def _pubsub_push(bucket: str, key: str, data: bytes) -> dict[str, Any]:
+    resource = {"kind": "storage#object", "bucket": bucket, "name": key, "size": str(len(data)),
+                "md5Hash": base64.b64encode(hashlib.md5(data).digest()).decode(),
+                "generation": "1700000000000001"}  # fmt: skip
+    return {
+        "message": {
+            "attributes": {"eventType": "OBJECT_FINALIZE", "bucketId": bucket, "objectId": key,
+                           "objectGeneration": "1700000000000001",
+                           "payloadFormat": "JSON_API_V1"},
+            "data": base64.b64encode(json.dumps(resource).encode()).decode(),
+            "messageId": "1", "publishTime": "2026-12-01T00:00:00Z",
+        },
+        "subscription": "projects/p/subscriptions/dcmpress-push",
+    }  # fmt: skip
+
+
+def test_cloud_storage_pubsub_push_and_cloudevents_become_jobs(
+    server: WebhookServer, intake: EventIntake, ledger: Ledger, bucket_pair: tuple[str, str]
+) -> None:
+    source = bucket_pair[0]
+    data = b"DICM" * 10
+    pushed = raw(server, request(json.dumps(_pubsub_push(source, "gcs/a b.dcm", data)).encode()))
+    assert reply_json(pushed)["enqueued"] == 1, pushed
+    resource = {"bucket": source, "name": "gcs/c.dcm", "size": "40",
+                "md5Hash": base64.b64encode(hashlib.md5(b"c").digest()).decode()}  # fmt: skip
+    structured = {"specversion": "1.0", "type": "google.cloud.storage.object.v1.finalized",
+                  "source": f"//storage.googleapis.com/projects/_/buckets/{source}",
+                  "subject": "objects/gcs/c.dcm", "id": "9", "data": resource}  # fmt: skip
+    assert reply_json(raw(server, request(json.dumps(structured).encode())))["enqueued"] == 1
+    binary_headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "10",
+        "ce-type": "google.cloud.storage.object.v1.finalized",
+        "ce-source": f"//storage.googleapis.com/projects/_/buckets/{source}",
+        "ce-subject": "objects/gcs/d.dcm",
+        "Content-Type": "application/json",
+    }
+    binary = json.dumps({**resource, "name": "gcs/d.dcm"}).encode()  # fmt: skip
+    assert reply_json(raw(server, request(binary, binary_headers)))["enqueued"] == 1
+    batch = intake.batch_for(source)
+    record = ledger.get_record(batch, "gcs/a b.dcm")
+    assert record is not None and record.etag == hashlib.md5(data).hexdigest()[:12]
+
+
+def test_a_re_upload_without_an_etag_in_its_event_is_not_dropped(
+    server: WebhookServer, intake: EventIntake, ledger: Ledger, s3_server: SeaweedS3,
+    bucket_pair: tuple[str, str],
+) -> None:  # fmt: skip
+    source = bucket_pair[0]
+    client = s3_server.client()
+    key_only = {"EventName": "s3:ObjectCreated:Put", "Key": f"{source}/scan.dcm"}  # MinIO
+    client.put_object(Bucket=source, Key="scan.dcm", Body=to_bytes(make_image(32, 32, seed=1)))
+    assert reply_json(raw(server, request(json.dumps(key_only).encode())))["enqueued"] == 1
+    again = raw(server, request(json.dumps(key_only).encode()))
+    assert reply_json(again)["duplicates"] == 1  # the same upload, announced twice
+    client.put_object(Bucket=source, Key="scan.dcm", Body=to_bytes(make_image(32, 32, seed=2)))
+    assert reply_json(raw(server, request(json.dumps(key_only).encode())))["enqueued"] == 1
+    etag = client.head_object(Bucket=source, Key="scan.dcm")["ETag"].strip('"')
+    record = ledger.get_record(intake.batch_for(source), "scan.dcm")
+    assert record is not None and record.etag == etag[:12]
