@@ -44,12 +44,8 @@ def stack_env(redis_server: RedisServer, s3_server: SeaweedS3) -> dict[str, str]
     return {
         **dcmpress_env(redis_server, s3_server),
         "DCMPRESS_QUEUE": f"dcmpress-test-{uuid.uuid4().hex[:6]}",
-        # short limits so fault tests finish quickly; they still fit together
-        "DCMPRESS_TASK_SOFT_TIME_LIMIT": "60",
-        "DCMPRESS_TASK_TIME_LIMIT": "90",
-        "DCMPRESS_VISIBILITY_TIMEOUT": "120",
-        "DCMPRESS_MAX_RETRIES": "3",
-        "DCMPRESS_RETRY_BACKOFF_MAX": "2",
+        # nothing else: the time limits, retries and backoff users get by default
+        # (a test that shortens one says so next to it)
     }
 
 

@@ -141,10 +141,13 @@ class EngineSettings(BaseSettings, CompressionOptions):
 class WorkerSettings(BaseSettings):
     """Connections and queue behaviour of workers and producers (``DCMPRESS_*``).
 
-    The time limits are chosen together: Redis's ``visibility_timeout`` must exceed the
-    hard time limit, or a message is delivered again while its task still runs; the
-    per-object claim is kept alive by a heartbeat, so a killed worker's object becomes
-    workable again within ``claim_ttl`` once its message is restored.
+    The time settings are chosen together. Redis redelivers an unacknowledged message
+    after ``visibility_timeout``: short, so a worker killed as a whole loses nothing for
+    long. A task still running then is safe: the per-object claim, kept alive by a
+    heartbeat, makes the second delivery wait instead of working too, and a dead
+    worker's claim lapses ``claim_ttl`` after its last beat, before its message returns.
+    A retry's countdown waits in a worker unacknowledged, so it must stay well below the
+    visibility timeout (else the message comes back while it waits, twice).
     """
 
     model_config = SettingsConfigDict(env_prefix="DCMPRESS_", extra="ignore", frozen=True)
@@ -181,16 +184,19 @@ class WorkerSettings(BaseSettings):
         default=2100, ge=1, description="Seconds before a task's process is killed."
     )
     visibility_timeout: int = Field(
-        default=2400,
-        ge=1,
-        description="Seconds an unacknowledged message waits before Redis redelivers it; "
-        "must exceed task_time_limit.",
+        default=120,
+        ge=10,
+        description="Seconds an unacknowledged message waits before Redis redelivers it "
+        "(how long a whole worker's death holds its objects); more than claim_ttl.",
     )
     max_retries: int = Field(
         default=8, ge=0, description="Retries of transient failures (S3 5xx, throttling...)."
     )
     retry_backoff_max: int = Field(
-        default=600, ge=1, description="Longest retry delay (exponential backoff, jitter)."
+        default=60,
+        ge=1,
+        description="Longest retry delay (exponential backoff, full jitter); at most half "
+        "the visibility timeout.",
     )
     max_attempts: int = Field(
         default=3,
@@ -209,8 +215,13 @@ class WorkerSettings(BaseSettings):
     def _limits_fit_together(self) -> WorkerSettings:
         if self.task_soft_time_limit >= self.task_time_limit:
             raise ValueError("task_soft_time_limit must be below task_time_limit")
-        if self.visibility_timeout <= self.task_time_limit:
-            raise ValueError("visibility_timeout must exceed task_time_limit")
+        if self.visibility_timeout <= self.claim_ttl:
+            raise ValueError("visibility_timeout must exceed claim_ttl")
+        if self.retry_backoff_max * 2 > self.visibility_timeout:
+            raise ValueError(
+                "retry_backoff_max must be at most half of visibility_timeout: a retry "
+                "waiting longer is delivered again meanwhile"
+            )
         return self
 
     metrics_port: int | None = Field(

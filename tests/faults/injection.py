@@ -33,6 +33,20 @@ def _fetch(self, bucket, key, version_id=None):
 
 storage.Storage.fetch = _fetch
 
+_SLOW_SECONDS = float(os.environ.get("DCMPRESS_TEST_SLOW_SECONDS", "0"))
+if _SLOW_SECONDS:
+    import time
+
+    from worker.runtime import pipeline
+
+    _real_process = pipeline.process
+
+    def _slow_process(data, options):
+        time.sleep(_SLOW_SECONDS)  # a long object: longer than the visibility timeout
+        return _real_process(data, options)
+
+    pipeline.process = _slow_process
+
 _PUBLISH_FAILURES = int(os.environ.get("DCMPRESS_TEST_RETRY_PUBLISH_FAILURES", "0"))
 if _PUBLISH_FAILURES:
     from celery.canvas import Signature
@@ -54,10 +68,15 @@ if _PUBLISH_FAILURES:
 
 
 def faulty_env(
-    workdir: Path, root: Path, fetch_failures: int, retry_publish_failures: int = 0
+    workdir: Path,
+    root: Path,
+    fetch_failures: int = 0,
+    retry_publish_failures: int = 0,
+    slow_seconds: float = 0,
 ) -> dict[str, str]:
     """Environment for a worker whose fetches fail ``fetch_failures`` times per key,
-    and whose first ``retry_publish_failures`` retries cannot be published."""
+    whose first ``retry_publish_failures`` retries cannot be published, and whose
+    objects each take ``slow_seconds`` longer."""
     site = workdir / "site"
     site.mkdir(parents=True, exist_ok=True)
     (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
@@ -68,6 +87,7 @@ def faulty_env(
         "DCMPRESS_TEST_FAULTS": str(counts),
         "DCMPRESS_TEST_FETCH_FAILURES": str(fetch_failures),
         "DCMPRESS_TEST_RETRY_PUBLISH_FAILURES": str(retry_publish_failures),
+        "DCMPRESS_TEST_SLOW_SECONDS": str(slow_seconds),
     }
 
 

@@ -49,6 +49,7 @@ def test_more_failures_than_celerys_default_limit_still_end_done(
     ledger: Ledger, tmp_path: Path,
 ) -> None:  # fmt: skip
     assert WorkerSettings.model_fields["max_retries"].default == 8  # what users get
+    assert WorkerSettings.model_fields["retry_backoff_max"].default == 60
     source, dest = bucket_pair
     env = {**_defaults(stack_env), "DCMPRESS_QUEUE": f"retries-{uuid.uuid4().hex[:6]}"}
     s3_server.client().put_object(Bucket=source, Key="flaky.dcm", Body=to_bytes(make_image(64, 64)))

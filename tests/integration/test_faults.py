@@ -84,6 +84,9 @@ def test_an_unreachable_s3_is_retried_then_recorded_retries_exhausted(
         "DCMPRESS_QUEUE": queue,
         "DCMPRESS_S3_ENDPOINT_URL": f"http://127.0.0.1:{closed}",
         "DCMPRESS_S3_MAX_ATTEMPTS": "1",
+        # shortened to keep the test short; tests/faults/test_retries.py has the defaults
+        "DCMPRESS_MAX_RETRIES": "3",
+        "DCMPRESS_RETRY_BACKOFF_MAX": "2",
         "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
     with CeleryWorker(worker_env, tmp_path, concurrency=1):

@@ -189,6 +189,7 @@ def _compress_parsed(
     early = _classify(ds, data, options)
     if early is not None:
         return early
+    check_interrupted()  # at every stage boundary: a time limit stops the work here
     try:
         with stage("decode"):
             source = decode_source(ds)
@@ -200,10 +201,12 @@ def _compress_parsed(
         return _unsupported([exc], len(data), options)
     refusals: list[UnsupportedImage] = []
     for target in options.targets():
+        check_interrupted()
         try:
             check_supported(source, target)
             with stage("encode"):
                 encoded, plugin, note = _encode_any_plugin(source, target, options)
+            check_interrupted()
             with stage("serialize"):
                 output = serialize(encoded)
         except UnsupportedImage as exc:
@@ -212,6 +215,7 @@ def _compress_parsed(
             continue
         checked = Verification(0, None)
         if options.verify:
+            check_interrupted()
             with stage("verify"):
                 checked = verify(output, source, target, options.jls_error)
         result = _finish(data, output, encoded, target, plugin, checked, note, options)

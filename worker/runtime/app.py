@@ -2,8 +2,9 @@
 
 Tuned for long, CPU-bound, idempotent tasks (Celery's own guidance): late acks and
 reject-on-worker-lost so a killed worker's object is redelivered, prefetch 1 so a slow
-object does not hold others hostage, JSON only, time limits below the Redis visibility
-timeout, and task events on for Flower.
+object does not hold others hostage, JSON only, a short visibility timeout with a fast
+sweep so a dead worker's messages return in minutes (claims keep that safe), and task
+events on for Flower.
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         task_soft_time_limit=settings.task_soft_time_limit,
         task_time_limit=settings.task_time_limit,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            # sweep for messages of dead workers every 5 s (kombu: 10 s x 10 by default)
+            "unacked_restore_interval": 5,
+            "unacked_restore_throttle": 1,
+        },
         broker_connection_retry_on_startup=True,
         worker_send_task_events=True,
         task_send_sent_event=True,

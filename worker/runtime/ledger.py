@@ -284,17 +284,21 @@ for i = 1, (#KEYS - 2) / 2 do
   local objects = KEYS[2 * i + 1]
   local field, etag = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
   local old = redis.call('HGET', objects, field)
-  local verdict, attempts = 0, '0'
+  local verdict, attempts, lost = 0, '0', '0'
   if old then
     local o = split(old)
     attempts = o[5]
+    -- deaths so far count on when a message is only sent again; a forced retry or
+    -- resume gives the object its attempts afresh
+    if not force then lost = o[12] or '0' end
     local same = etag == '' or o[10] == etag
-    if same and not force and terminal(o[1]) then verdict = 1
-    elseif same and not force and not resend then verdict = 2
-    elseif force and o[1] == 'r' then verdict = 2 end
+    -- a running object is never queued twice here (an orphan: `dcmpress reconcile`)
+    if o[1] == 'r' then verdict = 2
+    elseif same and not force and terminal(o[1]) then verdict = 1
+    elseif same and not force and not resend then verdict = 2 end
   end
   if verdict == 0 then
-    local value = 'q||0|0|' .. attempts .. '|||0||' .. etag .. '|' .. now36 .. '|0'
+    local value = 'q||0|0|' .. attempts .. '|||0||' .. etag .. '|' .. now36 .. '|' .. lost
     move(objects, KEYS[2 * i + 2], field, old, value, '', retention)
   end
   result[i] = verdict
@@ -310,9 +314,15 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# Extends a claim only if we still own it.
+# Extends a claim we own, takes it back if it lapsed and nobody took it; 0 if another
+# owner holds it now.
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
+end
 return 0
 """
 
@@ -509,5 +519,6 @@ class Ledger:
         self._release(keys=[Keys.claim(bucket, key)], args=[owner])
 
     def renew(self, bucket: str, key: str, owner: str, ttl: int) -> bool:
-        """Extend our claim by ``ttl`` seconds; False if it is no longer ours."""
+        """Extend our claim by ``ttl`` seconds (taking it back if it lapsed unclaimed);
+        False if another owner holds it now."""
         return bool(self._renew(keys=[Keys.claim(bucket, key)], args=[owner, ttl]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
+import secrets
 import threading
 import uuid
 from dataclasses import dataclass, field, replace
@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from worker.codec.engine import Result, process
-from worker.errors import PermanentError, TransientError, check_interrupted
+from worker.errors import DcmpressError, PermanentError, TransientError, check_interrupted
 from worker.runtime import contract
 from worker.runtime.contract import BatchSpec, JobMessage
 from worker.runtime.ledger import Ledger, Record, short_etag
@@ -29,6 +29,18 @@ log = logging.getLogger(__name__)
 
 class ClaimHeld(TransientError):
     """Another worker is processing this object right now; try again later."""
+
+
+class ClaimLost(DcmpressError):
+    """Another delivery took this object's claim over while we worked: it finishes the
+    object, so this one stops without writing or recording anything."""
+
+
+# This worker's identity in claim owners: random per worker (main) process and
+# inherited by its pool children, so "a process of mine that died" is decided only
+# for our own children - never from a host name or PID that another container or
+# machine may share.
+WORKER_BOOT = secrets.token_hex(6)
 
 
 @dataclass
@@ -43,6 +55,7 @@ class Job:
     claim_ttl: int
     max_attempts: int
     stage: StageTimer = field(default_factory=StageTimer)
+    heartbeat: _Heartbeat | None = None  # while the object is claimed
 
     @property
     def batch(self) -> str:
@@ -62,33 +75,36 @@ def process_object(job: Job) -> dict[str, Any]:
     permanent outcome itself.
     """
     bucket, key = job.message.bucket, job.key
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    owner = f"{WORKER_BOOT}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     if not job.ledger.claim(bucket, key, owner, job.claim_ttl):
         holder = job.ledger.claim_owner(bucket, key)
-        if holder is None or not _holder_died_here(holder):
+        if holder is None or not _holder_was_my_child_and_died(holder):
             raise ClaimHeld(f"s3://{bucket}/{key} is being processed by {holder}")
-        # its process died on this host (pool child killed): take over at once
+        # a pool process of this very worker died with it (killed): take over at once
         job.ledger.release(bucket, key, holder)
         if not job.ledger.claim(bucket, key, owner, job.claim_ttl):
             raise ClaimHeld(f"s3://{bucket}/{key} was taken over by another worker")
-    heartbeat = _Heartbeat(job.ledger, bucket, key, owner, job.claim_ttl)
-    heartbeat.start()
+    job.heartbeat = _Heartbeat(job.ledger, bucket, key, owner, job.claim_ttl)
+    job.heartbeat.start()
     try:
         return _run_claimed(job)
     finally:
-        heartbeat.stop()
+        job.heartbeat.stop()
         job.ledger.release(bucket, key, owner)
 
 
-def _holder_died_here(holder: str) -> bool:
-    """True if the claim's owner was a process on this host that no longer runs."""
-    host, _, rest = holder.partition(":")
+def _holder_was_my_child_and_died(holder: str) -> bool:
+    """True if the claim's owner was a process of this worker that no longer runs.
+
+    Any other holder - another worker, here or elsewhere - keeps its claim until it
+    lapses (``claim_ttl`` after its last heartbeat).
+    """
+    boot, _, rest = holder.partition(":")
     pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
+    if boot != WORKER_BOOT or not pid_text.isdigit():
         return False
-    pid = int(pid_text)
     try:
-        with open(f"/proc/{pid}/stat") as stat:
+        with open(f"/proc/{int(pid_text)}/stat") as stat:
             return stat.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie is dead
     except FileNotFoundError:
         return True
@@ -97,18 +113,25 @@ def _holder_died_here(holder: str) -> bool:
 
 
 class _Heartbeat(threading.Thread):
-    """Renews the object's claim while it is processed, so only a dead worker loses it."""
+    """Keeps the object's claim alive while it is processed; notices if it was lost.
+
+    A claim that lapsed (a beat starved, Redis away for a while) is taken back if still
+    free; one another delivery took meanwhile is lost, and the work stops.
+    """
 
     def __init__(self, ledger: Ledger, bucket: str, key: str, owner: str, ttl: int) -> None:
         super().__init__(daemon=True, name="dcmpress-claim-heartbeat")
         self.args_ = (ledger, bucket, key, owner, ttl)
         self.stopped = threading.Event()
+        self.lost = threading.Event()
 
     def run(self) -> None:
         ledger, bucket, key, owner, ttl = self.args_
         while not self.stopped.wait(ttl / 4):
             try:
                 if not ledger.renew(bucket, key, owner, ttl):
+                    log.warning("claim of s3://%s/%s taken over; this delivery stops", bucket, key)
+                    self.lost.set()
                     return
             except Exception:  # a Redis hiccup: try again next beat
                 log.warning("claim heartbeat failed", exc_info=True)
@@ -116,12 +139,19 @@ class _Heartbeat(threading.Thread):
     def stop(self) -> None:
         self.stopped.set()
 
+    def check(self) -> None:
+        """Raise ClaimLost if another delivery now owns the object."""
+        if self.lost.is_set():
+            raise ClaimLost("another delivery took the object over; it will record it")
+
 
 def _run_claimed(job: Job) -> dict[str, Any]:
     previous = job.ledger.get_record(job.batch, job.key)
     if previous and previous.terminal and _same_source(previous, job.message):
         # A duplicate delivery (redelivery, duplicate event): already finished.
-        return outcome(job, previous, job.ledger.get_message(job.batch, job.key))
+        summary = outcome(job, previous, job.ledger.get_message(job.batch, job.key))
+        summary["duplicate"] = True  # counted once already (ledger and metrics)
+        return summary
     if job.ledger.is_cancelled(job.batch):
         # acknowledged without work; `dcmpress resume` queues these objects again
         final = (previous or Record(state="queued")).stamped(
@@ -155,8 +185,10 @@ def _run_claimed(job: Job) -> dict[str, Any]:
             fetched = job.storage.fetch(job.message.bucket, job.key, job.message.version_id)
         check_interrupted()  # botocore retries whatever it catches, a time limit too
         result = _compress(job, fetched)
+        _check_claim(job)  # never write what another delivery is writing
         with job.stage("upload"):
             output_url = _write(job, fetched, result)
+        _check_claim(job)
     except TransientError as exc:
         # back to queued so a retry is not mistaken for a dead worker
         job.ledger.transition(job.batch, job.key, running.stamped(state="queued"))
@@ -168,6 +200,11 @@ def _run_claimed(job: Job) -> dict[str, Any]:
     except PermanentError as exc:
         return finish_failure(job, exc, running)
     return _finish(job, running, fetched, result, output_url)
+
+
+def _check_claim(job: Job) -> None:
+    if job.heartbeat is not None:
+        job.heartbeat.check()
 
 
 def _same_source(record: Record, message: JobMessage) -> bool:

@@ -28,7 +28,7 @@ from worker.errors import INTERRUPTION_PROBES, INTERRUPTIONS, PermanentError, Tr
 from worker.runtime import logs, metrics
 from worker.runtime.contract import TASK_COMPRESS, BatchSpec, JobMessage
 from worker.runtime.ledger import Ledger
-from worker.runtime.pipeline import ClaimHeld, Job, finish_failure, process_object
+from worker.runtime.pipeline import ClaimHeld, ClaimLost, Job, finish_failure, process_object
 from worker.runtime.storage import Storage
 from worker.settings import WorkerSettings
 
@@ -36,31 +36,32 @@ log = logging.getLogger(__name__)
 
 
 class SoftLimitWatch:
-    """Notices that the soft time limit fired, even if a library swallows its exception.
+    """Stops an object cooperatively when the soft time limit fires.
 
-    billiard raises SoftTimeLimitExceeded from its SIGUSR1 handler in the pool process;
-    pydicom, botocore and others catch broad exceptions on the way and report something
-    else. The watch wraps that handler (installed after worker_process_init, so it is
-    wrapped at each task's start) and answers the engine's interruption probe.
+    billiard's SIGUSR1 handler raises SoftTimeLimitExceeded wherever the pool process
+    happens to be: inside a codec's Cython code that checks for signals, this was seen
+    to crash the process (SIGSEGV); and pydicom, botocore and others swallow broad
+    exceptions and report something else. The watch replaces that handler (installed
+    after worker_process_init, so it is replaced at each task's start) with one that
+    only takes note; the engine and the pipeline ask at every stage boundary (the
+    interruption probe) and stop there, recorded ``time_limit``. A codec stuck in one
+    call is still killed by the hard time limit.
     """
 
     def __init__(self) -> None:
         self.fired = False
-        self._original: Any = None
 
     def arm(self) -> None:
         """Start watching for this task."""
         self.fired = False
-        if not hasattr(signal, "SIGUSR1"):
-            return
-        current = signal.getsignal(signal.SIGUSR1)
-        if current is not self._on_soft_limit and callable(current):
-            self._original = current
+        if (
+            hasattr(signal, "SIGUSR1")
+            and signal.getsignal(signal.SIGUSR1) is not self._on_soft_limit
+        ):
             signal.signal(signal.SIGUSR1, self._on_soft_limit)
 
     def _on_soft_limit(self, signum: int, frame: Any) -> None:
-        self.fired = True
-        self._original(signum, frame)  # billiard's: raises SoftTimeLimitExceeded
+        self.fired = True  # no exception raised into whatever code runs now
 
     def probe(self) -> BaseException | None:
         """SoftTimeLimitExceeded if the limit fired during this task."""
@@ -197,7 +198,8 @@ def _compress_object(self: Task[Any, Any], message: dict[str, Any]) -> dict[str,
         max_attempts=ctx.settings.max_attempts,
     )
     summary = _run(self, ctx, job, spec is not None)
-    metrics.record_outcome(summary, job.stage.seconds)
+    if not summary.get("duplicate") and summary["outcome"] != "taken_over":
+        metrics.record_outcome(summary, job.stage.seconds)  # each object counted once
     return summary
 
 
@@ -212,6 +214,10 @@ def _run(self: Task[Any, Any], ctx: Context, job: Job, known_batch: bool) -> dic
             return process_object(job)
         except (redis.ConnectionError, redis.TimeoutError) as exc:  # a Redis hiccup
             raise TransientError(f"redis: {exc}") from exc
+    except ClaimLost as exc:
+        # the delivery that took the object over writes and records it; nothing to do
+        log.warning("%s: s3://%s/%s", exc, job.message.bucket, job.key)
+        return {"batch": job.batch, "key": job.key, "outcome": "taken_over", "message": str(exc)}
     except ClaimHeld as exc:
         # another delivery of the same object is running; look again later, without
         # using up a retry of its own
