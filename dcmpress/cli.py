@@ -305,20 +305,52 @@ def status(
     interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 2.0,
 ) -> None:
     """Counts, bytes saved, rate, ETA and the most common failures of a batch."""
-    _, ledger = _connect()
+    settings, ledger = _connect()
     batch = resolve_batch(ledger, batch)
     current = snapshot(ledger, batch)
+    checks = _StallCheck(ledger, batch, settings.queue)
     if not watch:
-        Console().print(render(current))
+        Console().print(render(current, note=checks.note(current)))
         return
     window = RateWindow(60.0)
     with Live(render(current), console=Console(), auto_refresh=False) as live:
         while True:
-            live.update(render(current, window.add(current)), refresh=True)
+            live.update(render(current, window.add(current), checks.note(current)), refresh=True)
             if current.complete:
                 break
             time.sleep(interval)
             current = snapshot(ledger, batch)
+
+
+class _StallCheck:
+    """Run reconcile's check (read only) when a batch stalls; at most once a minute."""
+
+    def __init__(self, ledger: Ledger, batch: str, queue: str) -> None:
+        self.ledger, self.batch, self.queue = ledger, batch, queue
+        self.checked_at = 0.0
+        self.text = ""
+
+    def note(self, current: Any) -> str:
+        if not current.stalled or current.pending > 10_000:
+            return ""
+        if time.monotonic() - self.checked_at > 60:
+            from producer.reconcile import find_orphans
+
+            spec = self.ledger.get_batch(self.batch)
+            assert spec is not None
+            found = find_orphans(self.ledger, spec, self.queue)
+            self.checked_at = time.monotonic()
+            if found.orphans:
+                self.text = (
+                    f"{found.orphans:,} pending object(s) have no live message or worker: "
+                    f"run `dcmpress reconcile {self.batch}`"
+                )
+            else:
+                self.text = (
+                    "every pending object has a live message or worker (a long object, or "
+                    "no worker consuming the queue)"
+                )
+        return self.text
 
 
 @app.command()
@@ -646,6 +678,42 @@ def retry(
     codes = set(code or ())
     sent = requeue(enqueuer, lambda r: r.state == "failed" and (not codes or r.code in codes))
     Console().print(f"{sent} failed object(s) of {batch} queued again")
+
+
+@app.command()
+def reconcile(
+    batch: Annotated[str, typer.Argument(help=BATCH_HELP)],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report; send nothing.")] = False,
+) -> None:
+    """Send a message for every queued or running object that no live message will finish."""
+    from producer.reconcile import find_orphans
+    from producer.reconcile import reconcile as send_orphans
+
+    enqueuer = _batch_enqueuer(batch, force=False)
+    queue = enqueuer.queue
+    found = (
+        find_orphans(enqueuer.ledger, enqueuer.spec, queue)
+        if dry_run
+        else send_orphans(enqueuer, queue)
+    )
+    Console().print(_reconcile_text(found, dry_run), highlight=False)
+    print(json.dumps({**found.__dict__, "orphans": found.orphans}))
+
+
+def _reconcile_text(found: Any, dry_run: bool) -> str:
+    lines = [
+        f"batch {found.batch}: {found.checked:,} objects, {found.pending:,} queued or running, "
+        f"{found.with_message:,} of them with a live message or worker",
+        f"  queued, with no message: {len(found.queued_orphans):,}",
+        f"  running, with no message and no live worker: {len(found.running_orphans):,}",
+    ]
+    for key in (found.queued_orphans + found.running_orphans)[:10]:
+        lines.append(f"    e.g. {key}")
+    if found.orphans:
+        lines.append(
+            "  nothing sent (--dry-run)" if dry_run else f"  sent {found.sent:,} message(s)"
+        )
+    return "\n".join(lines)
 
 
 @app.command()

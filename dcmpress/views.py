@@ -15,6 +15,8 @@ from worker.codec.targets import PluginStatus
 from worker.errors import CODES
 from worker.runtime.ledger import TERMINAL, Ledger
 
+STALL_SECONDS = 300  # pending objects, none finished for this long: the batch is stalled
+
 
 @dataclass
 class BatchStatus:
@@ -68,6 +70,20 @@ class BatchStatus:
         seconds = max(last - started, 1.0)  # whole seconds: a batch that took under one
         return self.finished / seconds, self.counts.get("bytes_in", 0) / 1e6 / seconds
 
+    def idle_seconds(self) -> float | None:
+        """Seconds since an object of the batch last finished (or the first started),
+        while objects are pending; None when nothing is pending or nothing ever ran."""
+        last = self.counts.get("finished_at") or self.counts.get("started_at")
+        if not self.pending or not last:
+            return None
+        return max(0.0, self.taken_at - last)
+
+    @property
+    def stalled(self) -> bool:
+        """Objects are pending and none finished for STALL_SECONDS."""
+        idle = self.idle_seconds()
+        return idle is not None and idle > STALL_SECONDS
+
     def example(self, code: str) -> str:
         """The latest key that failed with ``code`` ('' if none is known)."""
         return self.info.get(f"example:{code}", "")
@@ -95,20 +111,23 @@ def snapshot(ledger: Ledger, batch: str) -> BatchStatus:
     return BatchStatus(batch, ledger.counts(batch), ledger.batch_info(batch), time.time())
 
 
-def render(status: BatchStatus, previous: BatchStatus | None = None) -> Table:
+def render(status: BatchStatus, previous: BatchStatus | None = None, note: str = "") -> Table:
     """A table for humans: counts, bytes saved, rates, ETA, failures with an example.
 
     ``previous`` is the snapshot the rates are measured from (``--watch`` passes the
-    one taken about a minute earlier).
+    one taken about a minute earlier); ``note`` is shown under the ETA (what a check
+    of a stalled batch found). A batch that is not moving has no ETA.
     """
     counts = status.counts
     bytes_in, bytes_out = counts.get("bytes_in", 0.0), counts.get("bytes_out", 0.0)
     rate, megabytes = status.rates(previous)
-    eta = (
-        str(dt.timedelta(seconds=round(status.pending / rate)))
-        if rate > 0 and status.pending
-        else "-"
-    )
+    idle = status.idle_seconds()
+    if status.stalled and idle is not None:
+        eta = f"none: nothing finished for {dt.timedelta(seconds=round(idle))}"
+    elif rate > 0 and status.pending:
+        eta = str(dt.timedelta(seconds=max(1, round(status.pending / rate))))
+    else:
+        eta = "-"
     table = Table(title=f"batch {status.batch}", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
@@ -131,6 +150,8 @@ def render(status: BatchStatus, previous: BatchStatus | None = None) -> Table:
     window = "last minute" if previous is not None else "average"
     table.add_row(f"rate ({window})", f"{rate:,.1f} objects/s, {megabytes:,.2f} MB/s")
     table.add_row("ETA", eta)
+    if note:
+        table.add_row("check", note)
     for code, count in status.failures():
         example = status.example(code)
         table.add_row(f"failed: {code}", f"{count:,}" + (f"  e.g. {example}" if example else ""))

@@ -54,8 +54,13 @@ class Enqueuer:
             self.spec.batch, [(ref.key, ref.etag) for ref in refs], self.force, resend_queued
         )
         chosen = [ref for ref, verdict in zip(refs, verdicts, strict=True) if verdict == QUEUED]
+        self.send(chosen)
+        return len(chosen), verdicts.count(ALREADY_DONE), verdicts.count(ALREADY_QUEUED)
+
+    def send(self, refs: Iterable[ObjectRef]) -> int:
+        """Publish one job message per ref, as they are (the ledger decided already)."""
         target = ",".join(self.spec.options.target)
-        self.publisher.publish(
+        return self.publisher.publish(
             JobMessage(
                 batch=self.spec.batch,
                 bucket=ref.bucket,
@@ -65,9 +70,8 @@ class Enqueuer:
                 version_id=ref.version_id,
                 target=target,
             ).model_dump(exclude_none=True)
-            for ref in chosen
+            for ref in refs
         )
-        return len(chosen), verdicts.count(ALREADY_DONE), verdicts.count(ALREADY_QUEUED)
 
 
 def enqueue_pages(

@@ -48,3 +48,21 @@ def test_saved_bytes_count_only_objects_that_were_written() -> None:
     console.print(render(BatchStatus("b", counts, {}, 0.0)))
     text = console.export_text()
     assert "2.0 MB (3.00x)" in text  # not 4.0 MB (5.00x): the failed 2 MB saved nothing
+
+
+def test_a_batch_that_is_not_moving_has_no_eta_but_a_check() -> None:
+    from rich.console import Console
+
+    status = BatchStatus(
+        "b", {"done": 10.0, "queued": 3.0, "started_at": 1000.0, "finished_at": 1100.0},
+        {"listing_done": "1"}, 1100.0 + 7 * 60,
+    )  # fmt: skip
+    assert status.stalled and status.idle_seconds() == 420
+    console = Console(width=120, record=True)
+    console.print(render(status, note="3 pending object(s) have no live message"))
+    text = console.export_text()
+    assert "none: nothing finished for 0:07:00" in text and "0:00:00" not in text
+    assert "3 pending object(s) have no live message" in text
+    moving = BatchStatus("b", {**status.counts, "finished_at": 1100.0 + 6 * 60},
+                         {"listing_done": "1"}, 1100.0 + 7 * 60)  # fmt: skip
+    assert not moving.stalled
