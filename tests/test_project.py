@@ -83,3 +83,14 @@ def test_readme_draws_the_layout_as_it_is() -> None:
         if path.name != "__init__.py" or path.parent == ROOT / "worker"
     }
     assert drawn == modules
+
+
+def test_every_guarantee_names_tests_that_exist() -> None:
+    section = README.split("## Guarantees", 1)[1].split("\n## ", 1)[0]
+    named = re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?`", section)
+    assert len(named) >= 10
+    for path, test in named:
+        source = (ROOT / path).read_text()
+        assert not test or f"def {test}(" in source, f"{path}::{test}"
+    for bare in re.findall(r"`(test_\w+\.py)`", section):  # shorthand next to a full path
+        assert list((ROOT / "tests").rglob(bare)), bare
