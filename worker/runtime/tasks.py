@@ -223,7 +223,11 @@ def _run(self: Task[Any, Any], ctx: Context, job: Job, known_batch: bool) -> dic
         # using up a retry of its own
         metrics.RETRIES.labels("claim_held").inc()
         waiting = job.message.model_copy(update={"claim_waits": job.message.claim_waits + 1})
-        _retry(self, exc, backoff(4, 60), waiting.model_dump(mode="json"))
+        # (capped like any countdown: a wait longer than half the visibility timeout
+        # would be delivered again meanwhile)
+        _retry(
+            self, exc, backoff(4, ctx.settings.retry_backoff_max), waiting.model_dump(mode="json")
+        )
     except TransientError as exc:
         retries = self.request.retries - job.message.claim_waits
         if retries >= ctx.settings.max_retries:
