@@ -387,13 +387,22 @@ class SeaweedS3(_Service):
     region = "us-east-1"
 
     def __init__(
-        self, workdir: Path, access_key: str = "dcmpress", secret_key: str = "dcmpress-secret"
+        self,
+        workdir: Path,
+        access_key: str = "dcmpress",
+        secret_key: str = "dcmpress-secret",
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
-        """Prepare a server storing data under ``workdir``; nothing runs yet."""
+        """Prepare a server storing data under ``workdir``; nothing runs yet.
+
+        ``tls`` is (CA certificate, server certificate, server key): S3 is then served
+        over HTTPS only, and clients trust that CA (``AWS_CA_BUNDLE`` in :meth:`env`).
+        """
         self.workdir = Path(workdir)
         super().__init__(self.workdir / "weed.log")
         self.access_key = access_key
         self.secret_key = secret_key
+        self.tls = tls
         self._pick_ports()
 
     def _pick_ports(self) -> None:
@@ -407,8 +416,8 @@ class SeaweedS3(_Service):
 
     @property
     def endpoint_url(self) -> str:
-        """The S3 endpoint, e.g. ``http://127.0.0.1:PORT``."""
-        return f"http://{HOST}:{self.s3_port}"
+        """The S3 endpoint, e.g. ``http://127.0.0.1:PORT`` (``https://`` with TLS)."""
+        return f"{'https' if self.tls else 'http'}://{HOST}:{self.s3_port}"
 
     def _argv(self, config: Path, data: Path) -> list[str]:
         argv = [
@@ -428,6 +437,9 @@ class SeaweedS3(_Service):
         ]
         for name, port in self.ports.items():
             argv += [f"-{name}.port={port}", f"-{name}.port.grpc={port + GRPC_OFFSET}"]
+        if self.tls:
+            _, cert, key = self.tls
+            argv += [f"-s3.cert.file={cert}", f"-s3.key.file={key}"]
         return argv
 
     def _env(self) -> dict[str, str]:
@@ -468,7 +480,8 @@ class SeaweedS3(_Service):
             read_timeout=timeout,
             retries={"max_attempts": attempts, "mode": "standard"},
         )
-        return session.client("s3", endpoint_url=self.endpoint_url, config=config)
+        verify = str(self.tls[0]) if self.tls else None
+        return session.client("s3", endpoint_url=self.endpoint_url, config=config, verify=verify)
 
     def client(self) -> Any:
         """A new boto3 S3 client for this server (path-style, 10 s timeouts, 3 attempts).
@@ -480,12 +493,15 @@ class SeaweedS3(_Service):
 
     def env(self) -> dict[str, str]:
         """Environment variables that point dcmpress and boto3 at this server."""
-        return {
+        env = {
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_DEFAULT_REGION": self.region,
             "DCMPRESS_S3_ENDPOINT_URL": self.endpoint_url,
         }
+        if self.tls:
+            env["AWS_CA_BUNDLE"] = str(self.tls[0])  # botocore's own variable
+        return env
 
     def start(self, timeout: float = 30.0) -> None:
         """Start ``weed mini`` and wait until S3 ListBuckets succeeds; RuntimeError if not."""
