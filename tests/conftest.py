@@ -72,14 +72,33 @@ def storage(settings: WorkerSettings) -> Storage:
 
 
 @pytest.fixture
-def bucket_pair(s3_server: SeaweedS3) -> tuple[str, str]:
-    """A fresh source and destination bucket."""
+def bucket_pair(s3_server: SeaweedS3) -> Iterator[tuple[str, str]]:
+    """A fresh source and destination bucket, removed afterwards.
+
+    SeaweedFS gives every bucket volumes of its own, from a number set by the free disk
+    space: a session that kept its buckets ran out of them (PUT: InternalError).
+    """
     client = s3_server.client()
     suffix = uuid.uuid4().hex[:8]
     source, dest = f"src-{suffix}", f"dst-{suffix}"
     client.create_bucket(Bucket=source)
     client.create_bucket(Bucket=dest)
-    return source, dest
+    yield source, dest
+    for bucket in (source, dest):
+        _remove_bucket(client, bucket)
+    client.close()
+
+
+def _remove_bucket(client: Any, bucket: str) -> None:
+    """Delete every object of ``bucket``, then the bucket (best effort)."""
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+        client.delete_bucket(Bucket=bucket)
+    except Exception:  # a test may have removed it, or the server is gone already
+        pass
 
 
 @pytest.fixture(scope="session")
