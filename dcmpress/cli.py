@@ -213,7 +213,11 @@ def enqueue(
     min_size: Annotated[int, typer.Option(help="Skip smaller objects (bytes).")] = 1,
     max_size: Annotated[int | None, typer.Option(help="Skip larger objects (bytes).")] = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Process again objects already done.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Process again objects already done, and write their outputs again.",
+        ),
     ] = False,
     *,
     options: CompressionOptions,
@@ -273,7 +277,7 @@ def enqueue(
     report = EnqueueReport(batch=batch_id, resumed_from=start_after)
     from worker import app as celery_app
 
-    enqueuer = Enqueuer(celery_app, ledger, spec, settings.queue, force=force)
+    enqueuer = Enqueuer(celery_app, ledger, spec, settings.queue, force=force, rewrite=force)
     storage = Storage(settings)
     with _enqueue_progress(console) as progress:
         task = progress.add_task("enqueue", detail="")
@@ -614,7 +618,7 @@ def _enqueue_manifest(
             created=time.time(),
         )  # fmt: skip
         ledger.save_batch(spec)
-        return Enqueuer(celery_app, ledger, spec, settings.queue, force=force)
+        return Enqueuer(celery_app, ledger, spec, settings.queue, force=force, rewrite=force)
 
     run = ManifestRun(make_enqueuer)
     console = Console(stderr=True)

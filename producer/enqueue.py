@@ -36,13 +36,20 @@ class Enqueuer:
     """Sends job messages for one batch."""
 
     def __init__(
-        self, app: Celery, ledger: Ledger, spec: BatchSpec, queue: str, force: bool = False
+        self,
+        app: Celery,
+        ledger: Ledger,
+        spec: BatchSpec,
+        queue: str,
+        force: bool = False,
+        rewrite: bool = False,
     ) -> None:
         self.publisher = BulkPublisher(app, queue)
         self.ledger = ledger
         self.spec = spec
         self.queue = queue
-        self.force = force
+        self.force = force  # queue objects again whatever the ledger says of them
+        self.rewrite = rewrite  # and write outputs that exist already again
 
     def enqueue(self, refs: list[ObjectRef], resend_queued: bool) -> tuple[int, int, int]:
         """Queue the refs the ledger does not already have; return (sent, done, queued).
@@ -69,7 +76,8 @@ class Enqueuer:
                 size=ref.size,
                 version_id=ref.version_id,
                 target=target,
-            ).model_dump(exclude_none=True)
+                rewrite=self.rewrite,
+            ).model_dump(exclude_none=True, exclude_defaults=True)
             for ref in refs
         )
 

@@ -29,6 +29,18 @@ META_TRANSFER_SYNTAX = "dcmpress-transfer-syntax"
 META_BYTES_IN = "dcmpress-bytes-in"
 META_BYTES_OUT = "dcmpress-bytes-out"
 META_OUTCOME = "dcmpress-outcome"
+META_CODEC = "dcmpress-codec"  # target/plugin of a compressed output
+META_MODALITY = "dcmpress-modality"
+# a digest of the batch's compression options: an output is the same only if made
+# from the same source (ETag) with the same options
+META_OPTIONS = "dcmpress-options"
+META_WRITE_ID = "dcmpress-write-id"  # one write: tells a stored write whose answer was lost
+
+
+def options_digest(options: CompressionOptions) -> str:
+    """A short digest of the options that change an output (defaults left out)."""
+    identity = options.model_dump_json(exclude_defaults=True)
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
 class S3Location(BaseModel):
@@ -69,6 +81,9 @@ class JobMessage(BaseModel):
     # deliveries that waited for another worker's claim on the object: Celery counts
     # them as retries too, but they are not failures and must not use up max_retries
     claim_waits: int = 0
+    # `enqueue --force`: write the output again even if one made from this source with
+    # these options exists already
+    rewrite: bool = False
 
 
 class BatchSpec(BaseModel):

@@ -20,7 +20,7 @@ from worker.codec.engine import Result, process
 from worker.errors import DcmpressError, PermanentError, TransientError, check_interrupted
 from worker.runtime import contract
 from worker.runtime.contract import BatchSpec, JobMessage
-from worker.runtime.ledger import Ledger, Record, short_etag
+from worker.runtime.ledger import TERMINAL, Ledger, Record, short_etag
 from worker.runtime.storage import Fetched, Storage
 from worker.timing import StageTimer
 
@@ -181,9 +181,15 @@ def _run_claimed(job: Job) -> dict[str, Any]:
     ).stamped()
     job.ledger.transition(job.batch, job.key, running)
     try:
+        earlier = _written_before_fetch(job)
+        if earlier is not None:
+            return _finish_written(job, running, earlier)
         with job.stage("fetch"):
             fetched = job.storage.fetch(job.message.bucket, job.key, job.message.version_id)
         check_interrupted()  # botocore retries whatever it catches, a time limit too
+        earlier = _written_after_fetch(job, running, fetched)
+        if earlier is not None:
+            return _finish_written(job, running, earlier)
         result = _compress(job, fetched)
         _check_claim(job)  # never write what another delivery is writing
         with job.stage("upload"):
@@ -211,6 +217,80 @@ def _same_source(record: Record, message: JobMessage) -> bool:
     return not message.etag or record.etag == short_etag(message.etag)
 
 
+def _same_output(job: Job, metadata: dict[str, str] | None, source_etag: str) -> bool:
+    """True if ``metadata`` is that of our output of this very source (its ETag) made
+    with this batch's options: writing it again would write the same thing twice."""
+    return bool(
+        metadata
+        and metadata.get(contract.META_MARKER)
+        and source_etag
+        and short_etag(metadata.get(contract.META_SOURCE_ETAG)) == short_etag(source_etag)
+        and metadata.get(contract.META_OPTIONS) == contract.options_digest(job.spec.options)
+        and metadata.get(contract.META_OUTCOME, "").partition("/")[0] in TERMINAL
+    )
+
+
+def _written_before_fetch(job: Job) -> dict[str, str] | None:
+    """The metadata of the output already written for this source, found with one HEAD
+    request before anything is fetched (to a destination, when the source ETag is
+    known): a delivery whose record was lost (Redis restarted empty, a failed final
+    write) or an `enqueue` run again finds it and does not write it again."""
+    if job.message.rewrite or job.spec.in_place or not job.message.etag:
+        return None
+    with job.stage("fetch"):
+        metadata = job.storage.output_metadata(*job.spec.output_key(job.key))
+    return metadata if _same_output(job, metadata, job.message.etag) else None
+
+
+def _written_after_fetch(job: Job, running: Record, fetched: Fetched) -> dict[str, str] | None:
+    """The same, once the object is fetched: in place the object itself may be the
+    output this batch wrote (its record lost); elsewhere, an output of a source whose
+    ETag the message did not carry."""
+    if job.message.rewrite:
+        return None
+    if job.spec.in_place:
+        # the source's ETag, as this batch knew it before replacing it
+        return fetched.metadata if _same_output(job, fetched.metadata, running.etag) else None
+    if job.message.etag:
+        return None  # looked before the fetch
+    with job.stage("fetch"):
+        metadata = job.storage.output_metadata(*job.spec.output_key(job.key))
+    return metadata if _same_output(job, metadata, fetched.etag) else None
+
+
+def _finish_written(job: Job, running: Record, metadata: dict[str, str]) -> dict[str, Any]:
+    """Record the outcome an earlier delivery wrote to storage (and not to the ledger)."""
+    state, _, code = metadata[contract.META_OUTCOME].partition("/")
+    target, _, plugin = metadata.get(contract.META_CODEC, "").partition("/")
+    source_etag = metadata.get(contract.META_SOURCE_ETAG, "")
+
+    def number(name: str) -> int:
+        value = metadata.get(name, "")
+        return int(value) if value.isdigit() else 0
+
+    final = running.stamped(
+        state=state,
+        code=code,
+        bytes_in=number(contract.META_BYTES_IN),
+        bytes_out=number(contract.META_BYTES_OUT),
+        target=target,
+        plugin=plugin,
+        millis=int(sum(job.stage.seconds.values()) * 1000),
+        etag=short_etag(source_etag),
+        modality=metadata.get(contract.META_MODALITY, ""),
+    )
+    message = (
+        f"{state}/{code}: the output of this source (ETag {short_etag(source_etag)}) with "
+        "these options was written already, by an earlier delivery; not written again"
+    )
+    with job.stage("record"):
+        job.ledger.transition(job.batch, job.key, final, message)
+    summary = outcome(job, final, message)
+    summary["output"] = "s3://{}/{}".format(*job.spec.output_key(job.key))
+    log.info("object finished", extra={"dcmpress": summary})
+    return summary
+
+
 def _compress(job: Job, fetched: Fetched) -> Result:
     if fetched.metadata.get(contract.META_MARKER):
         # our own output (destination inside the source): never compress it again
@@ -234,9 +314,14 @@ def _write(job: Job, fetched: Fetched, result: Result) -> str | None:
         contract.META_BYTES_IN: str(result.bytes_in),
         contract.META_BYTES_OUT: str(result.bytes_out),
         contract.META_OUTCOME: f"{result.state}/{result.code}",
+        contract.META_OPTIONS: contract.options_digest(spec.options),
     }
     if result.transfer_syntax:  # the output's, or the copied source's own
         metadata[contract.META_TRANSFER_SYNTAX] = result.transfer_syntax
+    if result.target and result.plugin:
+        metadata[contract.META_CODEC] = f"{result.target}/{result.plugin}"
+    if result.modality and result.modality.isascii() and result.modality.isprintable():
+        metadata[contract.META_MODALITY] = result.modality[:16]
     if result.output is not None:
         if_match = fetched.etag if spec.in_place else None
         job.storage.put(bucket, key, result.output, metadata, if_match=if_match)

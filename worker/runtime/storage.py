@@ -8,8 +8,12 @@ credentials come from the standard AWS chain.
 from __future__ import annotations
 
 import io
+import logging
+import random
 import tempfile
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +34,10 @@ from botocore.exceptions import (
 )
 
 from worker.errors import DcmpressError, PermanentError, TransientError
+from worker.runtime.contract import META_WRITE_ID
 from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
 
 _TRANSIENT_CODES = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
@@ -99,23 +106,46 @@ class Listed:
     metadata: dict[str, str] = field(default_factory=dict, compare=False)
 
 
+def _answered_no_write(exc: Exception) -> bool:
+    """True if S3 answered that it was too busy to take the write (503, 429).
+
+    Anything else - a connection reset, a read timeout, a 500, even a 412 to a resent
+    conditional write - may have come after the server stored the object: before
+    writing again or giving up, look whether it did.
+    """
+    if not isinstance(exc, ClientError):
+        return False
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return status in (429, 503)
+
+
 class Storage:
     """The S3 operations of the pipeline and the producer."""
 
     def __init__(self, settings: WorkerSettings) -> None:
-        config = Config(
-            connect_timeout=settings.s3_connect_timeout,
-            read_timeout=settings.s3_read_timeout,
-            retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},
-            s3={"addressing_style": settings.s3_addressing_style},
-            max_pool_connections=10,
-        )
-        self.client: Any = boto3.session.Session().client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url,
-            region_name=settings.s3_region,
-            config=config,
-        )
+        session = boto3.session.Session()
+
+        def client(attempts: int) -> Any:
+            config = Config(
+                connect_timeout=settings.s3_connect_timeout,
+                read_timeout=settings.s3_read_timeout,
+                retries={"total_max_attempts": attempts, "mode": "standard"},
+                s3={"addressing_style": settings.s3_addressing_style},
+                max_pool_connections=10,
+            )
+            return session.client(
+                "s3",
+                endpoint_url=settings.s3_endpoint_url,
+                region_name=settings.s3_region,
+                config=config,
+            )
+
+        self.client: Any = client(settings.s3_max_attempts)
+        # Writes are never resent blindly: botocore resends a PUT whose answer was lost
+        # although the server stored it (a second write of the same output: a new
+        # version, a second event downstream). _write_once looks first.
+        self.writer: Any = client(1)
+        self.write_attempts = settings.s3_max_attempts
         chunk = settings.multipart_threshold_mb * 1024 * 1024
         self.threshold = chunk
         self.transfer = TransferConfig(
@@ -170,6 +200,58 @@ class Storage:
             metadata=dict(head.get("Metadata", {})),
         )
 
+    def output_metadata(self, bucket: str, key: str) -> dict[str, str] | None:
+        """The user metadata of the object at ``key``; None if there is none, or if
+        this worker may not read it (a write-only destination: nothing can be told)."""
+        try:
+            head = self.client.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if status == 404:
+                return None
+            if status == 403:
+                log.warning(
+                    "may not read s3://%s/%s: outputs written before cannot be "
+                    "recognised (grant s3:GetObject on the destination)",
+                    bucket,
+                    key,
+                )
+                return None
+            raise classify(exc, f"head s3://{bucket}/{key}") from exc
+        except BotoCoreError as exc:
+            raise classify(exc, f"head s3://{bucket}/{key}") from exc
+        return dict(head.get("Metadata", {}))
+
+    def _write_once(
+        self, bucket: str, key: str, metadata: dict[str, str], action: str,
+        write: Callable[[dict[str, str]], None],
+    ) -> None:  # fmt: skip
+        """Run ``write(metadata)`` until it succeeds, never twice for one success.
+
+        The metadata carries a fresh write id. After a failure that may have followed
+        a stored write (a reset, a timeout, a 5xx), the object is looked at: if it
+        carries our write id the write took place, and is not made again.
+        """
+        metadata = {**metadata, META_WRITE_ID: uuid.uuid4().hex}
+        for attempt in range(1, self.write_attempts + 1):
+            try:
+                write(metadata)
+                return
+            except (ClientError, BotoCoreError) as exc:
+                error = classify(exc, action)
+                if not _answered_no_write(exc):
+                    try:
+                        landed = self.output_metadata(bucket, key)
+                    except DcmpressError:
+                        landed = None  # cannot tell: write again (it is the same output)
+                    if landed and landed.get(META_WRITE_ID) == metadata[META_WRITE_ID]:
+                        log.info("%s: stored although the answer was lost; not written "
+                                 "again", action)  # fmt: skip
+                        return
+                if not isinstance(error, TransientError) or attempt == self.write_attempts:
+                    raise error from exc
+                time.sleep(random.uniform(0.0, min(20.0, 2.0**attempt)))  # full jitter
+
     def put(
         self,
         bucket: str,
@@ -179,26 +261,28 @@ class Storage:
         if_match: str | None = None,
         content_type: str = "application/dicom",
     ) -> None:
-        """Write ``data``; multipart above the threshold; conditional if ``if_match``."""
-        try:
+        """Write ``data`` once; multipart above the threshold; conditional if ``if_match``."""
+
+        def write(metadata: dict[str, str]) -> None:
             if if_match is not None:
                 # in-place replacement: only if nobody changed the source meanwhile
-                self.client.put_object(
+                self.writer.put_object(
                     Bucket=bucket, Key=key, Body=data, Metadata=metadata,
                     ContentType=content_type, IfMatch=f'"{if_match}"',
                 )  # fmt: skip
             elif len(data) > self.threshold:
+                # parts may be sent again (they are not objects until the upload completes)
                 self.client.upload_fileobj(
                     io.BytesIO(data), bucket, key, Config=self.transfer,
                     ExtraArgs={"Metadata": metadata, "ContentType": content_type},
                 )  # fmt: skip
             else:
-                self.client.put_object(
+                self.writer.put_object(
                     Bucket=bucket, Key=key, Body=data, Metadata=metadata,
                     ContentType=content_type,
                 )  # fmt: skip
-        except (ClientError, BotoCoreError) as exc:
-            raise classify(exc, f"write s3://{bucket}/{key}") from exc
+
+        self._write_once(bucket, key, metadata, f"write s3://{bucket}/{key}", write)
 
     def copy(
         self,
@@ -209,17 +293,18 @@ class Storage:
         key: str,
         metadata: dict[str, str],
     ) -> None:
-        """Server-side copy (multipart for large objects), replacing the metadata."""
+        """Server-side copy (multipart for large objects), replacing the metadata; once."""
         source: dict[str, str] = {"Bucket": source_bucket, "Key": source_key}
         if version_id:
             source["VersionId"] = version_id
-        try:
-            self.client.copy(
+
+        def write(metadata: dict[str, str]) -> None:
+            self.writer.copy(
                 source, bucket, key, Config=self.transfer,
                 ExtraArgs={"Metadata": metadata, "MetadataDirective": "REPLACE"},
             )  # fmt: skip
-        except (ClientError, BotoCoreError) as exc:
-            raise classify(exc, f"copy to s3://{bucket}/{key}") from exc
+
+        self._write_once(bucket, key, metadata, f"copy to s3://{bucket}/{key}", write)
 
     def list_pages(
         self, bucket: str, prefix: str, start_after: str = "", page_size: int = 1000
