@@ -312,7 +312,7 @@ def status(
     settings, ledger = _connect()
     batch = resolve_batch(ledger, batch)
     current = snapshot(ledger, batch)
-    checks = _StallCheck(ledger, batch, settings.queue)
+    checks = _StallCheck(ledger, batch, settings.queue, settings.reconcile_after)
     if not watch:
         Console().print(render(current, note=checks.note(current)))
         return
@@ -329,8 +329,9 @@ def status(
 class _StallCheck:
     """Run reconcile's check (read only) when a batch stalls; at most once a minute."""
 
-    def __init__(self, ledger: Ledger, batch: str, queue: str) -> None:
+    def __init__(self, ledger: Ledger, batch: str, queue: str, reconcile_after: int) -> None:
         self.ledger, self.batch, self.queue = ledger, batch, queue
+        self.reconcile_after = reconcile_after
         self.checked_at = 0.0
         self.text = ""
 
@@ -338,16 +339,24 @@ class _StallCheck:
         if not current.stalled or current.pending > 10_000:
             return ""
         if time.monotonic() - self.checked_at > 60:
-            from producer.reconcile import find_orphans
+            from producer.reconcile import broker_redis, find_orphans
+            from worker import app as celery_app
 
             spec = self.ledger.get_batch(self.batch)
             assert spec is not None
-            found = find_orphans(self.ledger, spec, self.queue)
+            with broker_redis(celery_app) as broker:
+                found = find_orphans(self.ledger, spec, self.queue, broker)
             self.checked_at = time.monotonic()
             if found.orphans:
+                automatic = (
+                    f"the workers send them again after {self.reconcile_after} s with no "
+                    "activity, or "
+                    if self.reconcile_after
+                    else ""
+                )
                 self.text = (
                     f"{found.orphans:,} pending object(s) have no live message or worker: "
-                    f"run `dcmpress reconcile {self.batch}`"
+                    f"{automatic}run `dcmpress reconcile {self.batch}`"
                 )
             else:
                 self.text = (
@@ -690,16 +699,16 @@ def reconcile(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report; send nothing.")] = False,
 ) -> None:
     """Send a message for every queued or running object that no live message will finish."""
-    from producer.reconcile import find_orphans
+    from producer.reconcile import broker_redis, find_orphans
     from producer.reconcile import reconcile as send_orphans
 
     enqueuer = _batch_enqueuer(batch, force=False)
     queue = enqueuer.queue
-    found = (
-        find_orphans(enqueuer.ledger, enqueuer.spec, queue)
-        if dry_run
-        else send_orphans(enqueuer, queue)
-    )
+    if dry_run:
+        with broker_redis(enqueuer.publisher.app) as broker:
+            found = find_orphans(enqueuer.ledger, enqueuer.spec, queue, broker)
+    else:
+        found = send_orphans(enqueuer, queue)
     Console().print(_reconcile_text(found, dry_run), highlight=False)
     print(json.dumps({**found.__dict__, "orphans": found.orphans}))
 

@@ -152,6 +152,12 @@ def render(status: BatchStatus, previous: BatchStatus | None = None, note: str =
     table.add_row("ETA", eta)
     if note:
         table.add_row("check", note)
+    resent = int(status.info.get("reconciled_sent", 0) or 0)
+    if resent:
+        at = dt.datetime.fromtimestamp(int(status.info.get("reconciled_at", 0)))
+        table.add_row(
+            "re-sent", f"{resent:,} object(s) had lost their message (last check {at:%H:%M:%S})"
+        )
     for code, count in status.failures():
         example = status.example(code)
         table.add_row(f"failed: {code}", f"{count:,}" + (f"  e.g. {example}" if example else ""))

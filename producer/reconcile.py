@@ -8,23 +8,39 @@ message dropped by a bug of an older release, a producer killed between marking 
 sending) waits for ever. Reconcile compares the ledger with the queue, the unacknowledged
 messages and the claims, and sends one message for each orphan. Sending one too many is
 harmless: a second delivery of an object waits for its claim, or finds it finished.
+
+The workers run the same check by themselves (:func:`reconcile_stalled`, from
+``worker/runtime/watchdog.py``): for a batch with pending objects none of which
+finished for ``DCMPRESS_RECONCILE_AFTER`` seconds, once the queue is short enough to
+read.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
+
+from celery import Celery
+from redis import RedisError
 
 from producer.enqueue import Enqueuer
 from producer.sources import ObjectRef
 from worker.runtime.contract import BatchSpec
 from worker.runtime.ledger import Ledger
 
+log = logging.getLogger(__name__)
+
 UNACKED_KEY = "unacked"  # kombu's Redis transport default (unacked_key)
 SCAN_PAGE = 1000
+# A longer queue is not read by the automatic check: work is moving, and an orphan
+# is found once the queue drains (reading a million messages each time would cost more)
+AUTOMATIC_QUEUE_LIMIT = 10_000
 
 
 @dataclass
@@ -58,9 +74,19 @@ def _job_of(envelope: Any) -> dict[str, Any] | None:
     return job if isinstance(job, dict) else None
 
 
-def _envelopes(ledger: Ledger, queue: str) -> Iterator[Any]:
+@contextmanager
+def broker_redis(app: Celery) -> Iterator[Any]:
+    """A Redis client of the broker (which need not be the ledger's Redis)."""
+    with app.connection_for_read() as connection:
+        channel: Any = connection.default_channel  # kombu's Redis channel
+        if not hasattr(channel, "conn_or_acquire"):
+            raise RuntimeError("reconcile needs a Redis broker (redis:// URL)")
+        with channel.conn_or_acquire() as client:
+            yield client
+
+
+def _envelopes(redis: Any, queue: str) -> Iterator[Any]:
     """Every message waiting in ``queue`` and every delivered, unacknowledged one."""
-    redis = ledger.redis
     length = int(redis.llen(queue))
     for start in range(0, length, SCAN_PAGE):
         for raw in redis.lrange(queue, start, start + SCAN_PAGE - 1):
@@ -75,20 +101,23 @@ def _envelopes(ledger: Ledger, queue: str) -> Iterator[Any]:
             continue
 
 
-def live_keys(ledger: Ledger, queue: str, batch: str) -> set[str]:
+def live_keys(broker: Any, queue: str, batch: str) -> set[str]:
     """Object keys of ``batch`` that have a message waiting or in flight."""
     keys = set()
-    for envelope in _envelopes(ledger, queue):
+    for envelope in _envelopes(broker, queue):
         job = _job_of(envelope)
         if job is not None and job.get("batch") == batch and isinstance(job.get("key"), str):
             keys.add(job["key"])
     return keys
 
 
-def find_orphans(ledger: Ledger, spec: BatchSpec, queue: str) -> ReconcileReport:
-    """The batch's queued or running objects that no live message will finish."""
+def find_orphans(ledger: Ledger, spec: BatchSpec, queue: str, broker: Any) -> ReconcileReport:
+    """The batch's queued or running objects that no live message will finish.
+
+    ``broker`` is a Redis client of the broker (:func:`broker_redis`).
+    """
     report = ReconcileReport(spec.batch)
-    live = live_keys(ledger, queue, spec.batch)
+    live = live_keys(broker, queue, spec.batch)
     for key, record, _ in ledger.iter_records(spec.batch):
         report.checked += 1
         if record.state not in ("queued", "running"):
@@ -112,7 +141,8 @@ def reconcile(enqueuer: Enqueuer, queue: str) -> ReconcileReport:
     record ``worker_lost`` after ``max_attempts``, as for any worker that died.
     """
     ledger, spec = enqueuer.ledger, enqueuer.spec
-    report = find_orphans(ledger, spec, queue)
+    with broker_redis(enqueuer.publisher.app) as broker:
+        report = find_orphans(ledger, spec, queue, broker)
     records = ledger.get_records(spec.batch, report.queued_orphans + report.running_orphans)
     keys = report.queued_orphans + report.running_orphans
     refs = [
@@ -122,3 +152,55 @@ def reconcile(enqueuer: Enqueuer, queue: str) -> ReconcileReport:
     ]  # fmt: skip
     report.sent = enqueuer.send(refs) if refs else 0
     return report
+
+
+def stalled_batches(ledger: Ledger, idle_after: float, now: float) -> list[str]:
+    """Batches with pending objects and no activity (an object started or finished,
+    objects queued, a check) for ``idle_after`` seconds."""
+    ids = ledger.batch_ids()
+    return [
+        batch
+        for batch, (pending, last) in zip(ids, ledger.activity(ids), strict=True)
+        if pending and now - last > idle_after
+    ]
+
+
+def reconcile_stalled(
+    app: Celery, ledger: Ledger, queue: str, idle_after: float, now: float | None = None
+) -> int:
+    """Reconcile every stalled batch (the workers' automatic check); return messages sent.
+
+    One worker at a time runs it (a Redis lock); each batch is checked at most once per
+    ``idle_after`` seconds while it stays stalled.
+    """
+    lock = ledger.reconcile_lock(timeout=max(60.0, idle_after))
+    if not lock.acquire(blocking=False):
+        return 0
+    sent = 0
+    try:
+        now = time.time() if now is None else now
+        stalled = stalled_batches(ledger, idle_after, now)
+        if not stalled:
+            return 0
+        with broker_redis(app) as broker:
+            if int(broker.llen(queue)) > AUTOMATIC_QUEUE_LIMIT:
+                return 0
+        for batch in stalled:
+            spec = ledger.get_batch(batch)
+            if spec is None:
+                continue
+            report = reconcile(Enqueuer(app, ledger, spec, queue), queue)
+            ledger.note_reconciled(batch, report.sent, now)
+            sent += report.sent
+            if report.sent:
+                log.warning(
+                    "batch %s: nothing finished for over %d s; %d object(s) had no live "
+                    "message or worker and were sent again", batch, idle_after, report.sent,
+                    extra={"dcmpress": {"batch": batch, "sent": report.sent,
+                                        "queued_orphans": len(report.queued_orphans),
+                                        "running_orphans": len(report.running_orphans)}},
+                )  # fmt: skip
+    finally:
+        with suppress(RedisError):  # expired meanwhile, or Redis away: it lapses by itself
+            lock.release()
+    return sent

@@ -243,6 +243,13 @@ class WorkerSettings(BaseSettings):
         description="Seconds a per-object claim outlives its last heartbeat (renewed every "
         "quarter of it while the object is processed).",
     )
+    reconcile_after: int = Field(
+        default=300,
+        ge=0,
+        description="Seconds a batch may have pending objects and no activity before the "
+        "workers look for objects with no live message and send them again (as "
+        "`dcmpress reconcile` does); 0: never by themselves.",
+    )
 
     @property
     def retention_seconds(self) -> int:

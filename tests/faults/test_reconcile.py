@@ -8,8 +8,10 @@ worker and message are both gone.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,3 +76,103 @@ def test_an_object_a_live_worker_holds_is_no_orphan(
     assert ledger.claim(source, "busy.dcm", "someone:1:alive", 60)
     report = json.loads(run_cli(env, "reconcile", batch).stdout.strip().splitlines()[-1])
     assert (report["orphans"], report["with_message"], report["sent"]) == (0, 1, 0)
+
+
+def _orphaned_batch(
+    env: dict[str, str], s3_server: SeaweedS3, source: str, dest: str, ledger: Ledger,
+    objects: int,
+) -> str:  # fmt: skip
+    """A batch whose messages are all lost, with one object left running by a dead worker."""
+    client = s3_server.client()
+    for index in range(objects):
+        client.put_object(Bucket=source, Key=f"o/{index}.dcm",
+                          Body=to_bytes(make_image(48, 48, seed=index)))  # fmt: skip
+    batch = f"auto-{uuid.uuid4().hex[:6]}"
+    proc = run_cli(env, "enqueue", f"s3://{source}/", "--dest", f"s3://{dest}/", "--batch", batch)
+    assert proc.returncode == 0, proc.stderr
+    ledger.redis.delete(env["DCMPRESS_QUEUE"])
+    ledger.transition(batch, "o/0.dcm", Record(state="running", attempts=1).stamped())
+    return batch
+
+
+def test_the_workers_send_lost_objects_again_by_themselves(
+    stack_env: dict[str, str], s3_server: SeaweedS3, bucket_pair: tuple[str, str],
+    ledger: Ledger, tmp_path: Path,
+) -> None:  # fmt: skip
+    # a shortened idle time keeps the test short; the next test checks the default is on
+    env = {**stack_env, "DCMPRESS_QUEUE": f"auto-{uuid.uuid4().hex[:6]}",
+           "DCMPRESS_RECONCILE_AFTER": "8"}  # fmt: skip
+    batch = _orphaned_batch(env, s3_server, *bucket_pair, ledger, objects=4)
+    worker = CeleryWorker({**env, "PYTHONPATH": str(ROOT)}, tmp_path, concurrency=1)
+    with worker:
+        counts = wait_for_batch(ledger, batch, 4, timeout=120)  # no manual step
+    assert counts.get("done") == 4, counts
+    info = ledger.batch_info(batch)
+    assert info["reconciled_sent"] == "4"
+    log = worker.log_path.read_text()
+    assert "4 object(s) had no live message or worker and were sent again" in log
+    status = run_cli(env, "status", batch)
+    assert "re-sent" in status.stdout and "4 object(s) had lost their message" in status.stdout
+
+
+def test_the_automatic_check_is_on_with_the_defaults(celery_worker: CeleryWorker) -> None:
+    from worker.settings import WorkerSettings
+
+    assert WorkerSettings.model_fields["reconcile_after"].default == 300
+    assert "automatic reconcile: batches with no activity for 300 s" in (
+        celery_worker.log_path.read_text()
+    )  # the session's worker runs with the users' settings
+
+
+def test_the_automatic_check_sends_nothing_for_live_work(
+    stack_env: dict[str, str], s3_server: SeaweedS3, bucket_pair: tuple[str, str],
+    ledger: Ledger, tmp_path: Path,
+) -> None:  # fmt: skip
+    from tests.faults.injection import faulty_env
+
+    source, dest = bucket_pair
+    env = {**stack_env, "DCMPRESS_QUEUE": f"live-{uuid.uuid4().hex[:6]}",
+           "DCMPRESS_RECONCILE_AFTER": "5"}  # fmt: skip
+    client = s3_server.client()
+    for index in range(3):
+        client.put_object(Bucket=source, Key=f"slow/{index}.dcm",
+                          Body=to_bytes(make_image(48, 48, seed=index)))  # fmt: skip
+    batch = f"live-{uuid.uuid4().hex[:6]}"
+    # each object takes 12 s: the batch is idle for longer than 5 s while one runs
+    # (claimed) and the others wait in the queue
+    worker_env = {**env, **faulty_env(tmp_path, ROOT, slow_seconds=12)}
+    with CeleryWorker(worker_env, tmp_path, concurrency=1):
+        proc = run_cli(env, "enqueue", f"s3://{source}/", "--dest", f"s3://{dest}/",
+                       "--batch", batch)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        counts = wait_for_batch(ledger, batch, 3, timeout=150)
+    assert counts.get("done") == 3, counts
+    info = ledger.batch_info(batch)
+    assert "reconciled_at" in info  # the check did run meanwhile
+    assert info.get("reconciled_sent", "0") == "0"  # and found every object alive
+    records = [ledger.get_record(batch, f"slow/{index}.dcm") for index in range(3)]
+    assert all(r is not None and r.attempts == 1 for r in records)  # one delivery each
+
+
+def test_the_automatic_check_waits_for_a_long_queue_and_runs_once_at_a_time(
+    stack_env: dict[str, str], s3_server: SeaweedS3, bucket_pair: tuple[str, str],
+    ledger: Ledger, settings: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from producer import reconcile
+    from worker.runtime.app import create_app
+
+    env = {**stack_env, "DCMPRESS_QUEUE": f"long-{uuid.uuid4().hex[:6]}"}
+    batch = _orphaned_batch(env, s3_server, *bucket_pair, ledger, objects=3)
+    app = create_app(settings)
+    queue = env["DCMPRESS_QUEUE"]
+    later = time.time() + 3600  # as if an hour passed with no activity
+    ledger.redis.rpush(queue, *[b"{}"] * 3)  # other work waiting
+    monkeypatch.setattr(reconcile, "AUTOMATIC_QUEUE_LIMIT", 2)
+    assert batch in reconcile.stalled_batches(ledger, 300, later)
+    assert reconcile.reconcile_stalled(app, ledger, queue, 300, later) == 0  # not read yet
+    ledger.redis.delete(queue)
+    with ledger.reconcile_lock(timeout=30):  # another worker is checking
+        assert reconcile.reconcile_stalled(app, ledger, queue, 300, later) == 0
+    assert reconcile.reconcile_stalled(app, ledger, queue, 300, later) == 3
+    assert batch not in reconcile.stalled_batches(ledger, 300, later)  # checked just now
+    ledger.redis.delete(queue)

@@ -48,4 +48,7 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
         worker_hijack_root_logger=False,
     )
     app.conf.dcmpress_settings = settings
+    from worker.runtime.watchdog import ReconcileWatch
+
+    app.steps["worker"].add(ReconcileWatch)  # the automatic reconcile (watchdog.py)
     return app

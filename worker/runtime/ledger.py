@@ -8,7 +8,9 @@ Key (type) - content - lifetime
 - ``dcmpress:batches`` (zset) - batch ids scored by creation time - retention
 - ``dcmpress:batch:{b}`` (hash) - ``spec`` (BatchSpec JSON), ``checkpoint`` (listing
   position), ``enqueued`` (keys sent), ``listing_done``, ``cancelled``,
-  ``example:{code}`` (the latest key that failed with that code) - retention
+  ``example:{code}`` (the latest key that failed with that code), ``queued_at`` (when
+  objects were last queued), ``reconciled_at``/``reconciled_sent`` (the automatic
+  reconcile's last check, messages it sent) - retention
 - ``dcmpress:batch:{b}:counts`` (hash) - objects per state (queued, running, done,
   skipped, failed), ``bytes_in``/``bytes_out`` of finished objects, ``written_in``
   (bytes_in of those with an output, the base of "saved"), ``code:{code}``
@@ -19,9 +21,11 @@ Key (type) - content - lifetime
   skipped and failed objects and done ones with notices (moved overlays, cleared
   high bits); other done objects' messages are derived - retention
 - ``dcmpress:workers`` (hash) - worker tag -> worker name (records keep the tag) - none
-- ``dcmpress:claim:{sha1(bucket/key)}`` (string) - owner (``host:pid:nonce``) of the
+- ``dcmpress:claim:{sha1(bucket/key)}`` (string) - owner (``worker-id:pid:nonce``) of the
   object while a worker processes it; renewed by a heartbeat, deleted at the end -
   ``claim_ttl``, so a killed worker's claim lapses within a minute
+- ``dcmpress:lock:reconcile`` (string) - redis-py lock: one worker at a time runs the
+  automatic reconcile check - released after it, or lapses
 """
 
 from __future__ import annotations
@@ -81,6 +85,11 @@ class Keys:
     def workers(cls) -> str:
         """Hash: worker tag -> full worker name."""
         return f"{cls.prefix}:workers"
+
+    @classmethod
+    def reconcile_lock(cls) -> str:
+        """String: the redis-py lock of the automatic reconcile check."""
+        return f"{cls.prefix}:lock:reconcile"
 
     @classmethod
     def claim(cls, bucket: str, key: str) -> str:
@@ -303,6 +312,9 @@ for i = 1, (#KEYS - 2) / 2 do
   end
   result[i] = verdict
 end
+-- when objects were last queued: the messages follow at once, so the automatic
+-- reconcile leaves a batch alone for a while after it
+redis.call('HSET', KEYS[2], 'queued_at', now)
 flush(KEYS[1], KEYS[2], now, retention)
 return result
 """
@@ -401,6 +413,36 @@ class Ledger:
         """The batch counters (states, bytes, codes, stage seconds, timestamps)."""
         raw = cast(dict[bytes, bytes], self.redis.hgetall(Keys.counts(batch)))
         return {k.decode(): float(v) for k, v in raw.items()}
+
+    def activity(self, batches: list[str]) -> list[tuple[float, float]]:
+        """(pending objects, time of the latest activity) of each batch, in one round
+        trip: an object started or finished, objects queued, a reconcile check, or
+        else the batch's creation."""
+        fields = ("queued", "running", "started_at", "finished_at")
+        with self.redis.pipeline(transaction=False) as pipe:
+            for batch in batches:
+                pipe.hmget(Keys.counts(batch), *fields)
+                pipe.hmget(Keys.batch(batch), "queued_at", "reconciled_at")
+                pipe.zscore(Keys.batches(), batch)
+            replies = pipe.execute()
+        result = []
+        for index in range(len(batches)):
+            counts, info, created = replies[3 * index : 3 * index + 3]
+            queued, running, started, finished = (float(v or 0) for v in counts)
+            times = [started, finished, *(float(v or 0) for v in info), float(created or 0)]
+            result.append((queued + running, max(times)))
+        return result
+
+    def note_reconciled(self, batch: str, sent: int, at: float) -> None:
+        """Remember a reconcile check of the batch and add the messages it sent."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(Keys.batch(batch), "reconciled_at", int(at))
+            pipe.hincrby(Keys.batch(batch), "reconciled_sent", sent)
+            pipe.execute()
+
+    def reconcile_lock(self, timeout: float) -> Any:
+        """The lock that lets one worker at a time run the automatic reconcile."""
+        return self.redis.lock(Keys.reconcile_lock(), timeout=timeout, blocking=False)
 
     def add_stage_seconds(self, batch: str, timings: dict[str, float]) -> None:
         """Accumulate per-stage seconds for the batch."""

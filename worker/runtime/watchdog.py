@@ -1,0 +1,66 @@
+"""The workers' automatic reconcile: objects no message will finish are sent again.
+
+A Celery worker bootstep starts one thread in each worker's main process. Every
+``tick`` it runs :func:`producer.reconcile.reconcile_stalled` (one worker at a time,
+under a Redis lock): a batch with pending objects and no activity for
+``DCMPRESS_RECONCILE_AFTER`` seconds is checked, and what has no live message,
+unacknowledged delivery or claim is sent again. The check is the producer's (it
+publishes job messages); the worker only hosts it, being the process that always runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import bootsteps
+
+from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+def tick_seconds(reconcile_after: int) -> float:
+    """How often a worker looks for stalled batches: a fifth of the idle time, at
+    most a minute."""
+    return min(60.0, max(1.0, reconcile_after / 5))
+
+
+class ReconcileWatch(bootsteps.StartStopStep):
+    """Runs the automatic reconcile check in a daemon thread of the worker."""
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.stopped = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self, parent: Any) -> None:
+        settings: WorkerSettings = parent.app.conf.dcmpress_settings
+        if not settings.reconcile_after:
+            log.info("automatic reconcile off (DCMPRESS_RECONCILE_AFTER=0)")
+            return
+        log.info(
+            "automatic reconcile: batches with no activity for %d s are checked for "
+            "objects with no live message (every %.0f s)",
+            settings.reconcile_after, tick_seconds(settings.reconcile_after),
+        )  # fmt: skip
+        self.thread = threading.Thread(
+            target=self._run, args=(parent.app, settings), daemon=True,
+            name="dcmpress-reconcile",
+        )  # fmt: skip
+        self.thread.start()
+
+    def stop(self, parent: Any) -> None:
+        self.stopped.set()
+
+    def _run(self, app: Any, settings: WorkerSettings) -> None:
+        from producer.reconcile import reconcile_stalled
+        from worker.runtime.ledger import Ledger
+
+        ledger = Ledger.from_url(settings.redis_url, settings.retention_seconds)
+        while not self.stopped.wait(tick_seconds(settings.reconcile_after)):
+            try:
+                reconcile_stalled(app, ledger, settings.queue, settings.reconcile_after)
+            except Exception:  # Redis away, a bug: the next tick tries again
+                log.warning("automatic reconcile check failed", exc_info=True)
