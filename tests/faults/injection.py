@@ -64,7 +64,55 @@ if _PUBLISH_FAILURES:
         return _real_apply_async(self, *args, **kwargs)
 
     Signature.apply_async = _apply_async
+
+_PAUSE_SECONDS = float(os.environ.get("DCMPRESS_TEST_PAUSE_SECONDS", "0"))
+if _PAUSE_SECONDS:
+    import re
+    import time
+
+    from worker.codec import engine
+    from worker.runtime.ledger import Ledger
+
+    _current = {"key": ""}  # the object this pool process works on (set at fetch)
+
+    def _pause(stage):
+        # an object named stage-<stage>.dcm stops there on its first delivery only
+        match = re.search(r"stage-([a-z]+)[.]dcm$", _current["key"])
+        marker = _DIR / f"paused-{stage}"
+        if match and match[1] == stage and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            time.sleep(_PAUSE_SECONDS)  # the test kills the process meanwhile
+
+    _real_fetch_for_pause = storage.Storage.fetch
+
+    def _pausing_fetch(self, bucket, key, version_id=None):
+        _current["key"] = key
+        _pause("fetch")
+        return _real_fetch_for_pause(self, bucket, key, version_id)
+
+    storage.Storage.fetch = _pausing_fetch
+
+    def _pausing(stage, real):
+        def wrapper(*args, **kwargs):
+            _pause(stage)
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    engine.encode = _pausing("encode", engine.encode)
+    engine.verify = _pausing("verify", engine.verify)
+    storage.Storage.put = _pausing("upload", storage.Storage.put)
+    _real_transition = Ledger.transition
+
+    def _pausing_transition(self, batch, key, record, *args, **kwargs):
+        if record.state in ("done", "skipped", "failed"):
+            _pause("record")  # uploaded, not yet recorded
+        return _real_transition(self, batch, key, record, *args, **kwargs)
+
+    Ledger.transition = _pausing_transition
 """
+
+STAGES = ("fetch", "encode", "verify", "upload", "record")
 
 
 def faulty_env(
@@ -73,10 +121,13 @@ def faulty_env(
     fetch_failures: int = 0,
     retry_publish_failures: int = 0,
     slow_seconds: float = 0,
+    pause_seconds: float = 0,
 ) -> dict[str, str]:
     """Environment for a worker whose fetches fail ``fetch_failures`` times per key,
-    whose first ``retry_publish_failures`` retries cannot be published, and whose
-    objects each take ``slow_seconds`` longer."""
+    whose first ``retry_publish_failures`` retries cannot be published, whose objects
+    each take ``slow_seconds`` longer, and where an object named ``stage-S.dcm`` (S one
+    of :data:`STAGES`) stops for ``pause_seconds`` at the start of that stage on its
+    first delivery (:func:`paused`)."""
     site = workdir / "site"
     site.mkdir(parents=True, exist_ok=True)
     (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
@@ -88,7 +139,13 @@ def faulty_env(
         "DCMPRESS_TEST_FETCH_FAILURES": str(fetch_failures),
         "DCMPRESS_TEST_RETRY_PUBLISH_FAILURES": str(retry_publish_failures),
         "DCMPRESS_TEST_SLOW_SECONDS": str(slow_seconds),
+        "DCMPRESS_TEST_PAUSE_SECONDS": str(pause_seconds),
     }
+
+
+def paused(workdir: Path) -> set[str]:
+    """The stages where an object has stopped so far."""
+    return {path.name.removeprefix("paused-") for path in (workdir / "counts").glob("paused-*")}
 
 
 def failures_seen(workdir: Path, key: str) -> int:

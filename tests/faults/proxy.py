@@ -80,6 +80,27 @@ def sometimes(fault: str, probability: float, method: str, seed: int = 7) -> Rul
     return rule
 
 
+def mixture(faults: dict[str, list[tuple[str, float]]], seed: int = 11) -> Rule:
+    """A rule drawing, for each request on an object, one fault of its method's list
+    (``{"GET": [("truncate", 0.3)], ...}``, shares of requests) or none (seeded);
+    bucket-level requests (listings) pass."""
+    chance = random.Random(seed)
+    lock = threading.Lock()
+
+    def rule(request: Request) -> str:
+        if request.path.count("/") < 2:
+            return "pass"
+        with lock:
+            draw = chance.random()
+        for fault, share in faults.get(request.method, []):
+            if draw < share:
+                return fault
+            draw -= share
+        return "pass"
+
+    return rule
+
+
 def first_of_each(fault: str, method: str, times: int = 1, path_contains: str = "") -> Rule:
     """A rule injecting ``fault`` into the first ``times`` requests of ``method`` on each
     path (containing ``path_contains``); bucket-level requests (listings) pass."""
