@@ -156,4 +156,10 @@ def resolve_batch(ledger: Ledger, text: str) -> str:
         )
     nearest = difflib.get_close_matches(text, known, n=5, cutoff=0.3)
     hint = f"; nearest: {', '.join(nearest)}" if nearest else "; see `dcmpress batches`"
+    if not known and ledger.persistence() == "none":
+        hint = (
+            "; the ledger is empty and its Redis keeps nothing on disk: if it restarted, "
+            "run the batch's `dcmpress enqueue` again (outputs written already are "
+            "recognised, not written again)"
+        )
     raise fail(f"no batch {text!r} in the ledger{hint}", EXIT_FAILED)

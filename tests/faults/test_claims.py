@@ -135,3 +135,33 @@ def test_sending_again_never_queues_a_running_object_twice(
     assert ledger.queue_many(batch, [("wait.dcm", "e2")], force=True, resend_queued=False) == [0]
     retried = ledger.get_record(batch, "wait.dcm")
     assert retried is not None and (retried.state, retried.lost) == ("queued", 0)
+
+
+def test_a_claim_left_by_this_process_when_redis_was_away_is_given_back(
+    ledger: Ledger, storage: Storage, s3_server: SeaweedS3, bucket_pair: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    import redis
+
+    source, dest = bucket_pair
+    _upload(s3_server, source, "a.dcm")
+    _upload(s3_server, source, "b.dcm")
+    spec = spec_for(source, dest)
+    real_release = Ledger.release
+
+    def away(self: Ledger, bucket: str, key: str, owner: str) -> None:
+        raise redis.ConnectionError("Error 111 connecting (injected)")
+
+    monkeypatch.setattr(Ledger, "release", away)
+    with pytest.raises(redis.ConnectionError):
+        process_object(make_job(ledger, storage, spec, "a.dcm"))
+    left = ledger.claim_owner(source, "a.dcm")
+    assert left is not None and left.startswith(f"{WORKER_BOOT}:")  # still claimed
+    monkeypatch.setattr(Ledger, "release", real_release)
+    # the next delivery in this process gives it back first
+    process_object(make_job(ledger, storage, spec, "b.dcm"))
+    assert ledger.claim_owner(source, "a.dcm") is None
+    # and a claim of an ended delivery of this very process is never waited for
+    assert ledger.claim(source, "a.dcm", left, 60)
+    again = make_job(ledger, storage, spec, "a.dcm")
+    assert process_object(again)["outcome"] == "done"

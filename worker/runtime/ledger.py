@@ -361,6 +361,20 @@ class Ledger:
         )
         return cls(client, retention_seconds)
 
+    def persistence(self) -> str:
+        """How the server keeps its data across a restart: ``aof``, ``rdb``, ``none``,
+        or ``""`` if it does not say (a managed Redis refusing CONFIG)."""
+        try:
+            info = self.redis.info("persistence")
+            if int(info.get("aof_enabled", 0)):
+                return "aof"
+            reply = cast(dict[Any, Any], self.redis.config_get("save"))
+        except redis.RedisError:
+            return ""
+        save = next(iter(reply.values()), b"") if reply else b""
+        text = save.decode() if isinstance(save, bytes) else str(save)
+        return "rdb" if text.strip() else "none"
+
     # -- batches ---------------------------------------------------------------------
 
     def save_batch(self, spec: BatchSpec) -> None:

@@ -75,22 +75,61 @@ def process_object(job: Job) -> dict[str, Any]:
     permanent outcome itself.
     """
     bucket, key = job.message.bucket, job.key
+    _release_unreleased(job.ledger)
     owner = f"{WORKER_BOOT}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     if not job.ledger.claim(bucket, key, owner, job.claim_ttl):
         holder = job.ledger.claim_owner(bucket, key)
-        if holder is None or not _holder_was_my_child_and_died(holder):
+        if holder is None or not _holder_is_gone(holder):
             raise ClaimHeld(f"s3://{bucket}/{key} is being processed by {holder}")
-        # a pool process of this very worker died with it (killed): take over at once
+        # a pool process of this very worker died (killed), or a delivery of this very
+        # process ended without releasing (Redis away at the time): take over at once
         job.ledger.release(bucket, key, holder)
         if not job.ledger.claim(bucket, key, owner, job.claim_ttl):
             raise ClaimHeld(f"s3://{bucket}/{key} was taken over by another worker")
     job.heartbeat = _Heartbeat(job.ledger, bucket, key, owner, job.claim_ttl)
     job.heartbeat.start()
+    _HELD.add(owner)
     try:
         return _run_claimed(job)
     finally:
+        _HELD.discard(owner)
         job.heartbeat.stop()
-        job.ledger.release(bucket, key, owner)
+        try:
+            job.ledger.release(bucket, key, owner)
+        except Exception:
+            _UNRELEASED.append((bucket, key, owner))  # given back by the next delivery
+            raise
+
+
+# The claims deliveries running in this process hold now (owner strings), and those of
+# ended deliveries that could not be given back (Redis away): a redelivery of such an
+# object would otherwise wait for the claim to lapse
+_HELD: set[str] = set()
+_UNRELEASED: list[tuple[str, str, str]] = []
+
+
+def _release_unreleased(ledger: Ledger) -> None:
+    """Give back the claims earlier deliveries of this process could not."""
+    while _UNRELEASED:
+        bucket, key, owner = _UNRELEASED[0]
+        try:
+            ledger.release(bucket, key, owner)
+        except Exception:
+            return  # still away: the next delivery tries again (or the claim lapses)
+        _UNRELEASED.pop(0)
+
+
+def _holder_is_gone(holder: str) -> bool:
+    """True if the claim's owner was this process, in a delivery that has ended, or a
+    process of this worker that no longer runs.
+
+    Any other holder - another worker, here or elsewhere - keeps its claim until it
+    lapses (``claim_ttl`` after its last heartbeat).
+    """
+    boot, _, rest = holder.partition(":")
+    if boot == WORKER_BOOT and rest.partition(":")[0] == str(os.getpid()):
+        return holder not in _HELD
+    return _holder_was_my_child_and_died(holder)
 
 
 def _holder_was_my_child_and_died(holder: str) -> bool:

@@ -144,6 +144,24 @@ def _check_storage_credentials(**_: Any) -> None:
 
 
 @worker_init.connect
+def _check_redis_persistence(**_: Any) -> None:
+    """Say at start-up that a Redis restart would lose the queue and the ledger."""
+    settings = WorkerSettings()
+    ledger = Ledger.from_url(settings.redis_url, settings.retention_seconds)
+    try:
+        kind = ledger.persistence()
+    finally:
+        ledger.redis.close()
+    if kind == "none":
+        log.warning(
+            "the ledger's Redis keeps nothing on disk (no AOF, no RDB snapshots): a "
+            "restart loses the queue and every record; afterwards run each unfinished "
+            "batch's `dcmpress enqueue` again (outputs written already are recognised, "
+            "not written again), or run Redis with appendonly yes"
+        )
+
+
+@worker_init.connect
 def _serve_metrics(**_: Any) -> None:
     settings = WorkerSettings()
     if settings.metrics_port:
