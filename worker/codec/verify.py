@@ -52,6 +52,9 @@ def compare(source: np.ndarray, decoded: np.ndarray, bits_stored: int) -> Verifi
             "verification_failed",
             f"decoded shape {decoded.shape} differs from source shape {source.shape}",
         )
+    if np.array_equal(source, decoded):
+        # the lossless case, without widened copies: ~100x faster than the difference
+        return Verification(0, None)
     if source.dtype.kind == "f" or decoded.dtype.kind == "f":
         diff = np.abs(source.astype(np.float64) - decoded.astype(np.float64))
     else:
