@@ -47,24 +47,67 @@ def _decode(ds: Dataset, plugin: str) -> np.ndarray:
 
 def compare(source: np.ndarray, decoded: np.ndarray, bits_stored: int) -> Verification:
     """Maximum absolute error and PSNR of ``decoded`` against ``source``."""
-    if source.shape != decoded.shape:
-        raise PermanentError(
-            "verification_failed",
-            f"decoded shape {decoded.shape} differs from source shape {source.shape}",
+    return _Difference.of(source, decoded).verification(bits_stored)
+
+
+@dataclass
+class _Difference:
+    """Maximum absolute error and squared error sum, added up frame by frame."""
+
+    max_error: int = 0
+    squared: float = 0.0
+    count: int = 0
+
+    @classmethod
+    def of(cls, source: np.ndarray, decoded: np.ndarray) -> _Difference:
+        if source.shape != decoded.shape:
+            raise PermanentError(
+                "verification_failed",
+                f"decoded shape {decoded.shape} differs from source shape {source.shape}",
+            )
+        if np.array_equal(source, decoded):
+            # the lossless case, without widened copies: ~100x faster than the difference
+            return cls(0, 0.0, source.size)
+        if source.dtype.kind == "f" or decoded.dtype.kind == "f":
+            diff = np.abs(source.astype(np.float64) - decoded.astype(np.float64))
+        else:
+            diff = np.abs(source.astype(np.int64) - decoded.astype(np.int64))
+        max_error = int(diff.max()) if diff.size else 0
+        return cls(max_error, float(np.sum(diff.astype(np.float64) ** 2)), diff.size)
+
+    def add(self, other: _Difference) -> None:
+        self.max_error = max(self.max_error, other.max_error)
+        self.squared += other.squared
+        self.count += other.count
+
+    def verification(self, bits_stored: int) -> Verification:
+        if self.max_error == 0 or not self.count:
+            return Verification(0, None)
+        peak = float(2**bits_stored - 1)
+        return Verification(
+            self.max_error, 10.0 * math.log10(peak * peak * self.count / self.squared)
         )
-    if np.array_equal(source, decoded):
-        # the lossless case, without widened copies: ~100x faster than the difference
-        return Verification(0, None)
-    if source.dtype.kind == "f" or decoded.dtype.kind == "f":
-        diff = np.abs(source.astype(np.float64) - decoded.astype(np.float64))
-    else:
-        diff = np.abs(source.astype(np.int64) - decoded.astype(np.int64))
-    max_error = int(diff.max()) if diff.size else 0
-    if max_error == 0:
-        return Verification(0, None)
-    mse = float(np.mean(diff.astype(np.float64) ** 2))
-    peak = float(2**bits_stored - 1)
-    return Verification(max_error, 10.0 * math.log10(peak * peak / mse))
+
+
+def _difference(written: Dataset, plugin: str, source: np.ndarray) -> _Difference:
+    """Decode ``written`` frame by frame (one decoded frame in memory at a time) and
+    add up its difference from ``source``."""
+    frames = int(written.get("NumberOfFrames", 1) or 1)
+    if frames < 2 or source.ndim < 3 or source.shape[0] != frames:
+        return _Difference.of(source, _decode(written, plugin))
+    decoder = get_decoder(written.file_meta.TransferSyntaxUID)
+    total = _Difference()
+    seen = 0
+    for index, (frame, _) in enumerate(
+        decoder.iter_array(written, raw=True, decoding_plugin=plugin)
+    ):
+        if index >= frames:
+            raise PermanentError("verification_failed", f"more than {frames} frames decoded")
+        total.add(_Difference.of(source[index], frame))
+        seen += 1
+    if seen != frames:
+        raise PermanentError("verification_failed", f"{seen} of {frames} frames decoded")
+    return total
 
 
 def verify(output: bytes, source: SourceImage, target: Target, jls_error: int) -> Verification:
@@ -74,14 +117,16 @@ def verify(output: bytes, source: SourceImage, target: Target, jls_error: int) -
     """
     try:
         written = dcmread(io.BytesIO(output))
-        decoded = _decode(written, target.decoder())
+        difference = _difference(written, target.decoder(), source.pixels)
+    except PermanentError:
+        raise
     except Exception as exc:
         raise_outside_causes(exc)
         raise PermanentError(
             "verification_failed", f"the {target.name} result does not decode: {exc}"
         ) from exc
     check_overlays(written, source.high_bits.overlays)
-    result = compare(source.pixels, decoded, source.bits_stored)
+    result = difference.verification(source.bits_stored)
     allowed = target.allowed_error(jls_error)
     if allowed is not None and result.max_error > allowed:
         raise PermanentError(
