@@ -21,8 +21,10 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from worker.codec.plugins import packbits
 from worker.codec.plugins.base import Plugin
 from worker.codec.plugins.gdcm import GDCM_RLE
+from worker.codec.plugins.packbits import IMAGECODECS_RLE
 from worker.codec.plugins.pyjpegls import PYJPEGLS
 from worker.codec.plugins.pylibjpeg import PYLIBJPEG_J2K, PYLIBJPEG_RLE
 from worker.codec.plugins.rle import PYDICOM_RLE
@@ -71,6 +73,8 @@ class Target:
             f"target {self.name!r} has no plugin {name!r}; choose one of: {known}"
         )
 
+
+packbits.register()  # pydicom does not know the imagecodecs RLE plugin by itself
 
 TARGETS: dict[str, Target] = {
     t.name: t
@@ -123,7 +127,7 @@ TARGETS: dict[str, Target] = {
             name="rle",
             uid=RLELossless,
             lossy=False,
-            plugins=(PYLIBJPEG_RLE, PYDICOM_RLE, GDCM_RLE),
+            plugins=(IMAGECODECS_RLE, PYLIBJPEG_RLE, PYDICOM_RLE, GDCM_RLE),
             bits_allocated=frozenset({8, 16}),  # pydicom 3.0 refuses 32-bit RLE
             max_bits_stored=32,
             options=frozenset(),
