@@ -5,7 +5,7 @@ segment per byte of each sample, most significant byte first, every row coded on
 own, each segment padded to an even length, behind a 64-byte header of segment
 offsets. The planes are cut with numpy and each is coded by
 ``imagecodecs.packbits_encode`` row by row; pydicom's own RLE plugin does the same
-byte by byte in Python, pylibjpeg-rle in Rust about 7x slower than this. The result is
+byte by byte in Python; pylibjpeg-rle's encode takes 2.5-3x as long. The result is
 verified like any other (decoded by pylibjpeg-rle or pydicom) before it is kept.
 
 Registered with pydicom's RLE encoder as the plugin ``imagecodecs``
