@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 from pydicom import dcmwrite
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileDataset
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import compress as pydicom_compress
 from pydicom.uid import UID, ExplicitVRBigEndian, generate_uid
@@ -108,6 +108,10 @@ def decode_source(ds: Dataset) -> SourceImage:
         # pydicom and point into the wrong fragments of the new encoding
         if tag in dataset:
             del dataset[tag]
+    if isinstance(dataset, FileDataset):
+        # a data set read from bytes keeps the whole source file as its buffer, and a
+        # deep copy would copy it (here and for every encode): 400 MB for a 200 MB volume
+        dataset.buffer = None
     dataset = copy.deepcopy(dataset)
     if "HighBit" not in dataset and "BitsStored" in dataset:
         # Type 1, and Bits Stored - 1 is the only value a compressed syntax allows
