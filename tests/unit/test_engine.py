@@ -388,3 +388,31 @@ def test_memory_errors_are_recorded_out_of_memory_at_any_stage(
     result = run(make_image(40, 40), target=["jpeg-ls", "rle"])
     assert (result.state, result.code) == ("failed", "out_of_memory")
     assert "2.1 GiB" in result.message and not result.copy_source
+
+
+def test_the_decoded_source_does_not_carry_the_source_file_along() -> None:
+    # a data set read from bytes keeps them as its buffer; every deep copy of the
+    # dataset (one per encode) would copy the whole file again
+    from worker.codec.parse import read_dataset
+
+    data = to_bytes(make_image(64, 64, frames=4))
+    parsed = read_dataset(data)
+    assert parsed.buffer is not None  # pydicom's behaviour, which this guards against
+    source = compress_module.decode_source(parsed)
+    assert getattr(source.dataset, "buffer", None) is None
+    assert "PixelData" not in source.dataset
+
+
+def test_multi_frame_verification_decodes_each_frame_and_sees_the_last_pixel() -> None:
+    from worker.codec.parse import read_dataset
+
+    ds = make_image(32, 32, frames=3, bits_stored=12)
+    result = run(ds, target=["rle"], min_ratio=0)
+    assert result.output is not None
+    source = compress_module.decode_source(read_dataset(to_bytes(ds)))
+    target = TARGETS["rle"]
+    assert verify_module.verify(result.output, source, target, 0).max_error == 0
+    source.pixels = source.pixels.copy()
+    source.pixels[2, 31, 31] ^= 1  # the last pixel of the last frame
+    with pytest.raises(PermanentError, match="differs from the source by up to 1"):
+        verify_module.verify(result.output, source, target, 0)
