@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+from typing import Any
 
 import numpy as np
 import pytest
@@ -266,3 +267,43 @@ def test_gdcm_rle_crash_is_contained_and_another_plugin_encodes() -> None:
     assert_lossless(result, source_pixels(ds))
     assert result.plugin != "gdcm"
     assert "gdcm crashed" in result.message
+
+
+@pytest.mark.parametrize("lut", ["voi", "palette"])
+def test_gdcm_rle_of_implicit_vr_with_a_lut_descriptor_comes_back_from_its_fork(lut: str) -> None:
+    # the resolved US/SS LUT Descriptor is a value pickle could not carry: internal_error
+    if lut == "voi":
+        ds = make_image(40, 40, bits_stored=12, syntax=ImplicitVRLittleEndian)
+        item = Dataset()
+        item.add_new(0x00283002, "US", [4096, 0, 12])  # LUT Descriptor
+        item.add_new(0x00283006, "US", list(range(4096)))  # LUT Data
+        ds.VOILUTSequence = [item]
+    else:
+        ds = copy.deepcopy(examples.palette_color)
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    result = run(ds, target=["rle"], encoding_plugin=["gdcm"], min_ratio=0)
+    out = assert_lossless(result, source_pixels(ds))
+    assert result.plugin == "gdcm"
+    if lut == "voi":
+        assert out.VOILUTSequence[0].LUTDescriptor == [4096, 0, 12]
+    else:
+        assert out.RedPaletteColorLookupTableDescriptor == [256, 0, 16]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"rows": 1, "cols": 1, "bits_stored": 1}, "Bits Stored 1"),  # JPEG-LS: 2..16
+        ({"rows": 4, "cols": 4, "bits_allocated": 8, "samples": 3, "signed": True},
+         "Pixel Representation 1"),  # colour is unsigned only
+        ({"rows": 40, "cols": 40, "bits_allocated": 8, "samples": 3, "signed": True},
+         "Pixel Representation 1"),
+    ],
+)  # fmt: skip
+def test_attributes_outside_the_encoding_profile_are_encoder_rejected_even_if_tiny(
+    kwargs: dict[str, Any], reason: str
+) -> None:
+    # PS3.5 Table 8.2.3-1 allows no such JPEG-LS image; its size is not the reason
+    result = run(make_image(**kwargs), target=["jpeg-ls"])
+    assert (result.state, result.code) == ("skipped", "encoder_rejected"), result.message
+    assert reason in result.message

@@ -22,6 +22,7 @@ import numpy as np
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.encoders.base import ENCODING_PROFILES
 from pydicom.pixels.utils import compress as pydicom_compress
 from pydicom.uid import UID, ExplicitVRBigEndian, generate_uid
 
@@ -213,6 +214,7 @@ def encode(
     """
     quirks = plugin.quirks
     quirks.refuse(source, target, options)
+    _refuse_outside_profile(source.dataset, target)
     ds = copy.deepcopy(source.dataset)
     kwargs = dict(options.plugin_options)
     if "jls_error" in target.options:
@@ -251,6 +253,36 @@ def encode(
     if target.lossy:
         mark_lossy(ds, source.dataset, source.pixel_bytes, LOSSY_METHODS[target.name])
     return ds
+
+
+def _refuse_outside_profile(ds: Dataset, target: Target) -> None:
+    """Raise ``encoder_rejected`` for attributes the syntax's encoding profile forbids.
+
+    pydicom's encoder checks the same PS3.5 8.2 tables, but its refusal of a tiny image
+    would read as ``image_too_small``, and the one-line message would lose the values.
+    """
+    image = (
+        str(ds.PhotometricInterpretation),
+        int(ds.SamplesPerPixel),
+        int(ds.PixelRepresentation),
+        int(ds.BitsAllocated),
+        int(ds.BitsStored),
+    )
+    profiles = ENCODING_PROFILES.get(target.uid)
+    if profiles is None or any(
+        image[:2] == (photometric, samples)
+        and image[2] in representations
+        and image[3] in allocated
+        and image[4] in stored
+        for photometric, samples, representations, allocated, stored in profiles
+    ):
+        return
+    raise UnsupportedImage(
+        "encoder_rejected",
+        f"{target.name}: PS3.5 8.2 defines no {target.uid.name} encoding of Photometric "
+        f"Interpretation {image[0]} with Samples per Pixel {image[1]}, Pixel "
+        f"Representation {image[2]}, Bits Allocated {image[3]}, Bits Stored {image[4]}",
+    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -9,12 +9,15 @@ ordinary exception, :class:`CodecCrashed`, that the engine can act on.
 from __future__ import annotations
 
 import faulthandler
+import io
 import os
 import pickle
 import signal
 import tempfile
 from collections.abc import Callable
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
+
+from pydicom.multival import MultiValue
 
 T = TypeVar("T")
 
@@ -40,9 +43,9 @@ def run_isolated(func: Callable[[], T]) -> T:
         status = 0
         try:
             try:
-                payload = pickle.dumps((True, func()))
+                payload = _dumps((True, func()))
             except BaseException as exc:
-                payload = pickle.dumps((False, exc))
+                payload = _dumps((False, exc))
             with os.fdopen(write_fd, "wb") as pipe:
                 pipe.write(payload)
         except BaseException:
@@ -65,6 +68,35 @@ def run_isolated(func: Callable[[], T]) -> T:
     if ok:
         return value  # type: ignore[no-any-return]
     raise value
+
+
+class _Pickler(pickle.Pickler):
+    """pickle, and pydicom values whose converter is a function defined in a function.
+
+    pydicom 3.0 holds a converted multi-valued LUT Descriptor (any that an implicit VR
+    source had resolved) in a MultiValue converting with such a local function, which
+    pickle cannot name: it travels as its items, already converted.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        constructor = getattr(obj, "_constructor", None)
+        if isinstance(obj, MultiValue) and "<locals>" in getattr(constructor, "__qualname__", ""):
+            return _converted_values, (list(obj),)
+        return NotImplemented
+
+
+def _converted_values(items: list[Any]) -> MultiValue[Any]:
+    return MultiValue(_as_is, items)
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+def _dumps(value: object) -> bytes:
+    buffer = io.BytesIO()
+    _Pickler(buffer).dump(value)
+    return buffer.getvalue()
 
 
 def _last_words(stderr: IO[bytes], limit: int = 300) -> str:
