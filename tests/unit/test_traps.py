@@ -307,3 +307,15 @@ def test_attributes_outside_the_encoding_profile_are_encoder_rejected_even_if_ti
     result = run(make_image(**kwargs), target=["jpeg-ls"])
     assert (result.state, result.code) == ("skipped", "encoder_rejected"), result.message
     assert reason in result.message
+
+
+def test_one_bit_images_are_refused_by_j2k_and_taken_by_the_fallback() -> None:
+    # openjpeg's 1-bit coding does not always decode back; verification would catch
+    # it, but a failed verification is final, so j2k refuses before encoding
+    ds = make_image(40, 40, bits_allocated=8, bits_stored=1, samples=3)
+    refused = run(ds, target=["j2k"])
+    assert (refused.state, refused.code) == ("skipped", "unsupported_bits_stored")
+    assert "openjpeg" in refused.message
+    taken = run(ds, target=["j2k", "rle"], min_ratio=0)
+    assert_lossless(taken, source_pixels(ds))
+    assert taken.target == "rle"

@@ -198,6 +198,12 @@ def check_supported(source: SourceImage, target: Target) -> None:
             f"{target.name} encodes at most {target.max_bits_stored} bits stored, "
             f"the image has {bits_stored}",
         )
+    if bits_stored < target.min_bits_stored:
+        raise UnsupportedImage(
+            "unsupported_bits_stored",
+            f"{target.name} encodes at least {target.min_bits_stored} bits stored, the "
+            f"image has {bits_stored}: {target.min_bits_stored_reason}",
+        )
     if samples not in (1, 3):
         raise UnsupportedImage("unsupported_samples", f"Samples per Pixel {samples}")
     if target.lossy:

@@ -51,6 +51,10 @@ class Target:
     summary: str
     # pydicom decoding plugins for verification, fastest first (measured: see README)
     decoders: tuple[str, ...] = ()
+    # fewer bits stored than the encoders code reliably, and why (refused beforehand,
+    # so a later target takes the image: a failed verification would be final)
+    min_bits_stored: int = 1
+    min_bits_stored_reason: str = ""
 
     def decoder(self) -> str:
         """The fastest installed decoding plugin for verification ('' = pydicom's pick)."""
@@ -111,6 +115,9 @@ TARGETS: dict[str, Target] = {
             options=frozenset(),
             summary="JPEG 2000 lossless: widely readable, slower to encode.",
             decoders=("gdcm", "pylibjpeg"),
+            min_bits_stored=2,
+            min_bits_stored_reason="openjpeg's 1-bit coding does not always decode back "
+            "(pylibjpeg-openjpeg 2.6: about 1 in 30 noisy RGB images)",
         ),
         Target(
             name="j2k-lossy",
@@ -122,6 +129,9 @@ TARGETS: dict[str, Target] = {
             options=frozenset({"j2k_cr", "j2k_psnr"}),
             summary="JPEG 2000 lossy: size set by j2k_cr (ratios) or j2k_psnr (dB).",
             decoders=("gdcm", "pylibjpeg"),
+            min_bits_stored=2,
+            min_bits_stored_reason="openjpeg's 1-bit coding does not always decode back "
+            "(pylibjpeg-openjpeg 2.6: about 1 in 30 noisy RGB images)",
         ),
         Target(
             name="rle",
