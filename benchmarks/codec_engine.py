@@ -17,6 +17,7 @@ import argparse
 import copy
 import io
 import time
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.pixels.utils import compress
@@ -34,7 +35,7 @@ def bare_seconds(files: list[bytes], target_name: str, plugin: str) -> float:
     for data in files:
         ds = dcmread(io.BytesIO(data))
         prepared.append((ds, ds.pixel_array))
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}
     if "jls_error" in target.options:
         kwargs["jls_error"] = 2
     if "j2k_cr" in target.options:

@@ -1,0 +1,128 @@
+"""``benchmarks/run.py --quick`` runs end to end and reports every number it promises.
+
+Only the shape of the results is checked: every target on every reference set, positive
+throughputs and memory, a dcmpress / peer ratio for every peer tool on PATH. No
+wall-clock assertions: performance is measured, not asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGETS = ("jpeg-ls", "rle", "j2k")
+SETS = ("ct", "volume", "cr", "us", "examples")
+PEERS = {  # peer label -> the program that must be on PATH for it to run
+    "jpeg-ls": {"dcmcjpls": "dcmcjpls", "gdcmconv --jpegls": "gdcmconv"},
+    "rle": {"dcmcrle": "dcmcrle", "gdcmconv --rle": "gdcmconv"},
+    "j2k": {"gdcmconv --j2k": "gdcmconv"},
+}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    """One ``--quick --json --no-end-to-end`` run: its JSON and its Markdown file."""
+    results_file = tmp_path_factory.mktemp("bench") / "RESULTS.md"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DCMPRESS_", "AWS_"))}
+    proc = subprocess.run(
+        [
+            sys.executable, str(ROOT / "benchmarks" / "run.py"),
+            "--quick", "--json", "--no-end-to-end", "--results", str(results_file),
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env=env, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(proc.stdout), results_file  # stdout is the JSON and nothing else
+
+
+def _positive(numbers: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        assert numbers[key] > 0, (key, numbers)
+
+
+def test_every_target_is_measured_on_every_reference_set(
+    quick_run: tuple[dict[str, Any], Path],
+) -> None:
+    results, _ = quick_run
+    assert set(results["sets"]) == set(SETS)
+    assert set(results["targets"]) == set(TARGETS)
+    for target in TARGETS:
+        for set_name in SETS:
+            cell = results["targets"][target]["sets"][set_name]
+            assert cell["files"] > 0, (target, set_name, cell)
+            for stage in ("bare", "engine", "compress_j1"):
+                _positive(cell[stage], "mb_per_s", "seconds", "runs")
+            _positive(cell["compress_j1"], "size_ratio", "peak_rss_mib")
+            _positive(cell["compress_j1"], "peak_rss_per_largest_input")
+            assert cell["engine"]["stage_shares"], (target, set_name)
+
+
+def test_files_a_target_cannot_take_are_left_out_and_named(
+    quick_run: tuple[dict[str, Any], Path],
+) -> None:
+    results, _ = quick_run
+    examples = results["sets"]["examples"]
+    for target in TARGETS:
+        cell = results["targets"][target]["sets"]["examples"]
+        assert cell["files"] + len(cell["excluded"]) == examples["files"]
+    # rtdose.dcm has 32 bits stored: no lossless target here takes it
+    assert "rtdose.dcm" in results["targets"]["jpeg-ls"]["sets"]["examples"]["excluded"]
+
+
+def test_every_peer_on_path_has_throughput_memory_and_a_ratio(
+    quick_run: tuple[dict[str, Any], Path],
+) -> None:
+    results, _ = quick_run
+    for target, peers in PEERS.items():
+        for set_name in SETS:
+            measured = results["targets"][target]["sets"][set_name]["peers"]
+            assert set(measured) == set(peers)
+            for label, program in peers.items():
+                peer = measured[label]
+                if shutil.which(program) is None:
+                    assert peer["available"] is False
+                    continue
+                assert peer["available"] is True, (target, set_name, label)
+                _positive(peer, "mb_per_s", "size_ratio", "peak_rss_mib", "dcmpress_over_peer")
+                assert (
+                    peer["output_syntax"]
+                    == (
+                        results["targets"][target]["sets"][set_name]["compress_j1"]["output_syntax"]
+                    )
+                )
+
+
+def test_scaling_fixed_costs_and_machine_are_reported(
+    quick_run: tuple[dict[str, Any], Path],
+) -> None:
+    results, _ = quick_run
+    scaling = results["scaling"]
+    assert scaling["set"] in SETS and scaling["targets"]
+    for numbers in scaling["targets"].values():
+        _positive(numbers["j1"], "mb_per_s")
+        _positive(numbers["j2"], "mb_per_s")
+        assert numbers["j2_over_j1"] > 0
+    assert results["fixed_cost_seconds"]
+    assert all(seconds > 0 for seconds in results["fixed_cost_seconds"].values())
+    machine = results["machine"]
+    assert machine["cpu"] and machine["cores"] >= 1 and machine["python"]
+    assert machine["packages"]["pydicom"] != "not installed"
+    assert results["end_to_end"] is None  # --no-end-to-end
+
+
+def test_the_results_file_holds_every_target(quick_run: tuple[dict[str, Any], Path]) -> None:
+    _, results_file = quick_run
+    text = results_file.read_text()
+    assert text.startswith("# dcmpress benchmark results")
+    for target in TARGETS:
+        assert f"### {target}: MB/s" in text
