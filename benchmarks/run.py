@@ -75,6 +75,10 @@ class SetSizes:
     volume_frames: int
     cr_side: int
     us_files: int
+    # a migration-like mix (the issue's: CT 512x512 and CR 2560x2048): enough files that
+    # one start-up of dcmpress weighs as little as it does in a long-running worker
+    archive_ct: int
+    archive_cr: int
     end_to_end_objects: int
     repeats: int
     # targets whose -j 2 scaling and fixed cost are measured (each costs whole
@@ -87,6 +91,8 @@ DEFAULT_SIZES = SetSizes(
     volume_frames=100,
     cr_side=3000,
     us_files=10,
+    archive_ct=96,
+    archive_cr=8,
     end_to_end_objects=60,
     repeats=3,
     extra_targets=LOSSLESS_TARGETS,
@@ -96,6 +102,8 @@ QUICK_SIZES = SetSizes(
     volume_frames=10,
     cr_side=768,
     us_files=2,
+    archive_ct=4,
+    archive_cr=1,
     end_to_end_objects=8,
     repeats=1,
     extra_targets=LOSSLESS_TARGETS[:1],
@@ -165,6 +173,11 @@ def make_reference_sets(root: Path, sizes: SetSizes) -> list[ReferenceSet]:
         for i in range(sizes.us_files)
     }
     ct = {f"ct{i:03d}.dcm": data for i, data in enumerate(ct_like_images(sizes.ct_files))}
+    archive = {f"ct{i:03d}.dcm": data for i, data in enumerate(ct_like_images(sizes.archive_ct))}
+    for i in range(sizes.archive_cr):
+        image = make_image(2560, 2048, bits_stored=12, seed=100 + i,
+                           sop_class=ComputedRadiographyImageStorage)  # fmt: skip
+        archive[f"cr{i:03d}.dcm"] = to_bytes(image)
     names = native_example_names()
     shipped = [examples.get_path(name) for name in names]  # the files as pydicom ships them
     return [
@@ -174,6 +187,13 @@ def make_reference_sets(root: Path, sizes: SetSizes) -> list[ReferenceSet]:
         ),
         _write_set(root, "cr", f"1 x CR-like {side}x{side} 12-bit", {"cr.dcm": to_bytes(cr)}),
         _write_set(root, "us", f"{sizes.us_files} x US-like 640x480 RGB 8-bit", us),
+        _write_set(
+            root,
+            "archive",
+            f"{sizes.archive_ct} x CT-like 512x512 + {sizes.archive_cr} x CR-like 2560x2048, "
+            "12-bit",
+            archive,
+        ),
         _write_set(
             root,
             "examples",
