@@ -50,6 +50,7 @@ class Enqueuer:
         self.queue = queue
         self.force = force  # queue objects again whatever the ledger says of them
         self.rewrite = rewrite  # and write outputs that exist already again
+        self._queue_noted = ""
 
     def enqueue(self, refs: list[ObjectRef], resend_queued: bool) -> tuple[int, int, int]:
         """Queue the refs the ledger does not already have; return (sent, done, queued).
@@ -67,6 +68,11 @@ class Enqueuer:
     def send(self, refs: Iterable[ObjectRef]) -> int:
         """Publish one job message per ref, as they are (the ledger decided already)."""
         target = ",".join(self.spec.options.target)
+        if self._queue_noted != self.queue:
+            # where the batch's messages go: the workers' automatic reconcile only
+            # checks batches of the queue they consume
+            self.ledger.note_queue(self.spec.batch, self.queue)
+            self._queue_noted = self.queue
         return self.publisher.publish(
             JobMessage(
                 batch=self.spec.batch,

@@ -154,14 +154,18 @@ def reconcile(enqueuer: Enqueuer, queue: str) -> ReconcileReport:
     return report
 
 
-def stalled_batches(ledger: Ledger, idle_after: float, now: float) -> list[str]:
-    """Batches with pending objects and no activity (an object started or finished,
-    objects queued, a check) for ``idle_after`` seconds."""
+def stalled_batches(ledger: Ledger, queue: str, idle_after: float, now: float) -> list[str]:
+    """Batches sent to ``queue`` with pending objects and no activity (an object started
+    or finished, objects queued, a check) for ``idle_after`` seconds.
+
+    Batches of other queues are left to their own workers: their live messages are not
+    in this queue, so all their objects would look orphaned here.
+    """
     ids = ledger.batch_ids()
     return [
         batch
-        for batch, (pending, last) in zip(ids, ledger.activity(ids), strict=True)
-        if pending and now - last > idle_after
+        for batch, (pending, last, sent_to) in zip(ids, ledger.activity(ids), strict=True)
+        if pending and now - last > idle_after and sent_to in (queue, "")
     ]
 
 
@@ -179,7 +183,7 @@ def reconcile_stalled(
     sent = 0
     try:
         now = time.time() if now is None else now
-        stalled = stalled_batches(ledger, idle_after, now)
+        stalled = stalled_batches(ledger, queue, idle_after, now)
         if not stalled:
             return 0
         with broker_redis(app) as broker:

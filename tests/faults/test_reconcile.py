@@ -168,11 +168,17 @@ def test_the_automatic_check_waits_for_a_long_queue_and_runs_once_at_a_time(
     later = time.time() + 3600  # as if an hour passed with no activity
     ledger.redis.rpush(queue, *[b"{}"] * 3)  # other work waiting
     monkeypatch.setattr(reconcile, "AUTOMATIC_QUEUE_LIMIT", 2)
-    assert batch in reconcile.stalled_batches(ledger, 300, later)
-    assert reconcile.reconcile_stalled(app, ledger, queue, 300, later) == 0  # not read yet
+    assert batch in reconcile.stalled_batches(ledger, queue, 300, later)
+    # the workers of another queue leave it alone: its live messages are not theirs
+    assert batch not in reconcile.stalled_batches(ledger, "other-queue", 300, later)
+    # (other batches of the session may be stalled too: only this one is looked at)
+    reconcile.reconcile_stalled(app, ledger, queue, 300, later)
+    assert "reconciled_at" not in ledger.batch_info(batch)  # the queue was not read yet
     ledger.redis.delete(queue)
     with ledger.reconcile_lock(timeout=30):  # another worker is checking
         assert reconcile.reconcile_stalled(app, ledger, queue, 300, later) == 0
-    assert reconcile.reconcile_stalled(app, ledger, queue, 300, later) == 3
-    assert batch not in reconcile.stalled_batches(ledger, 300, later)  # checked just now
+    assert "reconciled_at" not in ledger.batch_info(batch)
+    assert reconcile.reconcile_stalled(app, ledger, queue, 300, later) >= 3
+    assert ledger.batch_info(batch)["reconciled_sent"] == "3"
+    assert batch not in reconcile.stalled_batches(ledger, queue, 300, later)  # checked now
     ledger.redis.delete(queue)

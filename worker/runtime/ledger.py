@@ -9,8 +9,9 @@ Key (type) - content - lifetime
 - ``dcmpress:batch:{b}`` (hash) - ``spec`` (BatchSpec JSON), ``checkpoint`` (listing
   position), ``enqueued`` (keys sent), ``listing_done``, ``cancelled``,
   ``example:{code}`` (the latest key that failed with that code), ``queued_at`` (when
-  objects were last queued), ``reconciled_at``/``reconciled_sent`` (the automatic
-  reconcile's last check, messages it sent) - retention
+  objects were last queued), ``queue`` (where its messages were sent),
+  ``reconciled_at``/``reconciled_sent`` (the automatic reconcile's last check,
+  messages it sent) - retention
 - ``dcmpress:batch:{b}:counts`` (hash) - objects per state (queued, running, done,
   skipped, failed), ``bytes_in``/``bytes_out`` of finished objects, ``written_in``
   (bytes_in of those with an output, the base of "saved"), ``code:{code}``
@@ -428,24 +429,30 @@ class Ledger:
         raw = cast(dict[bytes, bytes], self.redis.hgetall(Keys.counts(batch)))
         return {k.decode(): float(v) for k, v in raw.items()}
 
-    def activity(self, batches: list[str]) -> list[tuple[float, float]]:
-        """(pending objects, time of the latest activity) of each batch, in one round
-        trip: an object started or finished, objects queued, a reconcile check, or
-        else the batch's creation."""
+    def activity(self, batches: list[str]) -> list[tuple[float, float, str]]:
+        """(pending objects, time of the latest activity, queue its messages went to)
+        of each batch, in one round trip. Activity: an object started or finished,
+        objects queued, a reconcile check, or else the batch's creation. The queue is
+        "" for a batch queued by a release that did not note it."""
         fields = ("queued", "running", "started_at", "finished_at")
         with self.redis.pipeline(transaction=False) as pipe:
             for batch in batches:
                 pipe.hmget(Keys.counts(batch), *fields)
-                pipe.hmget(Keys.batch(batch), "queued_at", "reconciled_at")
+                pipe.hmget(Keys.batch(batch), "queued_at", "reconciled_at", "queue")
                 pipe.zscore(Keys.batches(), batch)
             replies = pipe.execute()
         result = []
         for index in range(len(batches)):
-            counts, info, created = replies[3 * index : 3 * index + 3]
+            counts, (queued_at, checked_at, queue), created = replies[3 * index : 3 * index + 3]
             queued, running, started, finished = (float(v or 0) for v in counts)
-            times = [started, finished, *(float(v or 0) for v in info), float(created or 0)]
-            result.append((queued + running, max(times)))
+            times = [started, finished, float(queued_at or 0), float(checked_at or 0),
+                     float(created or 0)]  # fmt: skip
+            result.append((queued + running, max(times), (queue or b"").decode()))
         return result
+
+    def note_queue(self, batch: str, queue: str) -> None:
+        """Remember the queue the batch's messages are sent to."""
+        self.redis.hset(Keys.batch(batch), "queue", queue)
 
     def note_reconciled(self, batch: str, sent: int, at: float) -> None:
         """Remember a reconcile check of the batch and add the messages it sent."""
