@@ -40,6 +40,7 @@ class Tally:
     duplicated: int
     corrupt: int
     stuck: int
+    details: tuple[str, ...] = ()  # what each non-zero count is made of
 
     @property
     def clean(self) -> bool:
@@ -54,29 +55,37 @@ def tally(
     client = s3_server.client()
     lost = duplicated = corrupt = stuck = 0
     sizes = 0
+    details: list[str] = []
     for key, source in images.items():
         record = ledger.get_record(batch, key)
         if record is None or record.state in ("queued", "running"):
             stuck += record is not None
             lost += record is None
+            details.append(f"{key}: record {record}")
             continue
         try:
             data = client.get_object(Bucket=dest, Key=key)["Body"].read()
         except client.exceptions.NoSuchKey:
             lost += 1
+            details.append(f"{key}: no output")
             continue
         sizes += len(data)
-        if proxy is not None and proxy.stored_writes(f"/{dest}/{key}") != 1:
+        writes = proxy.stored_writes(f"/{dest}/{key}") if proxy is not None else 1
+        if writes != 1:
             duplicated += 1
+            exchanges = [e for e in proxy.log if e.path.endswith(key)] if proxy else []
+            details.append(f"{key}: stored {writes} times; requests {exchanges}")
         if not _same_pixels(data, source):
             corrupt += 1
+            details.append(f"{key}: pixels differ")
     counts = ledger.counts(batch)
     finished = sum(int(counts.get(state, 0)) for state in ("done", "skipped", "failed"))
     if finished != len(images) or int(counts.get("bytes_out", 0)) != sizes:
         duplicated += abs(finished - len(images)) or 1  # counted twice, or not at all
+        details.append(f"ledger counts {counts}, outputs {sizes} bytes")
     stuck += int(counts.get("queued", 0) + counts.get("running", 0))
     stuck += int(ledger.redis.llen(queue))
-    return Tally(len(images), lost, duplicated, corrupt, stuck)
+    return Tally(len(images), lost, duplicated, corrupt, stuck, tuple(details))
 
 
 def _same_pixels(data: bytes, source: Dataset) -> bool:

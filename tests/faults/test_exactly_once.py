@@ -104,6 +104,19 @@ def test_every_write_lost_ends_transient_not_stored_twice(
     assert len(proxy.requests("PUT", "never.dcm")) == attempts
 
 
+def test_a_lost_answer_that_cannot_be_checked_is_not_written_again(
+    proxy: FaultProxy, proxied: Storage, bucket_pair: tuple[str, str]
+) -> None:
+    # the write is stored, its answer lost, and every look at the object fails: writing
+    # again could store it twice, so the task retries instead (and its retry looks first)
+    _, dest = bucket_pair
+    put_lost = first_of_each("reset_after", "PUT")
+    proxy.rule = lambda request: "reset_before" if request.method == "HEAD" else put_lost(request)
+    with pytest.raises(TransientError, match="cannot be checked"):
+        proxied.put(dest, "unknown.dcm", b"u" * 100, {contract.META_MARKER: "1"})
+    assert proxy.stored_writes(f"/{dest}/unknown.dcm") == 1
+
+
 def test_in_place_write_whose_answer_was_lost_is_done_not_source_changed(
     proxy: FaultProxy, proxied: Storage, ledger: Ledger, s3_server: SeaweedS3,
     bucket_pair: tuple[str, str],

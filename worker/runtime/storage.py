@@ -241,9 +241,15 @@ class Storage:
                 error = classify(exc, action)
                 if not _answered_no_write(exc):
                     try:
-                        landed = self.output_metadata(bucket, key)
-                    except DcmpressError:
-                        landed = None  # cannot tell: write again (it is the same output)
+                        landed = self._landed(bucket, key, metadata[META_WRITE_ID])
+                    except DcmpressError as unknown:
+                        # cannot tell whether it landed: writing again could store it
+                        # twice. The task's retry looks for the output before anything
+                        # else (pipeline.py) and records it if it is there
+                        raise TransientError(
+                            f"{action}: failed ({error}), and whether it was stored "
+                            f"cannot be checked now ({unknown})"
+                        ) from exc
                     if landed and landed.get(META_WRITE_ID) == metadata[META_WRITE_ID]:
                         log.info("%s: stored although the answer was lost; not written "
                                  "again", action)  # fmt: skip
@@ -251,6 +257,18 @@ class Storage:
                 if not isinstance(error, TransientError) or attempt == self.write_attempts:
                     raise error from exc
                 time.sleep(random.uniform(0.0, min(20.0, 2.0**attempt)))  # full jitter
+
+    def _landed(self, bucket: str, key: str, write_id: str) -> dict[str, str] | None:
+        """The object's metadata if it carries ``write_id``; looked at up to three times
+        within a second: a server without strict read-after-write consistency may show
+        a write a moment after answering it, and a write stored twice costs more than
+        a pause (one CI run, on a loaded machine, stored an output twice)."""
+        for pause in (0.0, 0.25, 0.75):
+            time.sleep(pause)
+            landed = self.output_metadata(bucket, key)
+            if landed is not None and landed.get(META_WRITE_ID) == write_id:
+                return landed
+        return landed
 
     def put(
         self,
