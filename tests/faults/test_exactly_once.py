@@ -7,7 +7,6 @@ restarted empty); the proxy's log counts what the server really stored.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -19,7 +18,7 @@ from botocore.exceptions import ClientError
 
 from dcmpress.stack.samples import make_image, to_bytes
 from dcmpress.stack.services import SeaweedS3
-from tests.faults.proxy import FaultProxy, first_of_each, passes
+from tests.faults.proxy import FaultProxy, first_of_each
 from tests.integration.test_pipeline_steps import make_job, spec_for
 from tests.support import independent_decode, source_pixels
 from worker.errors import TransientError
@@ -31,14 +30,6 @@ from worker.runtime.storage import Storage
 from worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def proxy(s3_server: SeaweedS3) -> Iterator[FaultProxy]:
-    """A proxy in front of the test S3 server; tests set its rule."""
-    with FaultProxy(s3_server.endpoint_url, passes) as proxy:
-        yield proxy
-    assert proxy.errors == []  # the proxy itself never failed
 
 
 @pytest.fixture

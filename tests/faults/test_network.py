@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,14 +24,6 @@ from worker.runtime.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def proxy(s3_server: SeaweedS3) -> Iterator[FaultProxy]:
-    """A proxy in front of the test S3 server; tests set its rule."""
-    with FaultProxy(s3_server.endpoint_url) as proxy:
-        yield proxy
-    assert proxy.errors == []
 
 
 def _run_batch(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,14 +39,6 @@ class AofRedis(RedisServer):
         argv = super()._argv()
         argv[argv.index("--appendonly") + 1] = "yes"
         return [*argv, "--appendfsync", "everysec"]
-
-
-@pytest.fixture
-def proxy(s3_server: SeaweedS3) -> Iterator[FaultProxy]:
-    """Counts what the S3 server stores; injects nothing."""
-    with FaultProxy(s3_server.endpoint_url) as proxy:
-        yield proxy
-    assert proxy.errors == []
 
 
 def _env(stack_env: dict[str, str], redis: RedisServer) -> dict[str, str]:

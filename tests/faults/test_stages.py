@@ -14,7 +14,6 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,14 +32,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def proxy(s3_server: SeaweedS3) -> Iterator[FaultProxy]:
-    """A proxy that injects nothing and counts what the server stores."""
-    with FaultProxy(s3_server.endpoint_url) as proxy:
-        yield proxy
-    assert proxy.errors == []
-
-
 def _start_batch(
     env: dict[str, str], s3_server: SeaweedS3, source: str, dest: str
 ) -> tuple[str, dict[str, Dataset]]:
@@ -51,6 +42,26 @@ def _start_batch(
     proc = run_cli(env, "enqueue", f"s3://{source}/", "--dest", f"s3://{dest}/", "--batch", batch)
     assert proc.returncode == 0, proc.stderr
     return batch, images
+
+
+def _stage_env(
+    stack_env: dict[str, str], proxy: FaultProxy, tmp_path: Path
+) -> tuple[str, dict[str, str], dict[str, str]]:
+    """(queue, environment of the CLI, environment of workers that stop at each stage)."""
+    queue = f"stages-{uuid.uuid4().hex[:6]}"
+    env = {**stack_env, "DCMPRESS_QUEUE": queue}
+    worker_env = {**env, "DCMPRESS_S3_ENDPOINT_URL": proxy.endpoint_url,
+                  **faulty_env(tmp_path, ROOT, pause_seconds=600)}  # fmt: skip
+    return queue, env, worker_env
+
+
+def _assert_each_done_after_one_loss(
+    ledger: Ledger, batch: str, images: dict[str, Dataset]
+) -> None:
+    for key in images:
+        record = ledger.get_record(batch, key)
+        assert record is not None and record.state == "done", (key, record)
+        assert (record.attempts, record.lost) == (2, 1), (key, record)
 
 
 def _wait_all_paused(workdir: Path, timeout: float = 120) -> None:
@@ -66,10 +77,7 @@ def test_pool_processes_killed_at_every_stage_lose_and_duplicate_nothing(
     ledger: Ledger, proxy: FaultProxy, tmp_path: Path,
 ) -> None:  # fmt: skip
     source, dest = bucket_pair
-    queue = f"stages-{uuid.uuid4().hex[:6]}"
-    env = {**stack_env, "DCMPRESS_QUEUE": queue}
-    worker_env = {**env, "DCMPRESS_S3_ENDPOINT_URL": proxy.endpoint_url,
-                  **faulty_env(tmp_path, ROOT, pause_seconds=600)}  # fmt: skip
+    queue, env, worker_env = _stage_env(stack_env, proxy, tmp_path)
     with CeleryWorker(worker_env, tmp_path, concurrency=len(STAGES)) as worker:
         batch, images = _start_batch(env, s3_server, source, dest)
         _wait_all_paused(tmp_path)
@@ -82,10 +90,7 @@ def test_pool_processes_killed_at_every_stage_lose_and_duplicate_nothing(
         time.sleep(2)  # a duplicate message would show up now
         found = tally(s3_server, ledger, batch, queue, dest, images, proxy)
     assert found.clean, found
-    for key in images:
-        record = ledger.get_record(batch, key)
-        assert record is not None and record.state == "done", (key, record)
-        assert (record.attempts, record.lost) == (2, 1), (key, record)
+    _assert_each_done_after_one_loss(ledger, batch, images)
 
 
 def test_a_whole_worker_killed_at_every_stage_is_healed_by_another(
@@ -94,10 +99,7 @@ def test_a_whole_worker_killed_at_every_stage_is_healed_by_another(
 ) -> None:  # fmt: skip
     # the settings users get: the messages come back after the visibility timeout (120 s)
     source, dest = bucket_pair
-    queue = f"stages-{uuid.uuid4().hex[:6]}"
-    env = {**stack_env, "DCMPRESS_QUEUE": queue}
-    worker_env = {**env, "DCMPRESS_S3_ENDPOINT_URL": proxy.endpoint_url,
-                  **faulty_env(tmp_path, ROOT, pause_seconds=600)}  # fmt: skip
+    queue, env, worker_env = _stage_env(stack_env, proxy, tmp_path)
     doomed = CeleryWorker(worker_env, tmp_path / "a", concurrency=len(STAGES))
     with doomed:
         batch, images = _start_batch(env, s3_server, source, dest)
@@ -112,8 +114,5 @@ def test_a_whole_worker_killed_at_every_stage_is_healed_by_another(
         found = tally(s3_server, ledger, batch, queue, dest, images, proxy)
     assert found.clean, found
     assert healed < 180, f"healed in {healed:.0f} s"
-    for key in images:
-        record = ledger.get_record(batch, key)
-        assert record is not None and record.state == "done", (key, record)
-        assert (record.attempts, record.lost) == (2, 1), (key, record)
+    _assert_each_done_after_one_loss(ledger, batch, images)
     print(f"\nfive objects killed at {', '.join(STAGES)}: all done {healed:.0f} s later")

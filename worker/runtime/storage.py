@@ -250,7 +250,7 @@ class Storage:
                             f"{action}: failed ({error}), and whether it was stored "
                             f"cannot be checked now ({unknown})"
                         ) from exc
-                    if landed and landed.get(META_WRITE_ID) == metadata[META_WRITE_ID]:
+                    if landed:
                         log.info("%s: stored although the answer was lost; not written "
                                  "again", action)  # fmt: skip
                         return
@@ -258,8 +258,8 @@ class Storage:
                     raise error from exc
                 time.sleep(random.uniform(0.0, min(20.0, 2.0**attempt)))  # full jitter
 
-    def _landed(self, bucket: str, key: str, write_id: str) -> dict[str, str] | None:
-        """The object's metadata if it carries ``write_id``; looked at up to three times
+    def _landed(self, bucket: str, key: str, write_id: str) -> bool:
+        """True if the object carries ``write_id``; looked at up to three times
         within a second: a server without strict read-after-write consistency may show
         a write a moment after answering it, and a write stored twice costs more than
         a pause (one CI run, on a loaded machine, stored an output twice)."""
@@ -267,8 +267,8 @@ class Storage:
             time.sleep(pause)
             landed = self.output_metadata(bucket, key)
             if landed is not None and landed.get(META_WRITE_ID) == write_id:
-                return landed
-        return landed
+                return True
+        return False
 
     def put(
         self,
