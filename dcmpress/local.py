@@ -16,9 +16,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from worker.codec.engine import Result, process
+from worker.codec.frames import FRAMES_ABOVE
 from worker.errors import ConfigurationError, one_line
 from worker.settings import CompressionOptions
 
@@ -63,10 +64,13 @@ def run_job(job: Job, options: CompressionOptions) -> dict[str, Any]:
     """Compress one file and write its output; return the record (runs in a pool)."""
     started = time.perf_counter()
     try:
-        data = job.path.read_bytes()
+        with job.path.open("rb") as source:
+            # a large file is read by the engine as it needs it (frame by frame for
+            # a large multi-frame object: worker/codec/frames.py)
+            large = os.fstat(source.fileno()).st_size >= FRAMES_ABOVE
+            result = process(source if large else source.read(), options)
     except OSError as exc:
         return io_error_record(job.path, f"cannot read the input: {exc}")
-    result = process(data, options)
     written: Path | None = None
     try:
         if result.output is not None:
@@ -77,6 +81,8 @@ def run_job(job: Job, options: CompressionOptions) -> dict[str, Any]:
             written = job.output
     except OSError as exc:
         return io_error_record(job.path, f"cannot write {job.output}: {exc}")
+    finally:
+        result.close()
     return record(job.path, written, result, time.perf_counter() - started)
 
 
@@ -118,13 +124,18 @@ def _failure_record(path: Path, code: str, message: str) -> dict[str, Any]:
     }
 
 
-def _write_atomically(output: Path, data: bytes | None, source: Path | None = None) -> None:
+def _write_atomically(
+    output: Path, data: bytes | BinaryIO | None, source: Path | None = None
+) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.")
     try:
         with os.fdopen(handle, "wb") as temp:
-            if data is not None:
+            if isinstance(data, bytes):
                 temp.write(data)
+            elif data is not None:
+                data.seek(0)
+                shutil.copyfileobj(data, temp, 8 * 1024 * 1024)
             elif source is not None:
                 with source.open("rb") as src:
                     shutil.copyfileobj(src, temp)

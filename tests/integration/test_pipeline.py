@@ -16,6 +16,7 @@ from dcmpress.stack.services import SeaweedS3
 from tests.conftest import run_cli, wait_for_batch
 from tests.support import independent_decode, read, source_pixels
 from tests.synthetic import mr_with_embedded_overlays, with_syntax
+from worker.codec.frames import FRAMES_ABOVE
 from worker.runtime import contract
 from worker.runtime.ledger import Ledger
 
@@ -84,6 +85,30 @@ def test_every_target_end_to_end(
     # the source is never modified
     for key, data in objects.items():
         assert client.get_object(Bucket=source, Key=key)["Body"].read() == data
+
+
+def test_a_large_volume_end_to_end_with_the_defaults(
+    stack_env: dict[str, str],
+    s3_server: SeaweedS3,
+    bucket_pair: tuple[str, str],
+    celery_worker: Any,
+    ledger: Ledger,
+) -> None:
+    """A volume above FRAMES_ABOVE goes through the real worker as users run it:
+    downloaded to a file, compressed a group of frames at a time, uploaded from a
+    temporary file; the output decodes identical."""
+    source, dest = bucket_pair
+    ds = make_image(512, 512, frames=FRAMES_ABOVE // (512 * 512 * 2) + 4, bits_stored=12)
+    data = to_bytes(ds)
+    upload(s3_server, source, {"volume.dcm": data})
+    report = enqueue(stack_env, f"s3://{source}/", "--dest", f"s3://{dest}/", "--target", "jpeg-ls")
+    counts = wait_for_batch(ledger, report["batch"], 1)
+    assert counts.get("done") == 1, counts
+    response = s3_server.client().get_object(Bucket=dest, Key="volume.dcm")
+    output = response["Body"].read()
+    assert int(response["Metadata"][contract.META_BYTES_OUT]) == len(output)
+    assert read(output).NumberOfFrames == ds.NumberOfFrames
+    np.testing.assert_array_equal(independent_decode(output), source_pixels(ds))
 
 
 def test_mixed_bucket_ends_with_every_object_in_one_terminal_state(

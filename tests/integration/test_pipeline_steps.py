@@ -7,6 +7,7 @@ mid-flight) uses monkeypatching; everything else is real.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import time
 import uuid
@@ -21,6 +22,7 @@ from dcmpress.stack.services import SeaweedS3
 from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages
 from producer.sources import KeyFilter, ObjectRef, listing_pages
 from tests.support import independent_decode, read, source_pixels
+from worker.codec.frames import FRAMES_ABOVE
 from worker.errors import TransientError
 from worker.runtime.app import create_app
 from worker.runtime.contract import BatchSpec, JobMessage, S3Location
@@ -162,14 +164,23 @@ def test_in_place_replaces_the_source_only_if_unchanged(
     assert not kept.file_meta.TransferSyntaxUID.is_compressed  # the other writer's object
 
 
+@pytest.mark.parametrize(
+    ("frames", "from_file"),
+    [(6, False), (FRAMES_ABOVE // (1024 * 1024 * 2) + 2, True)],
+    ids=["whole object", "frame by frame"],
+)
 def test_large_objects_use_a_spool_file_and_multipart_upload(
+    frames: int, from_file: bool,
     ledger: Ledger, s3_server: SeaweedS3, bucket_pair: tuple[str, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
+    """12 MiB of pixels are downloaded to a file and read whole from it; above
+    FRAMES_ABOVE, a group of frames at a time, and the output is uploaded from its
+    temporary file."""
     monkeypatch.setenv("DCMPRESS_MULTIPART_THRESHOLD_MB", "5")
     storage = Storage(WorkerSettings())
     source, dest = bucket_pair
-    ds = make_image(1024, 1024, frames=6, bits_stored=12)  # 12 MiB of pixels
+    ds = make_image(1024, 1024, frames=frames, bits_stored=12)
     data = to_bytes(ds)
     s3_server.client().put_object(Bucket=source, Key="big.dcm", Body=data)
     uploads: list[str] = []
@@ -177,6 +188,7 @@ def test_large_objects_use_a_spool_file_and_multipart_upload(
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         uploads.append(args[2])
+        assert isinstance(args[0], io.BytesIO) is not from_file
         return real_upload(*args, **kwargs)
 
     monkeypatch.setattr(storage.client, "upload_fileobj", spy)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import io
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from pydicom import dcmwrite
@@ -213,7 +213,16 @@ def check_supported(source: SourceImage, target: Target) -> None:
 def encode(
     source: SourceImage, target: Target, plugin: Plugin, options: CompressionOptions
 ) -> Dataset:
-    """Return a new dataset holding ``source`` compressed to ``target`` by ``plugin``.
+    """Return a new dataset holding ``source`` compressed to ``target`` by ``plugin``."""
+    ds = encode_pixels(source, target, plugin, options)
+    describe_result(ds, source.dataset, source.pixel_bytes, target, options, len(ds.PixelData))
+    return ds
+
+
+def encode_pixels(
+    source: SourceImage, target: Target, plugin: Plugin, options: CompressionOptions
+) -> Dataset:
+    """``source``'s pixels compressed to ``target`` by ``plugin``, in a new dataset.
 
     The plugin's quirks (see :mod:`worker.codec.plugins`) refuse images it must not
     see, adjust the dataset around the call, run the call, and classify its errors.
@@ -240,7 +249,7 @@ def encode(
             source.pixels,
             encoding_plugin=plugin.name,
             encapsulate_ext=options.encapsulate_ext,
-            generate_instance_uid=False,  # the UID rule is ours, see below
+            generate_instance_uid=False,  # the UID rule is ours, see describe_result
             **kwargs,
         )
         return ds
@@ -253,12 +262,24 @@ def encode(
         code = quirks.rejection_code(ds)
         raise UnsupportedImage(code, f"{target.name}/{plugin.name}: {_first_line(exc)}") from exc
     restore(ds)
+    return ds
+
+
+def describe_result(
+    ds: Dataset,
+    source: Dataset,
+    pixel_bytes: int,
+    target: Target,
+    options: CompressionOptions,
+    compressed: int,
+) -> None:
+    """The instance UID and, for a lossy target, the attributes of a lossy result
+    (``compressed`` bytes of encoded frames from ``pixel_bytes`` of pixels)."""
     if _new_uid_wanted(target, options):
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     if target.lossy:
-        mark_lossy(ds, source.dataset, source.pixel_bytes, LOSSY_METHODS[target.name])
-    return ds
+        mark_lossy(ds, source, pixel_bytes, LOSSY_METHODS[target.name], compressed)
 
 
 def _refuse_outside_profile(ds: Dataset, target: Target) -> None:
@@ -302,23 +323,36 @@ def _new_uid_wanted(target: Target, options: CompressionOptions) -> bool:
     return options.generate_instance_uid
 
 
-def serialize(ds: Dataset) -> bytes:
-    """Write ``ds`` as a Part 10 file in its (new) transfer syntax."""
-    buffer = io.BytesIO()
-    try:
+def serialize(ds: Dataset, into: BinaryIO | None = None) -> bytes:
+    """Write ``ds`` as a Part 10 file in its (new) transfer syntax.
+
+    Returns the bytes; with ``into`` (a seekable file), writes them there instead and
+    returns ``b""``.
+    """
+
+    def write() -> bytes:
+        if into is not None:
+            into.seek(0)
+            into.truncate()
+            dcmwrite(into, ds, enforce_file_format=True)
+            into.seek(0)
+            return b""
+        buffer = io.BytesIO()
         dcmwrite(buffer, ds, enforce_file_format=True)
+        return buffer.getvalue()
+
+    try:
+        return write()
     except Exception as first:
         raise_outside_causes(first)
         # Elements whose VR depends on other elements (US or SS...) can fail to
         # encode after a syntax change; resolve them and try once more.
         try:
             resolve_ambiguous_vrs(ds, signed=int(ds.get("PixelRepresentation", 0)) == 1)
-            buffer = io.BytesIO()
-            dcmwrite(buffer, ds, enforce_file_format=True)
+            return write()
         except Exception as exc:
             raise_outside_causes(exc)
             # the source stays readable: copied unchanged rather than failed
             raise UnsupportedImage(
                 "unwritable_dataset", f"cannot write the compressed data set: {_first_line(exc)}"
             ) from exc
-    return buffer.getvalue()

@@ -7,10 +7,13 @@ terminal state with a code from :data:`worker.errors.CODES`.
 
 from __future__ import annotations
 
+import io
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, BinaryIO, TypeVar
 
 from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
@@ -19,11 +22,19 @@ from worker.codec.compress import (
     DOUBLE_FLOAT_PIXEL_DATA,
     FLOAT_PIXEL_DATA,
     PIXEL_DATA,
-    SourceImage,
     check_supported,
     decode_source,
     encode,
     serialize,
+)
+from worker.codec.frames import (
+    FRAMES_ABOVE,
+    Plan,
+    encode_groups,
+    first_frame,
+    plan,
+    verify_output,
+    write_output,
 )
 from worker.codec.isolation import CodecCrashed
 from worker.codec.parse import read_dataset
@@ -46,20 +57,24 @@ from worker.timing import StageTimer
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 @dataclass
 class Result:
     """The outcome of one object.
 
-    ``output`` holds the bytes to write for a compressed result; ``copy_source`` says
-    the source must be copied unchanged instead; with neither, nothing is written.
+    ``output`` holds what to write for a compressed result: bytes, or a temporary file
+    (a large multi-frame object's, see :mod:`worker.codec.frames`) that :meth:`close`
+    removes; ``copy_source`` says the source must be copied unchanged instead; with
+    neither, nothing is written.
     """
 
     state: State
     code: str
     message: str
     bytes_in: int
-    output: bytes | None = None
+    output: bytes | BinaryIO | None = None
     copy_source: bool = False
     target: str | None = None
     plugin: str | None = None
@@ -72,18 +87,26 @@ class Result:
     warnings: list[str] = field(default_factory=list)  # pydicom's, about the source
     # what the record itself must say (moved overlays, cleared high bits); also in message
     notices: list[str] = field(default_factory=list)
+    output_size: int = 0  # of ``output``; set from it
 
     def __post_init__(self) -> None:
         if self.code not in CODES:
             raise ValueError(f"undeclared outcome code {self.code!r}")
         self.message = one_line(self.message)
+        if self.output is not None:
+            self.output_size = size_of(self.output)
 
     @property
     def bytes_out(self) -> int:
         """Size of what is written: the result, the copied source, or nothing."""
         if self.output is not None:
-            return len(self.output)
+            return self.output_size
         return self.bytes_in if self.copy_source else 0
+
+    def close(self) -> None:
+        """Remove the output's temporary file, if it has one."""
+        if self.output is not None and not isinstance(self.output, bytes):
+            self.output.close()
 
     @property
     def ratio(self) -> float | None:
@@ -111,8 +134,25 @@ class Result:
         }
 
 
-def process(data: bytes, options: CompressionOptions) -> Result:
-    """Compress one DICOM object held in memory, as ``options`` say.
+def size_of(data: bytes | BinaryIO) -> int:
+    """The length of bytes, or of a seekable file (its position is kept)."""
+    if isinstance(data, bytes | bytearray):
+        return len(data)
+    position = data.tell()
+    size = data.seek(0, io.SEEK_END)
+    data.seek(position)
+    return size
+
+
+def process(
+    data: bytes | BinaryIO, options: CompressionOptions, frames_above: int = FRAMES_ABOVE
+) -> Result:
+    """Compress one DICOM object, held in memory or in a seekable file, as ``options``
+    say.
+
+    From a file, a native multi-frame object with at least ``frames_above`` bytes of
+    Pixel Data is taken a group of frames at a time and its output is a temporary
+    file (:mod:`worker.codec.frames`); anything else is read whole.
 
     Never raises for a bad object; raises only TransientError and ConfigurationError.
     """
@@ -121,7 +161,7 @@ def process(data: bytes, options: CompressionOptions) -> Result:
         # pydicom warns about many harmless oddities of real files (invalid UI values,
         # odd lengths); they are reported with the outcome, not raised or printed.
         warnings.simplefilter("always")
-        result = _process_recording_errors(data, options, stages)
+        result = _process_recording_errors(data, options, stages, frames_above)
     check_interrupted()  # a time limit a library swallowed: the result is not to be trusted
     result.timings = stages.seconds
     result.warnings = _distinct_messages(caught)
@@ -138,26 +178,33 @@ def _distinct_messages(caught: list[warnings.WarningMessage], limit: int = 5) ->
 
 
 def _process_recording_errors(
-    data: bytes, options: CompressionOptions, stages: StageTimer
+    data: bytes | BinaryIO, options: CompressionOptions, stages: StageTimer, frames_above: int
+) -> Result:
+    size = size_of(data)
+    try:
+        return _recorded(data, size, options, stages, frames_above)
+    except MemoryError as exc:  # raised as itself wherever it struck (raise_outside_causes)
+        return Result("failed", "out_of_memory", f"out of memory: {exc!r}", size)
+
+
+def _recorded(
+    data: bytes | BinaryIO,
+    size: int,
+    options: CompressionOptions,
+    stages: StageTimer,
+    frames_above: int,
 ) -> Result:
     try:
-        return _recorded(data, options, stages)
-    except MemoryError as exc:  # raised as itself wherever it struck (raise_outside_causes)
-        return Result("failed", "out_of_memory", f"out of memory: {exc!r}", len(data))
-
-
-def _recorded(data: bytes, options: CompressionOptions, stages: StageTimer) -> Result:
-    try:
-        result = _process(data, options, stages)
+        result = _process(data, size, options, stages, frames_above)
     except PermanentError as exc:
         raise_outside_causes(exc)
-        result = _refused(exc, len(data), options)
+        result = _refused(exc, size, options)
     except (TransientError, ConfigurationError):
         raise
     except Exception as exc:  # a bug of ours or a library's: record it, keep going
         raise_outside_causes(exc)  # a time limit is the task's to record
         log.exception("internal error while compressing an object")
-        result = Result("failed", "internal_error", f"{type(exc).__name__}: {exc}", len(data))
+        result = Result("failed", "internal_error", f"{type(exc).__name__}: {exc}", size)
     return result
 
 
@@ -172,11 +219,23 @@ def _refused(error: PermanentError, bytes_in: int, options: CompressionOptions) 
     return Result(error.state, error.code, error.message, bytes_in)
 
 
-def _process(data: bytes, options: CompressionOptions, stage: StageTimer) -> Result:
+def _process(
+    data: bytes | BinaryIO,
+    size: int,
+    options: CompressionOptions,
+    stage: StageTimer,
+    frames_above: int,
+) -> Result:
     with stage("parse"):
         ds = read_dataset(data)
     modality = "".join(ch for ch in str(ds.get("Modality", "") or "") if ch.isalnum())[:16]
-    result = _compress_parsed(ds, data, options, stage)
+    result = _classify(ds, size, options)
+    if result is None:
+        frames = None if isinstance(data, bytes | bytearray) else plan(ds, data, frames_above)
+        if frames is not None:
+            result = _compress_frames(frames, size, options, stage)
+        else:
+            result = _compress_parsed(ds, size, options, stage)
     result.modality = modality
     if result.copy_source:
         result.transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "") or None
@@ -184,11 +243,8 @@ def _process(data: bytes, options: CompressionOptions, stage: StageTimer) -> Res
 
 
 def _compress_parsed(
-    ds: Dataset, data: bytes, options: CompressionOptions, stage: StageTimer
+    ds: Dataset, size: int, options: CompressionOptions, stage: StageTimer
 ) -> Result:
-    early = _classify(ds, data, options)
-    if early is not None:
-        return early
     check_interrupted()  # at every stage boundary: a time limit stops the work here
     try:
         with stage("decode"):
@@ -198,14 +254,16 @@ def _compress_parsed(
             raise UnsupportedImage("high_bits_set", f"{summary} (high_bits is keep)")
     except UnsupportedImage as exc:
         raise_outside_causes(exc)
-        return _unsupported([exc], len(data), options)
+        return _unsupported([exc], size, options)
     refusals: list[UnsupportedImage] = []
     for target in options.targets():
         check_interrupted()
         try:
             check_supported(source, target)
             with stage("encode"):
-                encoded, plugin, note = _encode_any_plugin(source, target, options)
+                encoded, plugin, note = _encode_any_plugin(
+                    partial(encode, source, target, options=options), target, options
+                )
             check_interrupted()
             with stage("serialize"):
                 output = serialize(encoded)
@@ -218,26 +276,78 @@ def _compress_parsed(
             check_interrupted()
             with stage("verify"):
                 checked = verify(output, source, target, options.jls_error)
-        result = _finish(data, output, encoded, target, plugin, checked, note, options)
-        result.notices = source.notices
-        if result.state == "done" and result.notices:
-            result.message = one_line(f"{result.message}; " + "; ".join(result.notices))
-        return result
-    return _unsupported(refusals, len(data), options)
+        result = _finish(size, output, encoded, target, plugin, checked, note, options)
+        return _with_notices(result, source.notices)
+    return _unsupported(refusals, size, options)
 
 
-def _classify(ds: Dataset, data: bytes, options: CompressionOptions) -> Result | None:
+def _with_notices(result: Result, notices: list[str]) -> Result:
+    result.notices = notices
+    if result.state == "done" and result.notices:
+        result.message = one_line(f"{result.message}; " + "; ".join(result.notices))
+    return result
+
+
+def _compress_frames(
+    frames: Plan, size: int, options: CompressionOptions, stage: StageTimer
+) -> Result:
+    """:func:`_compress_parsed` for a large native multi-frame object, a group of
+    frames at a time (see :mod:`worker.codec.frames`); the output is a temporary file."""
+    check_interrupted()
+    try:
+        with stage("decode"):
+            first = first_frame(frames)  # what the targets' checks look at
+        if first.high_bits.stray_pixels and options.high_bits == "keep":
+            summary = first.high_bits.stray_summary(int(first.dataset.HighBit))
+            raise UnsupportedImage("high_bits_set", f"{summary} (high_bits is keep)")
+    except UnsupportedImage as exc:
+        raise_outside_causes(exc)
+        return _unsupported([exc], size, options)
+    refusals: list[UnsupportedImage] = []
+    for target in options.targets():
+        check_interrupted()
+        try:
+            check_supported(first, target)
+            with stage("encode"):
+                encoded, plugin, note = _encode_any_plugin(
+                    partial(encode_groups, frames, target, options=options), target, options
+                )
+            check_interrupted()
+            try:
+                with stage("serialize"):
+                    output = write_output(frames, encoded, first, target, options)
+            finally:
+                encoded.close()
+        except UnsupportedImage as exc:
+            raise_outside_causes(exc)
+            refusals.append(exc)
+            continue
+        try:
+            checked = Verification(0, None)
+            if options.verify:
+                check_interrupted()
+                with stage("verify"):
+                    checked = verify_output(output, frames, first, target, options.jls_error)
+            result = _finish(size, output, encoded.dataset, target, plugin, checked, note, options)
+        except BaseException:
+            output.close()
+            raise
+        return _with_notices(result, encoded.high_bits.notices(int(first.dataset.HighBit)))
+    return _unsupported(refusals, size, options)
+
+
+def _classify(ds: Dataset, size: int, options: CompressionOptions) -> Result | None:
     """Objects that are not compressed at all, copied unchanged so the archive stays
     complete: directories, data sets that are not instances, no or float pixels,
     unknown or compressed syntaxes."""
     not_instance = _not_an_instance(ds)
     if not_instance is not None:
-        return Result(*not_instance, len(data), copy_source=True)
+        return Result(*not_instance, size, copy_source=True)
     if FLOAT_PIXEL_DATA in ds or DOUBLE_FLOAT_PIXEL_DATA in ds:
         refusal = UnsupportedImage(
             "float_pixel_data", "Float/Double Float Pixel Data has no compressed syntax"
         )
-        return _unsupported([refusal], len(data), options)
+        return _unsupported([refusal], size, options)
     if PIXEL_DATA not in ds:
         copy = options.no_pixel_data == "copy"
         what = "copied unchanged" if copy else "not written"
@@ -245,7 +355,7 @@ def _classify(ds: Dataset, data: bytes, options: CompressionOptions) -> Result |
             "skipped",
             "no_pixel_data",
             f"no Pixel Data ({_sop_class(ds)}); {what}",
-            len(data),
+            size,
             copy_source=copy,
         )
     syntax = describe(ds.file_meta.TransferSyntaxUID)
@@ -255,7 +365,7 @@ def _classify(ds: Dataset, data: bytes, options: CompressionOptions) -> Result |
             f"transfer syntax {syntax.uid!r} is not defined by DICOM (private?): "
             "its encoding is unknown",
         )
-        return _unsupported([refusal], len(data), options)
+        return _unsupported([refusal], size, options)
     if not syntax.encapsulated:
         return None
     if not options.transcode:
@@ -263,7 +373,7 @@ def _classify(ds: Dataset, data: bytes, options: CompressionOptions) -> Result |
             "skipped",
             "already_compressed",
             f"already compressed: {syntax.name}; copied",
-            len(data),
+            size,
             copy_source=True,
         )
     if not syntax.lossless or str(ds.get("LossyImageCompression", "")) == "01":
@@ -271,7 +381,7 @@ def _classify(ds: Dataset, data: bytes, options: CompressionOptions) -> Result |
             "skipped",
             "lossy_source",
             f"{syntax.name} is (or may be) lossy; never re-encoded; copied",
-            len(data),
+            size,
             copy_source=True,
         )
     missing = _missing_decoder(syntax.uid)
@@ -280,7 +390,7 @@ def _classify(ds: Dataset, data: bytes, options: CompressionOptions) -> Result |
             "skipped",
             "no_decoder",
             f"no installed decoder for {syntax.name}: {missing}; copied",
-            len(data),
+            size,
             copy_source=True,
         )
     return None
@@ -319,23 +429,23 @@ def _sop_class(ds: Dataset) -> str:
 
 
 def _encode_any_plugin(
-    source: SourceImage, target: Target, options: CompressionOptions
-) -> tuple[Dataset, Plugin, str]:
+    encode_with: Callable[[Plugin], T], target: Target, options: CompressionOptions
+) -> tuple[T, Plugin, str]:
     """Encode with the chosen plugin; if it crashes natively, with the next one."""
     plugin = resolve_plugin(target, options.plugin_for(target))
     try:
-        return encode(source, target, plugin, options), plugin, ""
+        return encode_with(plugin), plugin, ""
     except CodecCrashed as crash:
         for other in target.plugins:
             if other != plugin and plugin_status(target, other).available:
                 note = f"{plugin.name} crashed ({crash}); encoded with {other.name}"
-                return encode(source, target, other, options), other, note
+                return encode_with(other), other, note
         raise PermanentError("codec_crashed", f"{target.name}/{plugin.name}: {crash}") from crash
 
 
 def _finish(
-    data: bytes,
-    output: bytes,
+    size: int,
+    output: bytes | BinaryIO,
     encoded: Dataset,
     target: Target,
     plugin: Plugin,
@@ -343,7 +453,7 @@ def _finish(
     note: str,
     options: CompressionOptions,
 ) -> Result:
-    ratio = len(data) / len(output)
+    ratio = size / size_of(output)
     common: dict[str, Any] = {
         "target": target.name,
         "plugin": plugin.name,
@@ -351,11 +461,13 @@ def _finish(
         "psnr": checked.psnr,
     }
     if options.min_ratio and ratio < options.min_ratio:
+        if not isinstance(output, bytes):
+            output.close()
         return Result(
             "skipped",
             "no_gain",
             f"{target.name} gave {ratio:.2f}x, below min_ratio {options.min_ratio}; copied",
-            len(data),
+            size,
             copy_source=True,
             **common,
         )
@@ -371,7 +483,7 @@ def _finish(
         "done",
         "compressed",
         message,
-        len(data),
+        size,
         output=output,
         transfer_syntax=str(target.uid),
         sop_instance_uid=str(encoded.SOPInstanceUID),

@@ -75,13 +75,15 @@ def refuse_lossy(ds: Dataset, target: Target) -> None:
         )
 
 
-def mark_lossy(ds: Dataset, source: Dataset, pixel_bytes: int, method: str) -> None:
+def mark_lossy(
+    ds: Dataset, source: Dataset, pixel_bytes: int, method: str, compressed: int
+) -> None:
     """Set on ``ds`` what DICOM requires of a lossily compressed image of ``source``.
 
-    ``pixel_bytes`` is the uncompressed size (for the ratio), ``method`` the Lossy
-    Image Compression Method defined term (``ISO_14495_1``, ``ISO_15444_1``).
+    ``pixel_bytes`` is the uncompressed size and ``compressed`` the encoded one (for
+    the ratio), ``method`` the Lossy Image Compression Method defined term
+    (``ISO_14495_1``, ``ISO_15444_1``).
     """
-    compressed = len(ds.PixelData)
     ratio = pixel_bytes / compressed if compressed else 0.0
     ds.ImageType = derived(ds.get("ImageType")) if ds.get("ImageType") else [
         "DERIVED", "PRIMARY"

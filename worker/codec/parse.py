@@ -8,6 +8,7 @@ This module is the single place that decides which is which.
 from __future__ import annotations
 
 import io
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.datadict import dictionary_has_tag
@@ -27,31 +28,43 @@ from worker.errors import PermanentError, raise_outside_causes
 
 # A raw dataset (no preamble) starts with its lowest tag; real ones start in these groups.
 _RAW_DATASET_FIRST_GROUPS = {0x0000, 0x0002, 0x0008}
+# Values at least this long stay in a source file until used (Pixel Data above all)
+DEFER_SIZE = 1024 * 1024
 
 
-def read_dataset(data: bytes) -> Dataset:
-    """Parse ``data`` into a Dataset whose file meta matches it as far as it can.
+def read_dataset(source: bytes | BinaryIO) -> Dataset:
+    """Parse ``source`` into a Dataset whose file meta matches it as far as it can.
+
+    From a file (a seekable one, kept open while the data set is used), values of
+    :data:`DEFER_SIZE` bytes or more are read only when used, and Pixel Data not
+    before it is decoded: a large object is not read whole just to look at it.
 
     Raises PermanentError ``not_dicom`` or ``invalid_dicom``. A data set without SOP
     Class UID (a DICOMDIR, a stray data set) is returned as it is, for the engine to
     classify.
     """
-    if len(data) < 8:
-        raise PermanentError("not_dicom", f"only {len(data)} bytes: too short to be DICOM")
-    ds = _read(data)
+    deferred = not isinstance(source, bytes | bytearray)
+    file = source if not isinstance(source, bytes | bytearray) else io.BytesIO(source)
+    size = file.seek(0, io.SEEK_END)
+    file.seek(0)
+    if size < 8:
+        raise PermanentError("not_dicom", f"only {size} bytes: too short to be DICOM")
+    ds = _read(file, DEFER_SIZE if deferred else None)
     _complete_file_meta(ds)
     return ds
 
 
-def _read(data: bytes) -> Dataset:
+def _read(file: BinaryIO, defer_size: int | None) -> Dataset:
     try:
-        ds: Dataset = dcmread(io.BytesIO(data))
+        ds: Dataset = dcmread(file, defer_size=defer_size)
     except InvalidDicomError:
-        if not _looks_like_raw_dataset(data):
+        file.seek(0)
+        if not _looks_like_raw_dataset(file.read(2)):
             raise PermanentError(
                 "not_dicom", "no DICM prefix and no recognisable DICOM data set"
             ) from None
-        ds = _read_raw(data)
+        file.seek(0)
+        ds = _read_raw(file, defer_size)
     except Exception as exc:  # pydicom raises many types on corrupt files
         raise_outside_causes(exc)
         raise PermanentError("invalid_dicom", f"cannot parse: {exc}") from exc
@@ -90,9 +103,9 @@ def _looks_like_raw_dataset(data: bytes) -> bool:
     return little in _RAW_DATASET_FIRST_GROUPS or big in _RAW_DATASET_FIRST_GROUPS
 
 
-def _read_raw(data: bytes) -> Dataset:
+def _read_raw(file: BinaryIO, defer_size: int | None) -> Dataset:
     try:
-        ds = dcmread(io.BytesIO(data), force=True)
+        ds = dcmread(file, force=True, defer_size=defer_size)
     except Exception as exc:
         raise_outside_causes(exc)
         raise PermanentError("invalid_dicom", f"cannot parse raw data set: {exc}") from exc

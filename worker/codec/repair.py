@@ -40,8 +40,10 @@ def resolve_ambiguous_vrs(ds: Dataset, signed: bool) -> None:
     The raw bytes are kept; only the VR is chosen: OW where allowed (bytes verbatim),
     else SS for signed images and US otherwise.
     """
-    for element in list(ds.elements()):
-        tag = element.tag
+    for tag in list(ds.keys()):
+        element = ds.get_item(tag, keep_deferred=True)
+        if tag == PIXEL_DATA_TAG and isinstance(element, RawDataElement) and element.value is None:
+            continue  # left in the source file (parse.DEFER_SIZE): read when decoded
         try:
             converted = ds[tag]
         except Exception as exc:

@@ -47,11 +47,11 @@ def _decode(ds: Dataset, plugin: str) -> np.ndarray:
 
 def compare(source: np.ndarray, decoded: np.ndarray, bits_stored: int) -> Verification:
     """Maximum absolute error and PSNR of ``decoded`` against ``source``."""
-    return _Difference.of(source, decoded).verification(bits_stored)
+    return Difference.of(source, decoded).verification(bits_stored)
 
 
 @dataclass
-class _Difference:
+class Difference:
     """Maximum absolute error and squared error sum, added up frame by frame."""
 
     max_error: int = 0
@@ -59,7 +59,7 @@ class _Difference:
     count: int = 0
 
     @classmethod
-    def of(cls, source: np.ndarray, decoded: np.ndarray) -> _Difference:
+    def of(cls, source: np.ndarray, decoded: np.ndarray) -> Difference:
         if source.shape != decoded.shape:
             raise PermanentError(
                 "verification_failed",
@@ -75,7 +75,7 @@ class _Difference:
         max_error = int(diff.max()) if diff.size else 0
         return cls(max_error, float(np.sum(diff.astype(np.float64) ** 2)), diff.size)
 
-    def add(self, other: _Difference) -> None:
+    def add(self, other: Difference) -> None:
         self.max_error = max(self.max_error, other.max_error)
         self.squared += other.squared
         self.count += other.count
@@ -89,21 +89,21 @@ class _Difference:
         )
 
 
-def _difference(written: Dataset, plugin: str, source: np.ndarray) -> _Difference:
+def _difference(written: Dataset, plugin: str, source: np.ndarray) -> Difference:
     """Decode ``written`` frame by frame (one decoded frame in memory at a time) and
     add up its difference from ``source``."""
     frames = int(written.get("NumberOfFrames", 1) or 1)
     if frames < 2 or source.ndim < 3 or source.shape[0] != frames:
-        return _Difference.of(source, _decode(written, plugin))
+        return Difference.of(source, _decode(written, plugin))
     decoder = get_decoder(written.file_meta.TransferSyntaxUID)
-    total = _Difference()
+    total = Difference()
     seen = 0
     for index, (frame, _) in enumerate(
         decoder.iter_array(written, raw=True, decoding_plugin=plugin)
     ):
         if index >= frames:
             raise PermanentError("verification_failed", f"more than {frames} frames decoded")
-        total.add(_Difference.of(source[index], frame))
+        total.add(Difference.of(source[index], frame))
         seen += 1
     if seen != frames:
         raise PermanentError("verification_failed", f"{seen} of {frames} frames decoded")

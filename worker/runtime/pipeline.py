@@ -225,15 +225,21 @@ def _run_claimed(job: Job) -> dict[str, Any]:
             return _finish_written(job, running, earlier)
         with job.stage("fetch"):
             fetched = job.storage.fetch(job.message.bucket, job.key, job.message.version_id)
-        check_interrupted()  # botocore retries whatever it catches, a time limit too
-        earlier = _written_after_fetch(job, running, fetched)
-        if earlier is not None:
-            return _finish_written(job, running, earlier)
-        result = _compress(job, fetched)
-        _check_claim(job)  # never write what another delivery is writing
-        with job.stage("upload"):
-            output_url = _write(job, fetched, result)
-        _check_claim(job)
+        try:
+            check_interrupted()  # botocore retries whatever it catches, a time limit too
+            earlier = _written_after_fetch(job, running, fetched)
+            if earlier is not None:
+                return _finish_written(job, running, earlier)
+            result = _compress(job, fetched)
+            try:
+                _check_claim(job)  # never write what another delivery is writing
+                with job.stage("upload"):
+                    output_url = _write(job, fetched, result)
+            finally:
+                result.close()
+            _check_claim(job)
+        finally:
+            fetched.close()
     except TransientError as exc:
         # back to queued so a retry is not mistaken for a dead worker
         job.ledger.transition(job.batch, job.key, running.stamped(state="queued"))
@@ -335,7 +341,7 @@ def _compress(job: Job, fetched: Fetched) -> Result:
         # our own output (destination inside the source): never compress it again
         return Result(
             "skipped", "own_output", "a dcmpress output; not processed again",
-            len(fetched.data),
+            fetched.size,
         )  # fmt: skip
     result = process(fetched.data, job.spec.options)
     job.stage.seconds.update(result.timings)

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -33,6 +33,7 @@ from botocore.exceptions import (
     UnknownSignatureVersionError,
 )
 
+from worker.codec.frames import FRAMES_ABOVE
 from worker.errors import DcmpressError, PermanentError, TransientError
 from worker.runtime.contract import META_WRITE_ID
 from worker.settings import WorkerSettings
@@ -88,12 +89,25 @@ def classify(exc: Exception, action: str) -> DcmpressError:
 
 @dataclass
 class Fetched:
-    """A downloaded object."""
+    """A downloaded object: its bytes, or for a large one a temporary file that
+    :meth:`close` removes."""
 
-    data: bytes
+    data: bytes | BinaryIO
     etag: str
     version_id: str | None
     metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        """The object's length in bytes."""
+        if isinstance(self.data, bytes):
+            return len(self.data)
+        return self.data.seek(0, io.SEEK_END)
+
+    def close(self) -> None:
+        """Remove the temporary file of a large object."""
+        if not isinstance(self.data, bytes):
+            self.data.close()
 
 
 @dataclass(frozen=True)
@@ -148,30 +162,42 @@ class Storage:
         self.write_attempts = settings.s3_max_attempts
         chunk = settings.multipart_threshold_mb * 1024 * 1024
         self.threshold = chunk
+        # objects at least this large are downloaded to a file, where the engine takes
+        # a large multi-frame object a group of frames at a time
+        self.spool_above = min(chunk, FRAMES_ABOVE)
         self.transfer = TransferConfig(
             multipart_threshold=chunk, multipart_chunksize=chunk, use_threads=False
         )
 
     def fetch(self, bucket: str, key: str, version_id: str | None = None) -> Fetched:
-        """Download an object in one request; a large one is spooled through a
-        temporary file in chunks, so the body is never buffered twice."""
+        """Download an object in one request; a large one (the multipart threshold or
+        ``FRAMES_ABOVE``, whichever is smaller) into a temporary file, in chunks: the
+        engine reads it from there, and a large multi-frame object is never in memory
+        whole."""
         extra = {"VersionId": version_id} if version_id else {}
+        data: bytes | BinaryIO = b""
         try:
             response = self.client.get_object(Bucket=bucket, Key=key, **extra)
             body = response["Body"]
             try:
-                if int(response.get("ContentLength", 0)) > self.threshold:
-                    with tempfile.TemporaryFile() as spool:
-                        for chunk in body.iter_chunks(chunk_size=8 * 1024 * 1024):
-                            spool.write(chunk)
-                        spool.seek(0)
-                        data = spool.read()
+                if int(response.get("ContentLength", 0)) >= self.spool_above:
+                    data = tempfile.TemporaryFile(prefix="dcmpress-fetch-")  # noqa: SIM115
+                    for chunk in body.iter_chunks(chunk_size=8 * 1024 * 1024):
+                        data.write(chunk)
+                    data.flush()
+                    data.seek(0)
                 else:
                     data = body.read()
             finally:
                 body.close()
         except (ClientError, BotoCoreError) as exc:
+            if not isinstance(data, bytes):
+                data.close()
             raise classify(exc, f"fetch s3://{bucket}/{key}") from exc
+        except BaseException:
+            if not isinstance(data, bytes):
+                data.close()
+            raise
         return Fetched(
             data=data,
             etag=str(response.get("ETag", "")).strip('"'),
@@ -274,24 +300,29 @@ class Storage:
         self,
         bucket: str,
         key: str,
-        data: bytes,
+        data: bytes | BinaryIO,
         metadata: dict[str, str],
         if_match: str | None = None,
         content_type: str = "application/dicom",
     ) -> None:
-        """Write ``data`` once; multipart above the threshold; conditional if ``if_match``."""
+        """Write ``data`` (bytes, or a seekable file read from its start) once;
+        multipart above the threshold; conditional if ``if_match``."""
+        size = len(data) if isinstance(data, bytes) else data.seek(0, io.SEEK_END)
 
         def write(metadata: dict[str, str]) -> None:
+            if not isinstance(data, bytes):
+                data.seek(0)  # every attempt sends the whole file
             if if_match is not None:
                 # in-place replacement: only if nobody changed the source meanwhile
                 self.writer.put_object(
                     Bucket=bucket, Key=key, Body=data, Metadata=metadata,
                     ContentType=content_type, IfMatch=f'"{if_match}"',
                 )  # fmt: skip
-            elif len(data) > self.threshold:
+            elif size > self.threshold:
                 # parts may be sent again (they are not objects until the upload completes)
                 self.client.upload_fileobj(
-                    io.BytesIO(data), bucket, key, Config=self.transfer,
+                    io.BytesIO(data) if isinstance(data, bytes) else data, bucket, key,
+                    Config=self.transfer,
                     ExtraArgs={"Metadata": metadata, "ContentType": content_type},
                 )  # fmt: skip
             else:
