@@ -67,13 +67,20 @@ class HighBits:
         )
 
 
+# (group, its Overlay Data tag, the tags that describe a plane), built once
+_GROUP_TAGS = [
+    (group, Tag(group, _DATA), [Tag(group, element) for element in _PLANE_ELEMENTS])
+    for group in OVERLAY_GROUPS
+]
+
+
 def embedded_overlay_groups(ds: Dataset) -> list[int]:
     """Overlay groups whose plane lives in Pixel Data (no Overlay Data element)."""
     groups = []
-    for group in OVERLAY_GROUPS:
-        if Tag(group, _DATA) in ds:
+    for group, data, plane in _GROUP_TAGS:
+        if data in ds:
             continue
-        if any(Tag(group, element) in ds for element in _PLANE_ELEMENTS):
+        if any(tag in ds for tag in plane):
             groups.append(group)
     return groups
 
