@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -33,8 +33,6 @@ from dcmpress.console import (
 )
 from dcmpress.local import plan_jobs, run_all
 from dcmpress.options import build_options, compression_flags
-from dcmpress.reports import report_rows, write_bundle, write_report
-from dcmpress.stack.samples import demo_files
 from dcmpress.views import (
     RateWindow,
     batches_table,
@@ -43,14 +41,14 @@ from dcmpress.views import (
     snapshot,
     summary_table,
 )
-from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages, requeue
-from producer.sources import KeyFilter, listing_pages
 from worker.codec.targets import all_plugin_status
 from worker.errors import CODES, ConfigurationError, DcmpressError
-from worker.runtime.contract import BatchSpec, S3Location, default_batch_id
-from worker.runtime.ledger import Ledger
-from worker.runtime.storage import Storage
 from worker.settings import CompressionOptions, WorkerSettings
+
+if TYPE_CHECKING:
+    from producer.enqueue import Enqueuer, EnqueueReport
+    from worker.runtime.contract import S3Location
+    from worker.runtime.ledger import Ledger
 
 BATCH_HELP = "Batch id, or a unique start of one (see `dcmpress batches`)."
 
@@ -145,6 +143,8 @@ def samples(
     directory: Annotated[Path, typer.Argument(help="Where to write the sample files.")],
 ) -> None:
     """Write sample DICOM files (pydicom's bundled examples and synthetic images)."""
+    from dcmpress.stack.samples import demo_files
+
     count = 0
     for name, data in demo_files():
         path = directory / name
@@ -171,6 +171,8 @@ def _enqueue_progress(console: Console) -> Progress:
 
 
 def _connect() -> tuple[WorkerSettings, Ledger]:
+    from worker.runtime.ledger import Ledger
+
     try:
         settings = WorkerSettings()
     except ValidationError as exc:
@@ -223,6 +225,11 @@ def enqueue(
     options: CompressionOptions,
 ) -> None:
     """List s3://bucket/prefix (or read a manifest) and enqueue one job per object."""
+    from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages
+    from producer.sources import KeyFilter, listing_pages
+    from worker.runtime.contract import BatchSpec, S3Location, default_batch_id
+    from worker.runtime.storage import Storage
+
     if (source is None) == (manifest is None):
         raise fail("give either s3://bucket/prefix or --manifest FILE")
     try:
@@ -403,6 +410,8 @@ def report(
     ] = False,
 ) -> None:
     """One row per object of the batch, or a report set with --out."""
+    from dcmpress.reports import report_rows, write_report
+
     if format not in ("csv", "ndjson"):
         raise fail("--format must be csv or ndjson")
     if html and not out:
@@ -424,6 +433,10 @@ def report(
 
 def _report_set(ledger: Ledger, settings: WorkerSettings, batch: str, out: str, html: bool) -> None:
     import tempfile
+
+    from dcmpress.reports import write_bundle
+    from worker.runtime.contract import S3Location
+    from worker.runtime.storage import Storage
 
     console = Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix="dcmpress-report-") as scratch:
@@ -521,6 +534,8 @@ def listen(
 
     from producer.listen import EventFilter, EventIntake, SqsListener
     from producer.webhook import WebhookLimits, serve_http
+    from worker.runtime.contract import S3Location
+    from worker.runtime.storage import Storage
 
     if not sqs and not http:
         raise fail("give --sqs QUEUE_URL and/or --http HOST:PORT")
@@ -605,9 +620,11 @@ def _enqueue_manifest(
     """Enqueue the objects a manifest names, one batch per source bucket, resumably."""
     from itertools import chain
 
-    from producer.enqueue import ManifestRun
+    from producer.enqueue import Enqueuer, ManifestRun
     from producer.manifests import ManifestError, open_local, read_manifest
     from worker import app as celery_app
+    from worker.runtime.contract import BatchSpec, S3Location, default_batch_id
+    from worker.runtime.storage import Storage
 
     storage = Storage(settings)
 
@@ -670,6 +687,8 @@ def _resumable(exc: Exception) -> str:
 
 
 def _batch_enqueuer(batch: str, force: bool) -> Enqueuer:
+    from producer.enqueue import Enqueuer
+
     settings, ledger = _connect()
     spec = ledger.get_batch(resolve_batch(ledger, batch))
     assert spec is not None  # resolve_batch found it
@@ -686,6 +705,8 @@ def retry(
     ] = None,
 ) -> None:
     """Queue the failed objects of a batch again (all, or those with --code)."""
+    from producer.enqueue import requeue
+
     enqueuer = _batch_enqueuer(batch, force=True)
     batch = enqueuer.spec.batch
     codes = set(code or ())
@@ -742,6 +763,8 @@ def cancel(batch: Annotated[str, typer.Argument(help=BATCH_HELP)]) -> None:
 @app.command()
 def resume(batch: Annotated[str, typer.Argument(help=BATCH_HELP)]) -> None:
     """Continue a cancelled batch: its cancelled objects are queued again."""
+    from producer.enqueue import requeue
+
     enqueuer = _batch_enqueuer(batch, force=True)
     batch = enqueuer.spec.batch
     enqueuer.ledger.set_cancelled(batch, False)

@@ -8,24 +8,20 @@ non-zero exit; never a traceback (``dcmpress --debug`` shows it).
 from __future__ import annotations
 
 import difflib
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-import redis
 import typer
-from botocore.exceptions import (
-    ClientError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    PartialCredentialsError,
-)
-from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 from rich.console import Console
 
 from worker.errors import DcmpressError, one_line
-from worker.runtime.ledger import Ledger
 from worker.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from botocore.exceptions import ClientError
+
+    from worker.runtime.ledger import Ledger
 
 EXIT_FAILED = 1  # the environment failed us (unreachable, refused, unknown batch)
 EXIT_USAGE = 2  # the command line asked for something impossible
@@ -79,6 +75,17 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def _explain_one(error: BaseException) -> str | None:
+    # imported here, when something failed: `dcmpress compress` never needs them
+    import redis
+    from botocore.exceptions import (
+        ClientError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+    from kombu.exceptions import OperationalError
+
     settings = _settings()
     redis_url = masked(settings.redis_url) if settings else "DCMPRESS_REDIS_URL"
     endpoint = (settings.s3_endpoint_url if settings else None) or "AWS S3 (no endpoint set)"

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from dcmpress.reports import report_rows
-from worker.runtime.ledger import STATES, TERMINAL, Ledger
+from worker.errors import TERMINAL
+from worker.runtime.ledger import STATES, Ledger
 
 # Upper edges of the ratio bins (the last bin is open): <1, 1-1.5, ..., 6-10, >=10.
 RATIO_EDGES = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0)

@@ -10,10 +10,11 @@ import csv
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from worker.runtime.ledger import Ledger
+if TYPE_CHECKING:
+    from worker.runtime.ledger import Ledger
 
 REPORT_FIELDS = (
     "key", "state", "code", "message", "bytes_in", "bytes_out", "ratio", "target",

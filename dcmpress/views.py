@@ -6,14 +6,16 @@ import datetime as dt
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from worker.codec.targets import PluginStatus
-from worker.errors import CODES
-from worker.runtime.ledger import TERMINAL, Ledger
+from worker.errors import CODES, TERMINAL
+
+if TYPE_CHECKING:
+    from worker.runtime.ledger import Ledger
 
 STALL_SECONDS = 300  # pending objects, none finished for this long: the batch is stalled
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 State = Literal["done", "skipped", "failed"]
+TERMINAL: tuple[State, ...] = ("done", "skipped", "failed")  # every object ends in one
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ from dcmpress.reports import report_rows
 from dcmpress.stack.samples import make_image, to_bytes
 from dcmpress.stack.services import SeaweedS3
 from tests.conftest import run_cli, wait_for_batch
-from worker.runtime.ledger import TERMINAL, Ledger
+from worker.errors import TERMINAL
+from worker.runtime.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -133,3 +135,18 @@ def test_tables_keep_identifiers_whole_at_80_columns() -> None:
     assert any("skipped" in line and "unknown_transfer_syntax" in line and "1.00" in line
                for line in lines)  # fmt: skip
     assert any("examples/palette_color.dcm" in line and "13.64" in line for line in lines)
+
+
+def test_the_command_line_loads_no_network_client_until_a_command_needs_one() -> None:
+    """`dcmpress compress` and `--help` start without redis, boto3, Celery or the
+    producer (about a second of imports on a small machine)."""
+    code = (
+        "import sys, dcmpress.cli; "
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('redis', 'boto3', 'botocore', 'kombu', 'celery', 'producer', 'starlette', "
+        "'uvicorn') or m.startswith('worker.runtime'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert loaded == []

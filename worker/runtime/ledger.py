@@ -40,13 +40,12 @@ from typing import Any, cast
 
 import redis
 
-from worker.errors import one_line
+from worker.errors import TERMINAL, one_line
 from worker.runtime.contract import BatchSpec
 
 # Shards per batch: with Redis's default small-hash limits (128 entries in Redis 7,
 # 512 in 6.2) a batch of up to ~1M objects stays in the compact listpack encoding.
 SHARDS = 8192
-TERMINAL = ("done", "skipped", "failed")
 STATES = ("queued", "running", *TERMINAL)
 _STATE_CHAR = {state: state[0] for state in STATES}
 _CHAR_STATE = {char: state for state, char in _STATE_CHAR.items()}

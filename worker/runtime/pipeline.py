@@ -17,10 +17,10 @@ from typing import Any
 from urllib.parse import quote
 
 from worker.codec.engine import Result, process
-from worker.errors import DcmpressError, PermanentError, TransientError, check_interrupted
+from worker.errors import TERMINAL, DcmpressError, PermanentError, TransientError, check_interrupted
 from worker.runtime import contract
 from worker.runtime.contract import BatchSpec, JobMessage
-from worker.runtime.ledger import TERMINAL, Ledger, Record, short_etag
+from worker.runtime.ledger import Ledger, Record, short_etag
 from worker.runtime.storage import Fetched, Storage
 from worker.timing import StageTimer
 
