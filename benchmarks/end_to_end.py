@@ -8,6 +8,12 @@ In one run, on the same synthetic files and with the same number of processes:
   Redis, real ``celery worker`` processes fetching, compressing, verifying, uploading
   and recording - from the first enqueue to the last recorded outcome.
 
+Beside wall time, the CPU seconds each party used (from ``/proc``): the engine's own
+in the codec-only pool, and in the stack the Celery worker (main process and pool),
+the S3 server, Redis and the enqueueing process. On a small machine the S3 server and
+Redis take cores the workers would use; worker CPU per object against engine CPU per
+object is what a cluster whose storage runs elsewhere pays.
+
 Run: ``python benchmarks/end_to_end.py [--objects 60] [--size 512] [--processes 2]``.
 """
 
@@ -18,6 +24,7 @@ import os
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dcmpress.stack.samples import make_image, to_bytes
@@ -31,24 +38,77 @@ from worker.runtime.ledger import Ledger
 from worker.runtime.storage import Storage
 from worker.settings import CompressionOptions, WorkerSettings
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-def _codec_only(data: bytes, target: str) -> int:
+
+def _children() -> dict[int, list[int]]:
+    """Parent pid -> child pids, of every process now running (from /proc)."""
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        tree.setdefault(int(fields[1]), []).append(int(entry.name))
+    return tree
+
+
+def tree_cpu_seconds(pid: int | None, descendants: bool = True) -> float:
+    """User + system CPU seconds of ``pid`` and (unless not asked) its live descendants."""
+    if pid is None:
+        return 0.0
+    tree, total, todo = _children() if descendants else {}, 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
+        todo.extend(tree.get(current, []))
+    return total
+
+
+@dataclass
+class Measured:
+    """Wall seconds of a run, and CPU seconds by party."""
+
+    seconds: float
+    cpu: dict[str, float] = field(default_factory=dict)
+
+
+def _codec_only(data: bytes, target: str) -> float:
+    started = time.process_time()
     result = process(data, CompressionOptions(target=[target]))
     assert result.state == "done", result.message
-    return result.bytes_out
+    return time.process_time() - started
+
+
+def codec_only(files: list[bytes], target: str, processes: int) -> Measured:
+    """The engine alone over ``files`` in a pool of ``processes``: wall seconds, and the
+    CPU seconds of the engine calls."""
+    with ProcessPoolExecutor(processes) as pool:
+        list(pool.map(_codec_only, files[:processes], [target] * processes))  # warm up
+        started = time.perf_counter()
+        cpu = sum(pool.map(_codec_only, files, [target] * len(files)))
+        return Measured(time.perf_counter() - started, {"engine": cpu})
 
 
 def codec_only_seconds(files: list[bytes], target: str, processes: int) -> float:
     """Wall seconds for the engine alone over ``files`` in a pool of ``processes``."""
-    with ProcessPoolExecutor(processes) as pool:
-        list(pool.map(_codec_only, files[:processes], [target] * processes))  # warm up
-        started = time.perf_counter()
-        list(pool.map(_codec_only, files, [target] * len(files)))
-        return time.perf_counter() - started
+    return codec_only(files, target, processes).seconds
 
 
 def end_to_end_seconds(files: list[bytes], target: str, processes: int, root: Path) -> float:
     """Wall seconds from the first enqueue to the last outcome, through the real stack."""
+    return end_to_end(files, target, processes, root).seconds
+
+
+def end_to_end(files: list[bytes], target: str, processes: int, root: Path) -> Measured:
+    """From the first enqueue to the last outcome, through the real stack: wall seconds
+    and the CPU seconds of the worker, the S3 server, Redis and the enqueuer."""
     with RedisServer(root / "redis") as redis_server, SeaweedS3(root / "s3") as s3:
         env = dcmpress_env(redis_server, s3)
         os.environ.update(env)
@@ -59,7 +119,8 @@ def end_to_end_seconds(files: list[bytes], target: str, processes: int, root: Pa
             client.put_object(Bucket="bench-src", Key=f"img/{index:05d}.dcm", Body=data)
         settings = WorkerSettings()
         ledger = Ledger.from_url(settings.redis_url, settings.retention_seconds)
-        with CeleryWorker(env, root / "celery", concurrency=processes):
+        with CeleryWorker(env, root / "celery", concurrency=processes) as worker:
+            parties = {"worker": worker.pid, "s3 server": s3.pid, "redis": redis_server.pid}
             spec = BatchSpec(
                 batch="bench", source=S3Location(bucket="bench-src"),
                 dest=S3Location(bucket="bench-dst"),
@@ -67,6 +128,9 @@ def end_to_end_seconds(files: list[bytes], target: str, processes: int, root: Pa
             )  # fmt: skip
             ledger.save_batch(spec)
             enqueuer = Enqueuer(create_app(settings), ledger, spec, settings.queue)
+            before = {name: tree_cpu_seconds(pid) for name, pid in parties.items()}
+            main_before = tree_cpu_seconds(worker.pid, descendants=False)
+            own = time.process_time()
             started = time.perf_counter()
             pages = listing_pages(Storage(settings), "bench-src", "", "", KeyFilter())
             enqueue_pages(enqueuer, pages, EnqueueReport("bench"), resuming=False)
@@ -76,12 +140,17 @@ def end_to_end_seconds(files: list[bytes], target: str, processes: int, root: Pa
                     break
                 time.sleep(0.05)
             elapsed = time.perf_counter() - started
+            cpu = {name: tree_cpu_seconds(pid) - before[name] for name, pid in parties.items()}
+            cpu["worker main process"] = (
+                tree_cpu_seconds(worker.pid, descendants=False) - main_before
+            )
+            cpu["enqueue and wait"] = time.process_time() - own
             assert counts.get("done") == len(files), counts
             stages = {k[6:]: v for k, v in counts.items() if k.startswith("stage:")}
             total = sum(stages.values())
             print("  worker stage shares: " + " ".join(
                 f"{name}={seconds / total:.0%}" for name, seconds in stages.items()))  # fmt: skip
-            return elapsed
+            return Measured(elapsed, cpu)
 
 
 def main() -> None:
@@ -99,13 +168,20 @@ def main() -> None:
     megabytes = sum(len(f) for f in files) / 1e6
     print(f"{args.objects} objects, {megabytes:.1f} MB, target {args.target}, "
           f"{args.processes} processes")  # fmt: skip
-    codec = codec_only_seconds(files, args.target, args.processes)
+    codec = codec_only(files, args.target, args.processes)
     with tempfile.TemporaryDirectory(prefix="dcmpress-bench-") as root:
-        full = end_to_end_seconds(files, args.target, args.processes, Path(root))
+        full = end_to_end(files, args.target, args.processes, Path(root))
     print(f"{'':<12}{'objects/s':>10}{'MB/s':>8}")
-    print(f"{'codec only':<12}{args.objects / codec:>10.1f}{megabytes / codec:>8.1f}")
-    print(f"{'end to end':<12}{args.objects / full:>10.1f}{megabytes / full:>8.1f}")
-    print(f"end-to-end / codec-only throughput: {codec / full:.2f}")
+    print(f"{'codec only':<12}{args.objects / codec.seconds:>10.1f}"
+          f"{megabytes / codec.seconds:>8.1f}")  # fmt: skip
+    print(f"{'end to end':<12}{args.objects / full.seconds:>10.1f}"
+          f"{megabytes / full.seconds:>8.1f}")  # fmt: skip
+    print(f"end-to-end / codec-only throughput: {codec.seconds / full.seconds:.2f}")
+    engine = codec.cpu["engine"] / args.objects
+    print(f"CPU ms per object: engine alone {engine * 1000:.1f}; in the stack " + ", ".join(
+        f"{name} {seconds / args.objects * 1000:.1f}" for name, seconds in full.cpu.items()
+    ))  # fmt: skip
+    print(f"engine CPU / worker CPU per object: {engine / (full.cpu['worker'] / args.objects):.2f}")
 
 
 if __name__ == "__main__":
