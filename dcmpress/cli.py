@@ -155,11 +155,20 @@ def samples(
 
 
 @app.command()
-def doctor() -> None:
+def doctor(
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Exit 1 if any plugin is missing (an image build's check)."),
+    ] = False,
+) -> None:
     """List targets, their plugins, and which are installed."""
     console = Console()
-    console.print(doctor_table(all_plugin_status(), console.width))
+    statuses = all_plugin_status()
+    console.print(doctor_table(statuses, console.width))
     console.print(f"{len(CODES)} outcome codes; see README 'Outcome codes'.")
+    missing = [f"{s.target.name}/{s.plugin.name}" for s in statuses if not s.available]
+    if strict and missing:
+        raise fail(f"missing plugins: {', '.join(missing)}", EXIT_FAILED)
 
 
 def _enqueue_progress(console: Console) -> Progress:
