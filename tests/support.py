@@ -14,6 +14,8 @@ from pydicom.uid import RLELossless
 
 from dcmpress.stack.samples import to_bytes
 from worker.codec.engine import Result, process
+from worker.codec.plugins.htj2k import HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL
+from worker.codec.plugins.jpegxl import JPEG_XL_LOSSLESS
 from worker.settings import CompressionOptions
 
 
@@ -32,12 +34,17 @@ def independent_decode(data: bytes, encoder_plugin: str = "") -> np.ndarray:
     """Decode with a different codec library than the one the engine verified with.
 
     JPEG-LS and JPEG 2000 go through GDCM; RLE through pydicom's pure-Python decoder
-    (or pylibjpeg-rle if the result was written by pydicom's encoder).
+    (or pylibjpeg-rle if the result was written by pydicom's encoder); HTJ2K (written by
+    OpenJPH) through OpenJPEG; JPEG XL through libjxl, the only decoder there is here.
     """
     ds = read(data)
     syntax = ds.file_meta.TransferSyntaxUID
     if syntax == RLELossless:
         plugin = "pylibjpeg" if encoder_plugin == "pydicom" else "pydicom"
+    elif syntax in (HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL):
+        plugin = "pylibjpeg"
+    elif syntax == JPEG_XL_LOSSLESS:
+        plugin = "imagecodecs"
     elif syntax.is_encapsulated:
         plugin = "gdcm"
     else:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from worker.codec.targets import Target, get_target
+from worker.codec.targets import AUTO, Target, auto_candidates, get_target
 
 DEFAULT_J2K_CR = (10.0,)
 
@@ -34,7 +34,19 @@ class CompressionOptions(BaseModel):
         default=["jpeg-ls"],
         min_length=1,
         description="Target names or transfer syntax UIDs; later ones are fallbacks for "
-        "images the earlier ones cannot take.",
+        "images the earlier ones cannot take. `auto` (alone): the smallest verified result "
+        "of the auto candidates, image by image.",
+    )
+    auto_candidates: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="Lossless targets `auto` tries on each image. Empty: every installed "
+        "lossless target but jpegxl.",
+    )
+    prefer_speed: float | None = Field(
+        default=None,
+        ge=0,
+        description="`auto`: the smallest result among the candidates that encoded within "
+        "this many percent of the fastest one's time. Unset: the smallest of all.",
     )
     encoding_plugin: Annotated[list[str], NoDecode] = Field(
         default=[],
@@ -97,14 +109,28 @@ class CompressionOptions(BaseModel):
         "at least this many times smaller. 0 keeps every result.",
     )
 
-    _split = field_validator("target", "encoding_plugin", "j2k_cr", "j2k_psnr", mode="before")(
-        _split_list
-    )
+    _split = field_validator(
+        "target", "auto_candidates", "encoding_plugin", "j2k_cr", "j2k_psnr", mode="before"
+    )(_split_list)
 
     @field_validator("target")
     @classmethod
     def _known_targets(cls, value: list[str]) -> list[str]:
-        return [get_target(name).name for name in value]
+        names = [AUTO if name.strip().lower() == AUTO else get_target(name).name for name in value]
+        if AUTO in names and len(names) > 1:
+            raise ValueError(
+                f"{AUTO!r} tries its candidates itself: give it alone, with auto_candidates"
+            )
+        return names
+
+    @field_validator("auto_candidates")
+    @classmethod
+    def _lossless_candidates(cls, value: list[str]) -> list[str]:
+        targets = [get_target(name) for name in value]
+        lossy = [target.name for target in targets if target.lossy]
+        if lossy:
+            raise ValueError(f"auto picks among lossless targets only, not {', '.join(lossy)}")
+        return list(dict.fromkeys(target.name for target in targets))
 
     @model_validator(mode="after")
     def _one_j2k_quality_knob(self) -> CompressionOptions:
@@ -112,8 +138,17 @@ class CompressionOptions(BaseModel):
             raise ValueError("give j2k_cr or j2k_psnr, not both")
         return self
 
+    @property
+    def auto(self) -> bool:
+        """The target is ``auto``: the smallest of :meth:`targets` wins, image by image."""
+        return self.target == [AUTO]
+
     def targets(self) -> list[Target]:
-        """The targets in fallback order."""
+        """The targets in fallback order; for ``auto``, its candidates."""
+        if self.auto:
+            if self.auto_candidates:
+                return [get_target(name) for name in self.auto_candidates]
+            return auto_candidates()
         return [get_target(name) for name in self.target]
 
     def plugin_for(self, target: Target) -> str:

@@ -241,7 +241,7 @@ def test_newer_compressed_syntaxes_are_already_compressed(uid: str) -> None:
 @pytest.mark.parametrize(
     ("uid", "code"),
     [
-        ("1.2.840.10008.1.2.4.110", "no_decoder"),
+        # JPEG XL Lossless has a decoder now: tests/unit/test_jpegxl.py transcodes it
         ("1.2.840.10008.1.2.8.1", "no_decoder"),
         ("1.2.840.10008.1.2.4.111", "lossy_source"),
         ("1.2.840.10008.1.2.4.112", "lossy_source"),

@@ -18,10 +18,12 @@ from typing import Any, BinaryIO, TypeVar
 from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
 
+from worker.codec import auto
 from worker.codec.compress import (
     DOUBLE_FLOAT_PIXEL_DATA,
     FLOAT_PIXEL_DATA,
     PIXEL_DATA,
+    SourceImage,
     check_supported,
     decode_source,
     encode,
@@ -232,7 +234,9 @@ def _process(
     result = _classify(ds, size, options)
     if result is None:
         frames = None if isinstance(data, bytes | bytearray) else plan(ds, data, frames_above)
-        if frames is not None:
+        if frames is not None and options.auto:
+            result = _compress_frames_auto(frames, size, options, stage)
+        elif frames is not None:
             result = _compress_frames(frames, size, options, stage)
         else:
             result = _compress_parsed(ds, size, options, stage)
@@ -255,6 +259,8 @@ def _compress_parsed(
     except UnsupportedImage as exc:
         raise_outside_causes(exc)
         return _unsupported([exc], size, options)
+    if options.auto:
+        return _compress_auto(source, size, options, stage)
     refusals: list[UnsupportedImage] = []
     for target in options.targets():
         check_interrupted()
@@ -279,6 +285,39 @@ def _compress_parsed(
         result = _finish(size, output, encoded, target, plugin, checked, note, options)
         return _with_notices(result, source.notices)
     return _unsupported(refusals, size, options)
+
+
+def _compress_auto(
+    source: SourceImage, size: int, options: CompressionOptions, stage: StageTimer
+) -> Result:
+    """The ``auto`` target: the smallest verified result of its candidates
+    (:mod:`worker.codec.auto`), recorded under the winner's name with a notice."""
+
+    def encode_with(target: Target) -> tuple[Dataset, Plugin, str]:
+        return _encode_any_plugin(partial(encode, source, target, options=options), target, options)
+
+    picked = auto.pick(source, options, stage, encode_with)
+    if not isinstance(picked, auto.Picked):
+        return _unsupported(picked, size, options)
+    won = picked.trial
+    assert won.encoded is not None and won.plugin is not None  # a trial that made a result
+    result = _finish(
+        size, won.output, won.encoded, won.target, won.plugin, picked.checked, won.note, options
+    )
+    return _with_notices(result, [*source.notices, picked.notice])
+
+
+def _compress_frames_auto(
+    frames: Plan, size: int, options: CompressionOptions, stage: StageTimer
+) -> Result:
+    """``auto`` for a large multi-frame object: its candidates ranked on a sample of
+    frames, then the object compressed as for that target list."""
+    ranked, notice = auto.rank_on_sample(frames, options, stage)
+    result = _compress_frames(frames, size, options.model_copy(update={"target": ranked}), stage)
+    result.notices = [*result.notices, notice]
+    if result.state == "done":
+        result.message = one_line(f"{result.message}; {notice}")
+    return result
 
 
 def _with_notices(result: Result, notices: list[str]) -> Result:

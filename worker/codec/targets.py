@@ -21,16 +21,31 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from worker.codec.plugins import packbits
+from worker.codec.plugins import htj2k, jpegxl, packbits
 from worker.codec.plugins.base import Plugin
 from worker.codec.plugins.gdcm import GDCM_RLE
+from worker.codec.plugins.htj2k import HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL, IMAGECODECS_HTJ2K
+from worker.codec.plugins.jpegxl import IMAGECODECS_JPEGXL, JPEG_XL_LOSSLESS
 from worker.codec.plugins.packbits import IMAGECODECS_RLE
 from worker.codec.plugins.pyjpegls import PYJPEGLS
 from worker.codec.plugins.pylibjpeg import PYLIBJPEG_J2K, PYLIBJPEG_RLE
 from worker.codec.plugins.rle import PYDICOM_RLE
 from worker.errors import ConfigurationError
 
-__all__ = ["TARGETS", "Plugin", "PluginStatus", "Target", "get_target", "resolve_plugin"]
+__all__ = [
+    "AUTO",
+    "TARGETS",
+    "Plugin",
+    "PluginStatus",
+    "Target",
+    "auto_candidates",
+    "get_target",
+    "resolve_plugin",
+]
+
+# The target that picks, image by image, the smallest verified result of its candidates
+# (worker/codec/auto.py); not a transfer syntax of its own.
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,8 @@ class Target:
     # so a later target takes the image: a failed verification would be final)
     min_bits_stored: int = 1
     min_bits_stored_reason: str = ""
+    # among ``auto``'s candidates unless the user lists them (JPEG XL: few viewers yet)
+    auto_default: bool = True
 
     def decoder(self) -> str:
         """The fastest installed decoding plugin for verification ('' = pydicom's pick)."""
@@ -78,7 +95,11 @@ class Target:
         )
 
 
-packbits.register()  # pydicom does not know the imagecodecs RLE plugin by itself
+# pydicom does not know these imagecodecs plugins by itself; 3.0 has no HTJ2K encoder
+# and no JPEG XL at all (see worker/codec/plugins/extend.py)
+packbits.register()
+htj2k.register()
+jpegxl.register()
 
 TARGETS: dict[str, Target] = {
     t.name: t
@@ -144,6 +165,43 @@ TARGETS: dict[str, Target] = {
             summary="RLE lossless: readable everywhere, about 1.7x.",
             decoders=("pylibjpeg", "pydicom", "gdcm"),
         ),
+        Target(
+            name="htj2k",
+            uid=HTJ2K_LOSSLESS,
+            lossy=False,
+            plugins=(IMAGECODECS_HTJ2K,),
+            bits_allocated=frozenset({8, 16}),  # openjpeg decodes no 32-bit precision
+            max_bits_stored=16,
+            options=frozenset(),
+            summary="HTJ2K lossless (OpenJPH): JPEG 2000 with a block coder ~17x faster "
+            "than openjpeg's, ~5 % larger; RGB as YBR_RCT.",
+            decoders=("pylibjpeg",),  # OpenJPEG: not the library that encoded
+        ),
+        Target(
+            name="htj2k-rpcl",
+            uid=HTJ2K_LOSSLESS_RPCL,
+            lossy=False,
+            plugins=(IMAGECODECS_HTJ2K,),
+            bits_allocated=frozenset({8, 16}),
+            max_bits_stored=16,
+            options=frozenset(),
+            summary="HTJ2K lossless, RPCL progression and TLM markers: resolution by "
+            "resolution, thumbnails first (what AWS HealthImaging serves).",
+            decoders=("pylibjpeg",),
+        ),
+        Target(
+            name="jpegxl",
+            uid=JPEG_XL_LOSSLESS,
+            lossy=False,
+            plugins=(IMAGECODECS_JPEGXL,),
+            bits_allocated=frozenset({8, 16}),
+            max_bits_stored=16,
+            options=frozenset(),
+            summary="JPEG XL lossless (libjxl, effort 1): fast; few viewers read it yet, "
+            "so never a default.",
+            decoders=("imagecodecs",),  # nothing else decodes JPEG XL here
+            auto_default=False,
+        ),
     )
 }
 
@@ -160,6 +218,18 @@ def get_target(name_or_uid: str) -> Target:
             f"unknown target {name_or_uid!r}; choose one of: {known} (or their UIDs)"
         )
     return target
+
+
+def auto_candidates() -> list[Target]:
+    """What ``auto`` tries when the user names no candidates: every lossless target
+    with an installed plugin, but those only ever written when asked for (jpegxl)."""
+    return [
+        target
+        for target in TARGETS.values()
+        if not target.lossy
+        and target.auto_default
+        and any(plugin_status(target, plugin).available for plugin in target.plugins)
+    ]
 
 
 def target_for_syntax(uid: str) -> Target | None:
