@@ -58,6 +58,8 @@ from worker.codec.targets import TARGETS, resolve_plugin
 from worker.settings import CompressionOptions
 
 LOSSLESS_TARGETS = ("jpeg-ls", "rle", "j2k")
+# measured by the engine alone (no peer writes them): beside the targets above
+NEWER_TARGETS = ("htj2k", "jpegxl", "auto")
 END_TO_END_TARGET = "jpeg-ls"
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 MB = 1e6
@@ -579,6 +581,39 @@ def measure_target_on_set(
     return result
 
 
+def _engine_pass(datas: list[bytes], target: str, ratio: list[float]) -> float:
+    """Seconds of one engine pass over ``datas``; its mean size ratio into ``ratio``."""
+    seconds, size_ratio, _ = codec_engine.engine_seconds(datas, target)
+    ratio[:] = [size_ratio]
+    return seconds
+
+
+def measure_newer_targets(
+    reference_sets: Sequence[ReferenceSet], protocol: Protocol, progress: Progress
+) -> dict[str, Any]:
+    """HTJ2K, JPEG XL and ``auto`` through the engine (verification on), on every set:
+    MB/s and mean size ratio, to set beside the engine numbers of the other targets."""
+    measured: dict[str, Any] = {}
+    for target in NEWER_TARGETS:
+        measured[target] = {}
+        for reference in reference_sets:
+            progress.note(f"{target} / {reference.name}: engine")
+            eligible, excluded = engine_eligible(reference, target)
+            if not eligible:
+                measured[target][reference.name] = {"files": 0, "excluded": excluded}
+                continue
+            datas = [path.read_bytes() for path in eligible]
+            ratio: list[float] = []
+            timing = measure(partial(_engine_pass, datas, target, ratio), protocol)
+            measured[target][reference.name] = {
+                "files": len(eligible),
+                "excluded": excluded,
+                "engine": timing.as_json(sum(len(d) for d in datas) / MB),
+                "engine_size_ratio": round(ratio[0], 3),
+            }
+    return measured
+
+
 # --- scaling, fixed costs, end to end -----------------------------------------------------
 
 
@@ -993,10 +1028,59 @@ def other_tables(results: dict[str, Any]) -> list[TextTable]:
     return tables
 
 
+def newer_targets_table(results: dict[str, Any]) -> TextTable:
+    """Engine MB/s and size ratio of every target on every set; auto's gain."""
+    fixed = list(results["targets"]) + [t for t in results["newer_targets"] if t != "auto"]
+
+    def cell(target: str, set_name: str) -> dict[str, Any] | None:
+        per_set = (
+            results["targets"][target]["sets"]
+            if target in results["targets"]
+            else results["newer_targets"][target]
+        )
+        found = per_set.get(set_name)
+        return found if found and found.get("files") else None
+
+    headers: tuple[str, ...] = ("set",)
+    for target in [*fixed, "auto"]:
+        headers += (f"{target} MB/s", "ratio")
+    headers += ("auto size gain over " + " / ".join(fixed),)
+    rows = []
+    for set_name in results["sets"]:
+        row: tuple[str, ...] = (set_name,)
+        for target in [*fixed, "auto"]:
+            found = cell(target, set_name)
+            row += (
+                (_rate(found["engine"]), f"{found['engine_size_ratio']:.2f}")
+                if found
+                else ("-", "-")
+            )
+        chosen = cell("auto", set_name)
+        gains = []
+        for target in fixed:
+            found = cell(target, set_name)
+            gains.append(
+                f"{chosen['engine_size_ratio'] / found['engine_size_ratio']:.3f}"
+                if chosen and found
+                else "-"
+            )
+        rows.append((*row, " / ".join(gains)))
+    return TextTable(
+        "Every target through the engine (verification on): MB/s of input files and mean "
+        "size ratio",
+        headers,
+        tuple(rows),
+        "auto tries its default candidates (every installed lossless target but jpegxl) and "
+        "keeps the smallest; its gain is its mean size ratio over the fixed target's (on "
+        "the files each took); its MB/s is the time cost",
+    )
+
+
 def all_tables(results: dict[str, Any]) -> list[TextTable]:
     """Every table, in reading order."""
     return [
         *throughput_tables(results),
+        newer_targets_table(results),
         stage_table(results),
         memory_table(results),
         *other_tables(results),
@@ -1093,6 +1177,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
                     for reference in reference_sets
                 },
             }
+        results["newer_targets"] = measure_newer_targets(reference_sets, protocol, progress)
         multi_file = [s for s in reference_sets if len(s.files) > 1]
         largest = max(multi_file, key=lambda s: s.total_bytes)
         cells = {t: results["targets"][t]["sets"][largest.name] for t in sizes.extra_targets}

@@ -126,3 +126,18 @@ def test_the_results_file_holds_every_target(quick_run: tuple[dict[str, Any], Pa
     assert text.startswith("# dcmpress benchmark results")
     for target in TARGETS:
         assert f"### {target}: MB/s" in text
+
+
+def test_htj2k_jpegxl_and_auto_are_measured_beside_the_others(
+    quick_run: tuple[dict[str, Any], Path],
+) -> None:
+    results, results_file = quick_run
+    assert set(results["newer_targets"]) == {"htj2k", "jpegxl", "auto"}
+    for target, per_set in results["newer_targets"].items():
+        assert set(per_set) == set(SETS)
+        for set_name in ("ct", "volume", "archive"):
+            cell = per_set[set_name]
+            assert cell["files"] > 0, (target, set_name, cell)
+            _positive(cell["engine"], "mb_per_s")
+            assert cell["engine_size_ratio"] > 0
+    assert "### Every target through the engine" in results_file.read_text()
