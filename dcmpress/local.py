@@ -139,10 +139,18 @@ def _write_atomically(
             elif source is not None:
                 with source.open("rb") as src:
                     shutil.copyfileobj(src, temp)
+        # mkstemp makes the file 0600; an output is created as any file is (umask)
+        os.chmod(temp_name, 0o666 & ~_umask())
         os.replace(temp_name, output)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def run_all(

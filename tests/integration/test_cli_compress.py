@@ -206,3 +206,36 @@ def test_a_pool_process_crash_is_recorded_and_the_rest_still_complete(
     assert len(seen) == len(by_name) == 7  # exactly one record per file
     assert by_name["crash.dcm"]["code"] == "codec_crashed"
     assert all(by_name[f"ok{i}.dcm"]["outcome"] == "done" for i in range(6))
+
+
+def test_outputs_are_created_as_the_users_umask_says(tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [*DCMPRESS, "compress", str(tree), "--out", str(out), "--jsonl"],
+        capture_output=True, text=True, timeout=300, umask=0o027, check=False,
+        env={**os.environ, "COLUMNS": "160"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = records(proc.stdout)
+    written = [Path(row["output"]) for row in rows.values() if row["output"]]
+    assert {row["outcome"] for row in rows.values()} >= {"done", "skipped"}  # both kinds
+    assert written and {path.stat().st_mode & 0o777 for path in written} == {0o640}
+
+
+def test_a_large_volume_is_compressed_from_its_file_frame_by_frame(tmp_path: Path) -> None:
+    """Above FRAMES_ABOVE (the default) the file is read as the engine needs it and the
+    output goes through a temporary file; an independent decode is identical."""
+    from worker.codec.frames import FRAMES_ABOVE
+
+    ds = make_image(512, 512, frames=FRAMES_ABOVE // (512 * 512 * 2) + 2, bits_stored=12)
+    source = tmp_path / "in" / "volume.dcm"
+    source.parent.mkdir()
+    source.write_bytes(to_bytes(ds))
+    out = tmp_path / "out"
+    proc = dcmpress("compress", str(source.parent), "--out", str(out), "--jsonl", "-j", "1")
+    assert proc.returncode == 0, proc.stderr
+    (row,) = records(proc.stdout).values()
+    assert (row["outcome"], row["code"]) == ("done", "compressed"), row
+    output = (out / "volume.dcm").read_bytes()
+    assert row["bytes_out"] == len(output)
+    np.testing.assert_array_equal(independent_decode(output), source_pixels(ds))
