@@ -15,6 +15,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import pytest
+from hypothesis import event, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian
@@ -220,3 +223,53 @@ def test_a_large_volume_is_never_held_whole(tmp_path: Path) -> None:
     decoded = independent_decode(written)
     assert decoded.shape == (frames, 512, 512)
     np.testing.assert_array_equal(decoded, source_pixels(dcmread(io.BytesIO(path.read_bytes()))))
+
+
+@hyp_settings(max_examples=200, derandomize=True, deadline=None, database=None)
+@given(data=st.data())
+def test_property_the_frame_path_writes_what_the_whole_path_writes(data: st.DataObject) -> None:
+    """Over sizes, bit depths, signedness, colour, planar layout, frame counts, stray
+    high bits and targets: the same outcome, message and bytes, group by group."""
+    samples = data.draw(st.sampled_from([1, 3]), "samples")
+    allocated = data.draw(st.sampled_from([8] if samples == 3 else [8, 16, 32]), "allocated")
+    stored = data.draw(st.integers(1, min(allocated, 16)), "stored")
+    kwargs: dict[str, Any] = {
+        "rows": data.draw(st.integers(1, 40), "rows"),
+        "cols": data.draw(st.integers(1, 40), "cols"),
+        "frames": data.draw(st.integers(2, 6), "frames"),
+        "bits_allocated": allocated,
+        "bits_stored": stored,
+        "signed": samples == 1 and data.draw(st.booleans(), "signed"),
+        "samples": samples,
+        "planar": data.draw(st.sampled_from([0, 1]), "planar") if samples == 3 else 0,
+        "seed": data.draw(st.integers(0, 3), "seed"),
+    }
+    ds = make_image(**kwargs)
+    if allocated > stored and data.draw(st.booleans(), "stray high bit"):
+        words = np.frombuffer(ds.PixelData, dtype=f"<u{allocated // 8}").copy()
+        words[data.draw(st.integers(0, words.size - 1), "where")] |= 1 << (allocated - 1)
+        ds.PixelData = words.tobytes()
+    target = data.draw(st.sampled_from(["jpeg-ls", "rle", "j2k", "htj2k"]), "target")
+    options = CompressionOptions(target=[target], min_ratio=0)
+    data_bytes = to_bytes(ds)
+    whole = process(data_bytes, options)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parse, "DEFER_SIZE", 1)  # every Pixel Data left in the file
+        per_group = data.draw(st.integers(1, 3), "frames per group")
+        real = frames_module.Plan.__init__
+
+        def grouped(self: frames_module.Plan, *args: Any) -> None:
+            real(self, *args[:-1], per_group)
+
+        patch.setattr(frames_module.Plan, "__init__", grouped)
+        with as_file(data_bytes) as file:
+            result = process(file, options, frames_above=1)
+    assert (result.state, result.code, result.message) == (
+        whole.state, whole.code, whole.message,
+    ), kwargs  # fmt: skip
+    event(f"{whole.state}/{whole.code}")
+    if whole.output is None:
+        assert result.output is None
+        return
+    assert not isinstance(result.output, bytes), "the frame path was not taken"
+    assert output_bytes(result) == whole.output, kwargs
