@@ -273,3 +273,26 @@ def test_property_the_frame_path_writes_what_the_whole_path_writes(data: st.Data
         return
     assert not isinstance(result.output, bytes), "the frame path was not taken"
     assert output_bytes(result) == whole.output, kwargs
+
+
+def test_groups_carry_only_the_image_pixel_attributes(
+    groups_of_two: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An Enhanced object's per-frame functional groups (an item per frame) are never
+    copied per group, yet the output carries them exactly as the whole path writes."""
+    seen: list[Dataset] = []
+    real = frames_module.decode_source
+
+    def spy(ds: Dataset) -> Any:
+        seen.append(ds)
+        return real(ds)
+
+    monkeypatch.setattr(frames_module, "decode_source", spy)
+    data = to_bytes(enhanced_ct(frames=5, rows=40, cols=48))
+    options = CompressionOptions(target="jpeg-ls")
+    written = output_bytes(framed(data, options))
+    assert written == process(data, options).output
+    groups = [ds for ds in seen if "PerFrameFunctionalGroupsSequence" not in ds]
+    assert len(groups) >= 6  # three groups encoded, three verified
+    assert all(int(ds.NumberOfFrames) <= 2 for ds in groups)
+    assert len(read(written).PerFrameFunctionalGroupsSequence) == 5

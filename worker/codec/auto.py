@@ -155,7 +155,7 @@ def rank_on_sample(
     indices = sample_indices(frames.frames)
     try:
         with stage("decode"):
-            samples = [decode_source(frames.group_dataset(index, 1)) for index in indices]
+            samples = [decode_source(frames.frame_dataset(index)) for index in indices]
     except UnsupportedImage as exc:  # the frames path refuses it as for any target
         raise_outside_causes(exc)
         return [target.name for target in candidates], f"auto could not sample: {exc.message}"

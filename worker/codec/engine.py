@@ -354,7 +354,7 @@ def _compress_frames(
             check_interrupted()
             try:
                 with stage("serialize"):
-                    output = write_output(frames, encoded, first, target, options)
+                    output, written = write_output(frames, encoded, first, target, options)
             finally:
                 encoded.close()
         except UnsupportedImage as exc:
@@ -367,7 +367,7 @@ def _compress_frames(
                 check_interrupted()
                 with stage("verify"):
                     checked = verify_output(output, frames, first, target, options.jls_error)
-            result = _finish(size, output, encoded.dataset, target, plugin, checked, note, options)
+            result = _finish(size, output, written, target, plugin, checked, note, options)
         except BaseException:
             output.close()
             raise
