@@ -23,6 +23,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 from dcmpress.console import (
     EXIT_FAILED,
@@ -152,6 +153,59 @@ def samples(
         path.write_bytes(data)
         count += 1
     Console(stderr=True).print(f"wrote {count} sample files to {directory}")
+
+
+policy_app = typer.Typer(help="Policies: which rule decides each object.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("check")
+def policy_check(
+    policy: Annotated[Path, typer.Argument(help="The policy file (TOML).")],
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Sample files or directories to decide.")
+    ] = None,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per file.")] = False,
+) -> None:
+    """Check a policy file; with sample files, show the rule each would take."""
+    from pydicom import dcmread
+
+    from worker.policy import load_policy
+
+    try:
+        rules = load_policy(policy)
+    except ConfigurationError as exc:
+        raise fail(str(exc)) from None
+    console = Console()
+    if not paths:
+        console.print(
+            f"{policy}: {len(rules.rule)} rules, valid; the default: {rules.rule[-1].name!r}",
+            soft_wrap=True,
+        )
+        return
+    files = [p for path in paths for p in ([path] if path.is_file() else sorted(path.rglob("*")))]
+    table = Table(title=f"{policy}: the rule each file takes")
+    for column in ("file", "rule", "action", "targets"):
+        table.add_column(column)
+    for file in (f for f in files if f.is_file()):
+        row: dict[str, Any]
+        try:
+            ds = dcmread(file, stop_before_pixels=True)
+        except Exception as exc:  # not DICOM, or unreadable: said per file
+            row = {"path": str(file), "rule": None, "error": f"cannot read a DICOM header: {exc}"}
+        else:
+            rule = rules.decide(ds, str(file), file.stat().st_size)
+            row = {"path": str(file), "rule": rule.name, "action": rule.action,
+                   "target": rule.target or rule.options.get("target", [])}  # fmt: skip
+        if jsonl:
+            sys.stdout.write(json.dumps(row) + "\n")
+        else:
+            table.add_row(
+                str(file), row["rule"] or "-", str(row.get("action", row.get("error", ""))),
+                ", ".join(row.get("target", [])),
+            )  # fmt: skip
+    if not jsonl:
+        console.print(table)
 
 
 @app.command()

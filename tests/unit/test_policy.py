@@ -1,0 +1,182 @@
+"""Policies (worker/policy.py): parsing with errors that name line and field, matching
+on attributes, key and size, first match wins, and ``dcmpress policy check``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydicom import examples
+from pydicom.dataset import Dataset
+from typer.testing import CliRunner
+
+from dcmpress.cli import app
+from dcmpress.stack.samples import make_image, to_bytes
+from worker.errors import ConfigurationError
+from worker.policy import Attribute, parse_policy, parse_size
+from worker.settings import CompressionOptions
+
+POLICY = """
+[[rule]]
+name = "never lossy for segmentations"
+when = { Modality = ["SEG", "RTSTRUCT"] }
+target = ["jpeg-ls", "rle"]
+
+[[rule]]
+name = "copy reports"
+when = { Modality = "SR" }
+action = "copy"
+
+[[rule]]
+name = "localizers untouched"
+when = { "ImageType[3]" = "LOCALIZER" }
+action = "skip"
+
+[[rule]]
+name = "big CR near-lossless"
+when = { Modality = "CR", size = { min = "1MB" }, key = { glob = "*/cr/*" } }
+target = ["jpeg-ls-near"]
+options = { jls_error = 3 }
+
+[[rule]]
+name = "16-bit unsigned as RLE"
+when = { BitsStored = { min = 13 }, PixelRepresentation = 0, "0008,0070" = { not = "ACME" } }
+target = ["rle"]
+
+[[rule]]
+name = "default"
+target = ["jpeg-ls"]
+"""
+
+
+def header(**attributes: object) -> Dataset:
+    ds = make_image(8, 8, bits_stored=12)
+    for name, value in attributes.items():
+        setattr(ds, name, value)
+    return ds
+
+
+def decided(ds: Dataset, key: str = "a/b.dcm", size: int = 1000) -> str:
+    return parse_policy(POLICY).decide(ds, key, size).name
+
+
+def test_first_match_wins_and_the_default_takes_the_rest() -> None:
+    assert decided(header(Modality="SEG")) == "never lossy for segmentations"
+    assert decided(header(Modality="SR")) == "copy reports"
+    assert decided(header(Modality="CT")) == "default"
+
+
+def test_value_index_list_and_multi_valued_attributes() -> None:
+    localizer = header(Modality="CT", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    assert decided(localizer) == "localizers untouched"
+    axial = header(Modality="CT", ImageType=["ORIGINAL", "PRIMARY", "AXIAL"])
+    assert decided(axial) == "default"
+    short = header(Modality="CT", ImageType=["ORIGINAL", "PRIMARY"])  # no value 3
+    assert decided(short) == "default"
+
+
+def test_key_glob_and_size_with_units() -> None:
+    cr = header(Modality="CR")
+    assert decided(cr, "site/cr/1.dcm", 2_000_000) == "big CR near-lossless"
+    assert decided(cr, "site/cr/1.dcm", 900_000) == "default"  # below 1MB
+    assert decided(cr, "site/dx/1.dcm", 2_000_000) == "default"  # key does not match
+    assert parse_size("1.5GiB") == 1.5 * 2**30
+    assert parse_size(12) == 12
+    with pytest.raises(ValueError, match="not a size"):
+        parse_size("big")
+
+
+def test_numbers_tags_and_negation() -> None:
+    assert decided(header(Modality="MR", BitsStored=16)) == "16-bit unsigned as RLE"
+    assert decided(header(Modality="MR", BitsStored=16, Manufacturer="ACME")) == "default"
+    assert decided(header(Modality="MR", BitsStored=12)) == "default"
+    signed = header(Modality="MR", BitsStored=16, PixelRepresentation=1)
+    assert decided(signed) == "default"
+
+
+def test_negation_holds_for_an_absent_attribute_and_regex() -> None:
+    policy = parse_policy(
+        '[[rule]]\nname = "not acme"\nwhen = { Manufacturer = { not = "ACME" } }\n'
+        'target = ["rle"]\n\n'
+        '[[rule]]\nname = "uid regex"\nwhen = { SOPClassUID = { regex = "1\\\\.2\\\\..*" } }\n'
+        'target = ["rle"]\n\n[[rule]]\nname = "default"\ntarget = ["jpeg-ls"]\n'
+    )
+    ds = header()
+    if "Manufacturer" in ds:
+        del ds.Manufacturer
+    assert policy.decide(ds, "k", 1).name == "not acme"
+    ds.Manufacturer = "ACME"
+    assert policy.decide(ds, "k", 1).name == "uid regex"
+
+
+def test_file_meta_attributes_are_matched() -> None:
+    attribute = Attribute.parse("TransferSyntaxUID")
+    assert attribute.meta
+    ds = header()
+    assert attribute.values(ds) == [str(ds.file_meta.TransferSyntaxUID)]
+
+
+def test_a_rules_options_are_whole_compression_options() -> None:
+    rule = parse_policy(POLICY).rule[3]
+    options = rule.compression(CompressionOptions())
+    assert options.target == ["jpeg-ls-near"] and options.jls_error == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[[rule]]\nname = "a"\nwhen = { Modality = "CT" }\ntarget = ["rle"]\n',
+         "no default rule"),
+        ('[[rule]]\nname = "d"\ntarget = ["rle"]\n\n[[rule]]\nname = "late"\n'
+         'when = { Modality = "CT" }\ntarget = ["rle"]\n', "can never apply"),
+        ('[[rule]]\nname = "x"\nwhen = { Modalty = "CT" }\ntarget = ["rle"]\n\n'
+         '[[rule]]\nname = "d"\ntarget = ["rle"]\n', "policy:3: rule 1 ('x'), field when"),
+        ('[[rule]]\nname = "d"\n\ntarget = ["webp"]\n', "policy:4: rule 1 ('d'), field target"),
+        ('[[rule]]\nname = "d"\ntarget = ["rle"]\noptions = { jls_eror = 2 }\n',
+         "jls_eror"),
+        ('[[rule]]\nname = "d"\naction = "copy"\ntarget = ["rle"]\n', "takes no target"),
+        ('[[rule]]\nname = "d"\ntarget = ["rle"\n', "not valid TOML"),
+        ('[[rule]]\nname = "a"\nwhen = { key = { regex = "(" } }\ntarget = ["rle"]\n\n'
+         '[[rule]]\nname = "d"\ntarget = ["rle"]\n', "bad regular expression"),
+        ('[[rule]]\nname = "d"\ntarget = ["rle"]\n\n[[rule]]\nname = "d"\ntarget = ["rle"]\n',
+         "two rules are named 'd'"),
+    ],
+)  # fmt: skip
+def test_bad_policies_are_refused_naming_what_is_wrong(text: str, expected: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        parse_policy(text)
+    assert expected in str(caught.value)
+
+
+def test_policy_check_shows_the_rule_each_sample_takes(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    (samples / "sr.dcm").write_bytes(to_bytes(header(Modality="SR")))
+    (samples / "ct.dcm").write_bytes(to_bytes(examples.ct))
+    (samples / "notes.txt").write_text("not DICOM")
+    result = CliRunner().invoke(app, ["policy", "check", str(policy), str(samples), "--jsonl"])
+    assert result.exit_code == 0, result.output
+    rows = {Path(r["path"]).name: r for r in map(json.loads, result.stdout.splitlines())}
+    assert rows["sr.dcm"]["rule"] == "copy reports"
+    assert rows["sr.dcm"]["action"] == "copy"
+    assert rows["ct.dcm"]["rule"] == "default"
+    assert rows["ct.dcm"]["target"] == ["jpeg-ls"]
+    assert rows["notes.txt"]["rule"] is None and "cannot read" in rows["notes.txt"]["error"]
+    alone = CliRunner().invoke(app, ["policy", "check", str(policy)])
+    assert alone.exit_code == 0 and "6 rules, valid" in alone.output
+    policy.write_text('[[rule]]\nname = "x"\nwhen = { Modality = "CT" }\ntarget = ["rle"]\n')
+    bad = CliRunner().invoke(app, ["policy", "check", str(policy)])
+    assert bad.exit_code == 2 and "no default rule" in bad.output
+
+
+def test_the_readmes_example_policy_is_valid() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("\n## Policies\n", 1)[1].split("\n## ", 1)[0]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    policy = parse_policy(example)
+    assert policy.decide(header(Modality="SR"), "k", 1).name == "copy reports and documents"
+    cr = header(Modality="CR", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    assert policy.decide(cr, "k", 3_000_000).name == "default"
