@@ -94,11 +94,18 @@ def compress(
     jsonl: Annotated[
         bool, typer.Option("--jsonl", help="One JSON record per input file on stdout.")
     ] = False,
+    policy: Annotated[
+        Path | None,
+        typer.Option(help="A policy file: its first matching rule decides each file."),
+    ] = None,
     *,
     options: CompressionOptions,
 ) -> None:
     """Compress DICOM files on local disk into OUT, verifying every result."""
+    from worker.policy import load_policy
+
     try:
+        rules = load_policy(policy) if policy else None
         jobs = list(plan_jobs(paths, out))
     except ConfigurationError as exc:
         raise fail(str(exc)) from None
@@ -125,7 +132,7 @@ def compress(
                 sys.stdout.flush()
             progress.update(task, advance=1, saved=_saved_text(records))
 
-        run_all(jobs, options, workers, on_record)
+        run_all(jobs, options, workers, on_record, rules)
     (console if jsonl else Console()).print(summary_table(records))
     if any(item["outcome"] == "failed" for item in records):
         raise typer.Exit(1)

@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 from worker.codec.engine import Result, process
 from worker.codec.frames import FRAMES_ABOVE
 from worker.errors import ConfigurationError, one_line
+from worker.policy import Policy
 from worker.settings import CompressionOptions
 
 
@@ -60,7 +61,7 @@ def plan_jobs(inputs: Iterable[Path], out_dir: Path) -> Iterator[Job]:
             yield Job(path, output)
 
 
-def run_job(job: Job, options: CompressionOptions) -> dict[str, Any]:
+def run_job(job: Job, options: CompressionOptions, policy: Policy | None = None) -> dict[str, Any]:
     """Compress one file and write its output; return the record (runs in a pool)."""
     started = time.perf_counter()
     try:
@@ -68,7 +69,9 @@ def run_job(job: Job, options: CompressionOptions) -> dict[str, Any]:
             # a large file is read by the engine as it needs it (frame by frame for
             # a large multi-frame object: worker/codec/frames.py)
             large = os.fstat(source.fileno()).st_size >= FRAMES_ABOVE
-            result = process(source if large else source.read(), options)
+            result = process(
+                source if large else source.read(), options, policy=policy, key=str(job.path)
+            )
     except OSError as exc:
         return io_error_record(job.path, f"cannot read the input: {exc}")
     written: Path | None = None
@@ -158,15 +161,16 @@ def run_all(
     options: CompressionOptions,
     processes: int,
     on_record: Callable[[dict[str, Any]], None],
+    policy: Policy | None = None,
 ) -> None:
     """Run every job, calling ``on_record`` exactly once per job as results arrive."""
     remaining: Iterator[Job] = iter(jobs)
     while True:
-        suspects, remaining_list = _run_pool(remaining, options, processes, on_record)
+        suspects, remaining_list = _run_pool(remaining, options, processes, on_record, policy)
         # Files in flight when a pool process died are retried alone, so the culprit
         # is known exactly and the others still get compressed.
         for job in suspects:
-            lost, _ = _run_pool(iter([job]), options, 1, on_record)
+            lost, _ = _run_pool(iter([job]), options, 1, on_record, policy)
             if lost:
                 on_record(crash_record(job.path, "a codec crashed the process (e.g. SIGABRT)"))
         if not remaining_list:
@@ -179,6 +183,7 @@ def _run_pool(
     options: CompressionOptions,
     processes: int,
     on_record: Callable[[dict[str, Any]], None],
+    policy: Policy | None,
 ) -> tuple[list[Job], list[Job]]:
     """Run ``jobs`` until done or until the pool breaks.
 
@@ -192,7 +197,7 @@ def _run_pool(
         while not broken:
             for job in jobs:
                 try:
-                    in_flight[pool.submit(run_job, job, options)] = job
+                    in_flight[pool.submit(run_job, job, options, policy)] = job
                 except BrokenProcessPool:
                     unstarted.append(job)
                     broken = True

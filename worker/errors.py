@@ -64,6 +64,12 @@ CODES: dict[str, CodeInfo] = {
     "no_decoder": CodeInfo(
         "skipped", "--transcode was given but no installed plugin decodes the source syntax."
     ),
+    "policy_copy": CodeInfo(
+        "skipped", "The policy's rule (named in the record) says copy: copied unchanged."
+    ),
+    "policy_skip": CodeInfo(
+        "skipped", "The policy's rule (named in the record) says skip: nothing written."
+    ),
     "own_output": CodeInfo(
         "skipped", "The object is a dcmpress output (metadata marker); never processed again."
     ),

@@ -180,11 +180,13 @@ def test_doctor_lists_every_target_and_plugin() -> None:
     assert "available" in proc.stdout
 
 
-def _abort_on_marked_files(job: local.Job, options: CompressionOptions) -> dict[str, Any]:
+def _abort_on_marked_files(
+    job: local.Job, options: CompressionOptions, policy: Any = None
+) -> dict[str, Any]:
     if job.path.name.startswith("crash"):
         faulthandler.disable()  # pytest's dump of this expected crash would flood the run
         os.kill(os.getpid(), signal.SIGABRT)  # a native codec crash, injected
-    return REAL_RUN_JOB(job, options)
+    return REAL_RUN_JOB(job, options, policy)
 
 
 REAL_RUN_JOB = local.run_job

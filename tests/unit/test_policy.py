@@ -180,3 +180,51 @@ def test_the_readmes_example_policy_is_valid() -> None:
     assert policy.decide(header(Modality="SR"), "k", 1).name == "copy reports and documents"
     cr = header(Modality="CR", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
     assert policy.decide(cr, "k", 3_000_000).name == "default"
+
+
+def test_the_engine_applies_the_rule_and_names_it() -> None:
+    from worker.codec.engine import process
+
+    policy = parse_policy(POLICY)
+    options = CompressionOptions()
+    sr = process(to_bytes(header(Modality="SR")), options, policy=policy, key="x/sr.dcm")
+    assert (sr.state, sr.code, sr.copy_source, sr.rule) == (
+        "skipped", "policy_copy", True, "copy reports",
+    )  # fmt: skip
+    localizer = header(Modality="CT", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    skipped = process(to_bytes(localizer), options, policy=policy)
+    assert (skipped.code, skipped.copy_source, skipped.output) == ("policy_skip", False, None)
+    cr = process(to_bytes(header(Modality="CR")), options, policy=policy, key="a/cr/1.dcm")
+    assert cr.rule == "default" and cr.target == "jpeg-ls"  # below 1MB: the default
+    big = make_image(1024, 1024, bits_stored=12)
+    big.Modality = "CR"
+    near = process(to_bytes(big), options, policy=policy, key="a/cr/1.dcm")
+    assert (near.state, near.target, near.rule) == ("done", "jpeg-ls-near", "big CR near-lossless")
+    assert near.max_error is not None and near.max_error <= 3  # the rule's jls_error
+    assert near.summary()["rule"] == "big CR near-lossless"
+    plain = process(to_bytes(header(Modality="CT")), options)
+    assert plain.rule is None and plain.target == "jpeg-ls"
+
+
+def test_dcmpress_compress_applies_a_policy(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    tree = tmp_path / "in"
+    tree.mkdir()
+    (tree / "sr.dcm").write_bytes(to_bytes(header(Modality="SR")))
+    (tree / "mr.dcm").write_bytes(to_bytes(header(Modality="MR", BitsStored=16, HighBit=15)))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["compress", str(tree), "--out", str(out), "--policy", str(policy), "--jsonl"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = {Path(r["path"]).name: r for r in map(json.loads, result.stdout.splitlines()[:2])}
+    assert (rows["sr.dcm"]["code"], rows["sr.dcm"]["rule"]) == ("policy_copy", "copy reports")
+    assert (out / "sr.dcm").read_bytes() == (tree / "sr.dcm").read_bytes()
+    assert (rows["mr.dcm"]["target"], rows["mr.dcm"]["rule"]) == ("rle", "16-bit unsigned as RLE")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[rule]]\nname = "x"\nwhen = { Modality = "CT" }\ntarget = ["rle"]\n')
+    refused = CliRunner().invoke(
+        app, ["compress", str(tree), "--out", str(out), "--policy", str(bad)]
+    )
+    assert refused.exit_code == 2 and "no default rule" in refused.output

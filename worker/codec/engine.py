@@ -54,6 +54,7 @@ from worker.errors import (
     one_line,
     raise_outside_causes,
 )
+from worker.policy import Policy, Rule
 from worker.settings import CompressionOptions
 from worker.timing import StageTimer
 
@@ -90,6 +91,7 @@ class Result:
     # what the record itself must say (moved overlays, cleared high bits); also in message
     notices: list[str] = field(default_factory=list)
     output_size: int = 0  # of ``output``; set from it
+    rule: str | None = None  # the policy rule that decided, if a policy was given
 
     def __post_init__(self) -> None:
         if self.code not in CODES:
@@ -133,6 +135,7 @@ class Result:
             "timings": {k: round(v, 5) for k, v in self.timings.items()},
             "warnings": self.warnings,
             "notices": self.notices,
+            "rule": self.rule,
         }
 
 
@@ -147,7 +150,11 @@ def size_of(data: bytes | BinaryIO) -> int:
 
 
 def process(
-    data: bytes | BinaryIO, options: CompressionOptions, frames_above: int = FRAMES_ABOVE
+    data: bytes | BinaryIO,
+    options: CompressionOptions,
+    frames_above: int = FRAMES_ABOVE,
+    policy: Policy | None = None,
+    key: str = "",
 ) -> Result:
     """Compress one DICOM object, held in memory or in a seekable file, as ``options``
     say.
@@ -156,6 +163,9 @@ def process(
     Pixel Data is taken a group of frames at a time and its output is a temporary
     file (:mod:`worker.codec.frames`); anything else is read whole.
 
+    With a ``policy``, the first rule that matches the header, ``key`` and size decides
+    (copy, skip, or compress with its targets and options), and the result names it.
+
     Never raises for a bad object; raises only TransientError and ConfigurationError.
     """
     stages = StageTimer()
@@ -163,7 +173,9 @@ def process(
         # pydicom warns about many harmless oddities of real files (invalid UI values,
         # odd lengths); they are reported with the outcome, not raised or printed.
         warnings.simplefilter("always")
-        result = _process_recording_errors(data, options, stages, frames_above)
+        result = _process_recording_errors(
+            data, options, stages, frames_above, _Decider(policy, key)
+        )
     check_interrupted()  # a time limit a library swallowed: the result is not to be trusted
     result.timings = stages.seconds
     result.warnings = _distinct_messages(caught)
@@ -179,12 +191,24 @@ def _distinct_messages(caught: list[warnings.WarningMessage], limit: int = 5) ->
     return messages[:limit]
 
 
+@dataclass(frozen=True)
+class _Decider:
+    """The policy (if any) and the object's key it matches on."""
+
+    policy: Policy | None
+    key: str
+
+
 def _process_recording_errors(
-    data: bytes | BinaryIO, options: CompressionOptions, stages: StageTimer, frames_above: int
+    data: bytes | BinaryIO,
+    options: CompressionOptions,
+    stages: StageTimer,
+    frames_above: int,
+    decider: _Decider,
 ) -> Result:
     size = size_of(data)
     try:
-        return _recorded(data, size, options, stages, frames_above)
+        return _recorded(data, size, options, stages, frames_above, decider)
     except MemoryError as exc:  # raised as itself wherever it struck (raise_outside_causes)
         return Result("failed", "out_of_memory", f"out of memory: {exc!r}", size)
 
@@ -195,9 +219,10 @@ def _recorded(
     options: CompressionOptions,
     stages: StageTimer,
     frames_above: int,
+    decider: _Decider,
 ) -> Result:
     try:
-        result = _process(data, size, options, stages, frames_above)
+        result = _process(data, size, options, stages, frames_above, decider)
     except PermanentError as exc:
         raise_outside_causes(exc)
         result = _refused(exc, size, options)
@@ -227,11 +252,16 @@ def _process(
     options: CompressionOptions,
     stage: StageTimer,
     frames_above: int,
+    decider: _Decider,
 ) -> Result:
     with stage("parse"):
         ds = read_dataset(data)
     modality = "".join(ch for ch in str(ds.get("Modality", "") or "") if ch.isalnum())[:16]
-    result = _classify(ds, size, options)
+    rule = None
+    if decider.policy is not None:
+        rule = decider.policy.decide(ds, decider.key, size)
+        options = rule.compression(options) if rule.action == "compress" else options
+    result = _by_rule(rule, size) or _classify(ds, size, options)
     if result is None:
         frames = None if isinstance(data, bytes | bytearray) else plan(ds, data, frames_above)
         if frames is not None and options.auto:
@@ -241,9 +271,23 @@ def _process(
         else:
             result = _compress_parsed(ds, size, options, stage)
     result.modality = modality
+    if rule is not None:
+        result.rule = rule.name
     if result.copy_source:
         result.transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "") or None
     return result
+
+
+def _by_rule(rule: Rule | None, size: int) -> Result | None:
+    """The outcome a policy rule decides without compressing (copy, skip)."""
+    if rule is None or rule.action == "compress":
+        return None
+    if rule.action == "copy":
+        return Result(
+            "skipped", "policy_copy", f"rule {rule.name!r}: copied unchanged", size,
+            copy_source=True,
+        )  # fmt: skip
+    return Result("skipped", "policy_skip", f"rule {rule.name!r}: not written", size)
 
 
 def _compress_parsed(
