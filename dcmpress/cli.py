@@ -106,6 +106,8 @@ def compress(
 
     try:
         rules = load_policy(policy) if policy else None
+        if rules is not None:
+            rules.check(options)
         jobs = list(plan_jobs(paths, out))
     except ConfigurationError as exc:
         raise fail(str(exc)) from None

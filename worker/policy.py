@@ -285,6 +285,20 @@ class Policy(BaseModel):
             )
         return self
 
+    def check(self, base: CompressionOptions) -> None:
+        """Raise ConfigurationError if a rule's options do not go with ``base``."""
+        for index, rule in enumerate(self.rule, 1):
+            if rule.action == "compress":
+                try:
+                    rule.compression(base)
+                except ValidationError as exc:
+                    reasons = "; ".join(
+                        str(e["msg"]).removeprefix("Value error, ") for e in exc.errors()
+                    )
+                    raise ConfigurationError(
+                        f"rule {index} ({rule.name!r}) with these options: {reasons}"
+                    ) from None
+
     def decide(self, ds: Dataset, key: str, size: int) -> Rule:
         """The first rule that matches (the default one at the latest)."""
         return next(rule for rule in self.rule if rule.matches(ds, key, size))

@@ -228,3 +228,12 @@ def test_dcmpress_compress_applies_a_policy(tmp_path: Path) -> None:
         app, ["compress", str(tree), "--out", str(out), "--policy", str(bad)]
     )
     assert refused.exit_code == 2 and "no default rule" in refused.output
+
+
+def test_rule_options_that_clash_with_the_commands_are_refused_before_work() -> None:
+    policy = parse_policy(
+        '[[rule]]\nname = "d"\ntarget = ["j2k-lossy"]\noptions = { j2k_cr = [10] }\n'
+    )
+    policy.check(CompressionOptions())
+    with pytest.raises(ConfigurationError, match=r"rule 1 \('d'\).*j2k_cr or j2k_psnr"):
+        policy.check(CompressionOptions(j2k_psnr=[40]))
