@@ -192,6 +192,9 @@ def policy_check(
             soft_wrap=True,
         )
         return
+    missing = [str(path) for path in paths if not path.exists()]
+    if missing:
+        raise fail(f"no such file or directory: {', '.join(missing)}")
     files = [p for path in paths for p in ([path] if path.is_file() else sorted(path.rglob("*")))]
     table = Table(title=f"{policy}: the rule each file takes")
     for column in ("file", "rule", "action", "targets"):

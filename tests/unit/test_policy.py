@@ -165,6 +165,8 @@ def test_policy_check_shows_the_rule_each_sample_takes(tmp_path: Path) -> None:
     assert rows["ct.dcm"]["rule"] == "default"
     assert rows["ct.dcm"]["target"] == ["jpeg-ls"]
     assert rows["notes.txt"]["rule"] is None and "cannot read" in rows["notes.txt"]["error"]
+    missing = CliRunner().invoke(app, ["policy", "check", str(policy), str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "no such file" in missing.output
     alone = CliRunner().invoke(app, ["policy", "check", str(policy)])
     assert alone.exit_code == 0 and "6 rules, valid" in alone.output
     policy.write_text('[[rule]]\nname = "x"\nwhen = { Modality = "CT" }\ntarget = ["rle"]\n')
