@@ -62,17 +62,12 @@ _MAX_BASIC_OFFSET = 2**32 - 1  # a Basic Offset Table holds 32-bit offsets
 _ITEM = b"\xfe\xff\x00\xe0"  # (FFFE,E000) Item, little endian
 
 
-class Window(io.BufferedIOBase):
-    """Bytes ``start`` to ``start + length`` of a seekable file, as a file of their own.
+class _Readable(io.BufferedIOBase):
+    """A read-only, seekable file of ``_length`` bytes; subclasses read from
+    ``_position`` (pydicom takes such buffers as element values)."""
 
-    pydicom takes such a buffer as an element value: it reads the Pixel Data from the
-    file when it needs it, never all at once.
-    """
-
-    def __init__(self, file: BinaryIO, start: int, length: int) -> None:
+    def __init__(self, length: int) -> None:
         super().__init__()
-        self._file = file
-        self._start = start
         self._length = length
         self._position = 0
 
@@ -90,19 +85,36 @@ class Window(io.BufferedIOBase):
         self._position = max(0, base[whence] + offset)
         return self._position
 
-    def read(self, size: int | None = -1, /) -> bytes:
+    def read1(self, size: int = -1, /) -> bytes:
+        return self.read(size)
+
+    def _wanted(self, size: int | None) -> int:
+        """How many bytes a ``read(size)`` from here returns at most."""
         remaining = max(0, self._length - self._position)
-        wanted = remaining if size is None or size < 0 else min(size, remaining)
+        return remaining if size is None or size < 0 else min(size, remaining)
+
+
+class Window(_Readable):
+    """Bytes ``start`` to ``start + length`` of a seekable file, as a file of their own.
+
+    pydicom takes such a buffer as an element value: it reads the Pixel Data from the
+    file when it needs it, never all at once.
+    """
+
+    def __init__(self, file: BinaryIO, start: int, length: int) -> None:
+        super().__init__(length)
+        self._file = file
+        self._start = start
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        wanted = self._wanted(size)
         self._file.seek(self._start + self._position)
         data = self._file.read(wanted)
         self._position += len(data)
         return data
 
-    def read1(self, size: int = -1, /) -> bytes:
-        return self.read(size)
 
-
-class Joined(io.BufferedIOBase):
+class Joined(_Readable):
     """Byte strings and buffers one after the other, read as one file.
 
     The value of an encapsulated Pixel Data element written from the spool: the item
@@ -112,33 +124,16 @@ class Joined(io.BufferedIOBase):
     """
 
     def __init__(self, parts: list[bytes | Window]) -> None:
-        super().__init__()
         self._parts = parts
         self._starts: list[int] = []
         total = 0
         for part in parts:
             self._starts.append(total)
             total += len(part) if isinstance(part, bytes) else part.seek(0, io.SEEK_END)
-        self._length = total
-        self._position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET, /) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}
-        self._position = max(0, base[whence] + offset)
-        return self._position
+        super().__init__(total)
 
     def read(self, size: int | None = -1, /) -> bytes:
-        remaining = max(0, self._length - self._position)
-        wanted = remaining if size is None or size < 0 else min(size, remaining)
+        wanted = self._wanted(size)
         chunks = []
         while wanted > 0:
             index = bisect.bisect_right(self._starts, self._position) - 1
@@ -154,9 +149,6 @@ class Joined(io.BufferedIOBase):
             self._position += len(chunk)
             wanted -= len(chunk)
         return b"".join(chunks)
-
-    def read1(self, size: int = -1, /) -> bytes:
-        return self.read(size)
 
 
 # The Image Pixel attributes (PS3.3 C.7.6.3) decoding and encoding read: all a group
