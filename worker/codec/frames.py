@@ -49,7 +49,7 @@ from worker.codec.compress import (
 from worker.codec.overlays import HighBits, embedded_overlay_groups
 from worker.codec.plugins.base import Plugin
 from worker.codec.targets import Target
-from worker.codec.verify import Difference, Verification
+from worker.codec.verify import Difference, Verification, within_bound
 from worker.errors import PermanentError, UnsupportedImage, raise_outside_causes
 from worker.settings import CompressionOptions
 
@@ -422,15 +422,7 @@ def verify_output(
         raise PermanentError(
             "verification_failed", f"the {target.name} result does not decode: {exc}"
         ) from exc
-    result = total.verification(source.bits_stored)
-    allowed = target.allowed_error(jls_error)
-    if allowed is not None and result.max_error > allowed:
-        raise PermanentError(
-            "verification_failed",
-            f"the {target.name} result differs from the source by up to "
-            f"{result.max_error} (allowed {allowed}); output discarded",
-        )
-    return result
+    return within_bound(total, source, target, jls_error)
 
 
 def _parsed_output(output: BinaryIO) -> Dataset:

@@ -126,6 +126,14 @@ def verify(output: bytes, source: SourceImage, target: Target, jls_error: int) -
             "verification_failed", f"the {target.name} result does not decode: {exc}"
         ) from exc
     check_overlays(written, source.high_bits.overlays)
+    return within_bound(difference, source, target, jls_error)
+
+
+def within_bound(
+    difference: Difference, source: SourceImage, target: Target, jls_error: int
+) -> Verification:
+    """The verification of ``difference``; ``verification_failed`` if it exceeds the
+    error ``target`` allows."""
     result = difference.verification(source.bits_stored)
     allowed = target.allowed_error(jls_error)
     if allowed is not None and result.max_error > allowed:
