@@ -137,6 +137,14 @@ def decode_source(ds: Dataset) -> SourceImage:
     return SourceImage(dataset, arr, pixel_bytes, high_bits)
 
 
+def refuse_kept_high_bits(source: SourceImage, options: CompressionOptions) -> None:
+    """Raise ``high_bits_set`` if the stored words have stray bits above High Bit and
+    the options say to keep them (no codec can)."""
+    if source.high_bits.stray_pixels and options.high_bits == "keep":
+        summary = source.high_bits.stray_summary(int(source.dataset.HighBit))
+        raise UnsupportedImage("high_bits_set", f"{summary} (high_bits is keep)")
+
+
 def _check_high_bit(ds: Dataset) -> None:
     """Refuse native pixels whose values do not sit in the low Bits Stored bits.
 

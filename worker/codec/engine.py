@@ -27,6 +27,7 @@ from worker.codec.compress import (
     check_supported,
     decode_source,
     encode,
+    refuse_kept_high_bits,
     serialize,
 )
 from worker.codec.frames import (
@@ -297,9 +298,7 @@ def _compress_parsed(
     try:
         with stage("decode"):
             source = decode_source(ds)
-        if source.high_bits.stray_pixels and options.high_bits == "keep":
-            summary = source.high_bits.stray_summary(int(source.dataset.HighBit))
-            raise UnsupportedImage("high_bits_set", f"{summary} (high_bits is keep)")
+        refuse_kept_high_bits(source, options)
     except UnsupportedImage as exc:
         raise_outside_causes(exc)
         return _unsupported([exc], size, options)
@@ -380,9 +379,7 @@ def _compress_frames(
     try:
         with stage("decode"):
             first = first_frame(frames)  # what the targets' checks look at
-        if first.high_bits.stray_pixels and options.high_bits == "keep":
-            summary = first.high_bits.stray_summary(int(first.dataset.HighBit))
-            raise UnsupportedImage("high_bits_set", f"{summary} (high_bits is keep)")
+        refuse_kept_high_bits(first, options)
     except UnsupportedImage as exc:
         raise_outside_causes(exc)
         return _unsupported([exc], size, options)

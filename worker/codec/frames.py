@@ -44,13 +44,14 @@ from worker.codec.compress import (
     decode_source,
     describe_result,
     encode_pixels,
+    refuse_kept_high_bits,
     serialize,
 )
 from worker.codec.overlays import HighBits, embedded_overlay_groups
 from worker.codec.plugins.base import Plugin
 from worker.codec.targets import Target
 from worker.codec.verify import Difference, Verification, within_bound
-from worker.errors import PermanentError, UnsupportedImage, raise_outside_causes
+from worker.errors import PermanentError, raise_outside_causes
 from worker.settings import CompressionOptions
 
 # Native multi-frame Pixel Data at least this large goes frame group by frame group
@@ -286,9 +287,7 @@ def encode_groups(
     try:
         for first, count in frames.groups():
             source = decode_source(frames.group_dataset(first, count))
-            if source.high_bits.stray_pixels and options.high_bits == "keep":
-                summary = source.high_bits.stray_summary(int(source.dataset.HighBit))
-                raise UnsupportedImage("high_bits_set", f"{summary} (high_bits is keep)")
+            refuse_kept_high_bits(source, options)
             result = encode_pixels(source, target, plugin, options)
             if encoded is None:
                 encoded = Encoded(result.file_meta, *_changes(source.dataset, result), spool, [])
