@@ -41,33 +41,35 @@ from worker.settings import CompressionOptions, WorkerSettings
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _children() -> dict[int, list[int]]:
-    """Parent pid -> child pids, of every process now running (from /proc)."""
-    tree: dict[int, list[int]] = {}
+def _processes() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, user + system CPU seconds) of every running process."""
+    found: dict[int, tuple[int, float]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
-            continue
-        tree.setdefault(int(fields[1]), []).append(int(entry.name))
-    return tree
+            continue  # ended meanwhile
+        cpu = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
+        found[int(entry.name)] = (int(fields[1]), cpu)
+    return found
 
 
 def tree_cpu_seconds(pid: int | None, descendants: bool = True) -> float:
     """User + system CPU seconds of ``pid`` and (unless not asked) its live descendants."""
     if pid is None:
         return 0.0
-    tree, total, todo = _children() if descendants else {}, 0.0, [pid]
+    processes = _processes()
+    children: dict[int, list[int]] = {}
+    for child, (parent, _) in processes.items():
+        children.setdefault(parent, []).append(child)
+    total, todo = 0.0, [pid]
     while todo:
         current = todo.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
-        todo.extend(tree.get(current, []))
+        total += processes.get(current, (0, 0.0))[1]
+        if descendants:
+            todo.extend(children.get(current, []))
     return total
 
 
