@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-import typer
 from pydantic import ValidationError
 from pydicom.dataset import Dataset
 from typer.testing import CliRunner
 
-from dcmpress.options import compression_flags
 from dcmpress.stack.samples import make_image, to_bytes
-from tests.support import assert_lossless, read, run, source_pixels
-from worker.codec import auto, parse
+from tests.support import assert_lossless, from_file, options_probe, read, run, source_pixels
+from worker.codec import auto
 from worker.codec.engine import Result, process
 from worker.codec.targets import TARGETS
 from worker.errors import PermanentError
@@ -169,18 +166,7 @@ def test_options_refuse_auto_with_fallbacks_and_lossy_candidates() -> None:
 
 
 def test_the_auto_flags_reach_the_options() -> None:
-    seen: list[CompressionOptions] = []
-    probe = typer.Typer()
-
-    @probe.command()
-    @compression_flags
-    def run(name: str, *, options: CompressionOptions) -> None:
-        seen.append(options)
-
-    @probe.command()
-    def other() -> None:  # a second command keeps typer's subcommand form
-        pass
-
+    probe, seen = options_probe()
     result = CliRunner().invoke(probe, [
         "run", "x", "--target", "auto", "--auto-candidates", "rle,htj2k", "--prefer-speed", "25",
     ])  # fmt: skip
@@ -195,32 +181,13 @@ def test_the_auto_flags_reach_the_options() -> None:
 # -- large multi-frame files: candidates tried on a sample of frames -------------------
 
 
-@pytest.fixture
-def deferred(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Pixel Data of these small files left in the file, as a large one's is."""
-    monkeypatch.setattr(parse, "DEFER_SIZE", 1024)
-    yield
-
-
-def framed(data: bytes, options: CompressionOptions) -> tuple[Result, bytes]:
-    with tempfile.TemporaryFile() as file:
-        file.write(data)
-        file.seek(0)
-        result = process(file, options, frames_above=1)
-    assert result.output is not None and not isinstance(result.output, bytes)
-    result.output.seek(0)
-    written = result.output.read()
-    result.close()
-    return result, written
-
-
 @pytest.mark.parametrize("frames", [2, 9])
 def test_large_multi_frame_files_are_ranked_on_a_sample_of_frames(
     frames: int, deferred: None
 ) -> None:
     ds = make_image(40, 48, frames=frames, bits_stored=12)
     data = to_bytes(ds)
-    result, written = framed(data, CompressionOptions(target="auto"))
+    result, written = from_file(data, CompressionOptions(target="auto"))
     notice = result.notices[-1]
     sampled = min(frames, auto.SAMPLE_FRAMES)
     assert f"on {sampled} of {frames} frames" in notice

@@ -7,7 +7,6 @@ import sys
 from typing import Any
 
 import pytest
-import typer
 from kombu import Connection
 from rich.console import Console
 from typer.main import get_command
@@ -15,8 +14,9 @@ from typer.testing import CliRunner
 
 from dcmpress.cli import app
 from dcmpress.console import masked
-from dcmpress.options import FLAGS, compression_flags
+from dcmpress.options import FLAGS
 from dcmpress.views import batches_table, doctor_table, outcomes_table
+from tests.support import options_probe
 from worker.codec.targets import all_plugin_status
 from worker.settings import CompressionOptions
 
@@ -28,28 +28,12 @@ def test_every_compression_option_is_a_flag_of_the_command(command: str) -> None
     assert set(CompressionOptions.model_fields) <= params
 
 
-def _probe() -> tuple[typer.Typer, list[CompressionOptions]]:
-    seen: list[CompressionOptions] = []
-    probe = typer.Typer()
-
-    @probe.command()
-    @compression_flags
-    def run(name: str, *, options: CompressionOptions) -> None:
-        seen.append(options)
-
-    @probe.command()
-    def other() -> None:  # a second command keeps typer's subcommand form
-        pass
-
-    return probe, seen
-
-
 def test_flags_become_the_options_and_win_over_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("DCMPRESS_JLS_ERROR", "7")
     monkeypatch.setenv("DCMPRESS_MIN_RATIO", "1.5")
-    probe, seen = _probe()
+    probe, seen = options_probe()
     result = CliRunner().invoke(probe, [
         "run", "x", "--target", "jpeg-ls-near,rle", "--jls-error", "3", "--no-verify",
         "--plugin", "rle=pydicom", "--plugin-option", "compression_ratios=[40]",
@@ -74,13 +58,13 @@ def test_flags_become_the_options_and_win_over_the_environment(
 def test_without_flags_the_defaults_users_get_apply(monkeypatch: pytest.MonkeyPatch) -> None:
     for flag in FLAGS:
         monkeypatch.delenv(f"DCMPRESS_{flag.field.upper()}", raising=False)
-    probe, seen = _probe()
+    probe, seen = options_probe()
     assert CliRunner().invoke(probe, ["run", "x"]).exit_code == 0
     assert seen == [CompressionOptions()]
 
 
 def test_a_bad_choice_names_the_flag_and_the_choices() -> None:
-    probe, _ = _probe()
+    probe, _ = options_probe()
     result = CliRunner().invoke(probe, ["run", "x", "--high-bits", "maybe"])
     assert result.exit_code == 2
     assert "--high-bits" in result.output and "clear" in result.output

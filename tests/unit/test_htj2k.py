@@ -10,8 +10,6 @@ import math
 import shutil
 import struct
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +23,7 @@ from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import ImplicitVRLittleEndian
 
 from dcmpress.stack.samples import make_image, to_bytes
-from tests.support import assert_lossless, read, run, source_pixels
-from worker.codec import parse
+from tests.support import LOSSLESS_CASES, assert_lossless, from_file, read, run, source_pixels
 from worker.codec.engine import Result, process
 from worker.codec.plugins.htj2k import HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL
 from worker.codec.targets import TARGETS, plugin_status
@@ -37,26 +34,9 @@ UIDS = {"htj2k": HTJ2K_LOSSLESS, "htj2k-rpcl": HTJ2K_LOSSLESS_RPCL}
 
 # Every Image Pixel case the other lossless targets take
 IMAGES: dict[str, dict[str, Any]] = {
-    "8-bit": {"bits_allocated": 8},
-    "8 stored in 16": {"bits_stored": 8},
-    "12-bit": {"bits_stored": 12},
-    "16-bit": {"bits_stored": 16},
-    "signed 12-bit": {"bits_stored": 12, "signed": True},
-    "signed 16-bit": {"bits_stored": 16, "signed": True},
-    "signed 8-bit": {"bits_allocated": 8, "signed": True},
-    "1 bit stored": {"bits_allocated": 8, "bits_stored": 1},
-    "MONOCHROME1": {"bits_stored": 10, "photometric": "MONOCHROME1"},
-    "RGB": {"bits_allocated": 8, "samples": 3},
-    "RGB planar": {"bits_allocated": 8, "samples": 3, "planar": 1},
-    "RGB 16-bit": {"bits_stored": 16, "samples": 3},
+    **LOSSLESS_CASES,
     "YBR_FULL": {"bits_allocated": 8, "samples": 3, "photometric": "YBR_FULL"},
-    "multi-frame": {"bits_stored": 12, "frames": 4},
-    "multi-frame RGB": {"bits_allocated": 8, "samples": 3, "frames": 3},
     "implicit VR source": {"bits_stored": 12, "syntax": ImplicitVRLittleEndian},
-    "32 allocated, 16 stored": {"bits_allocated": 32, "bits_stored": 16},
-    "1x1": {"rows": 1, "cols": 1, "bits_stored": 12},
-    "odd 33x35": {"rows": 33, "cols": 35, "bits_stored": 12},
-    "3x7 8-bit": {"rows": 3, "cols": 7, "bits_allocated": 8},
     "2x300": {"rows": 2, "cols": 300, "bits_stored": 12},
 }
 
@@ -219,26 +199,6 @@ def test_doctor_reports_the_plugin_available() -> None:
 # -- the frame-group path of large multi-frame files ---------------------------------
 
 
-@pytest.fixture
-def deferred(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Pixel Data of these small files left in the file, as a large one's is."""
-    monkeypatch.setattr(parse, "DEFER_SIZE", 1024)
-    yield
-
-
-def framed(data: bytes, options: CompressionOptions) -> bytes:
-    with tempfile.TemporaryFile() as file:
-        file.write(data)
-        file.seek(0)
-        result = process(file, options, frames_above=1)
-    assert result.state == "done", result.message
-    assert result.output is not None and not isinstance(result.output, bytes)
-    result.output.seek(0)
-    written = result.output.read()
-    result.close()
-    return written
-
-
 @pytest.mark.parametrize("target", HTJ2K_TARGETS)
 @pytest.mark.parametrize(
     "kind", [{"bits_stored": 12}, {"bits_allocated": 8, "samples": 3}, {"signed": True}]
@@ -250,7 +210,7 @@ def test_large_multi_frame_files_get_the_same_bytes_group_by_group(
     data = to_bytes(ds)
     options = CompressionOptions(target=[target])
     whole = process(data, options)
-    written = framed(data, options)
+    _, written = from_file(data, options)
     assert written == whole.output
     assert_lossless(Result("done", "compressed", "", len(data), output=written), source_pixels(ds))
 

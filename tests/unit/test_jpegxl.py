@@ -7,8 +7,6 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,34 +22,14 @@ from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import UID, JPEGLSLossless
 
 from dcmpress.stack.samples import make_image, to_bytes
-from tests.support import assert_lossless, read, run, source_pixels
+from tests.support import LOSSLESS_CASES, assert_lossless, from_file, read, run, source_pixels
 from tests.synthetic import with_syntax
-from worker.codec import parse
 from worker.codec.engine import Result, process
 from worker.codec.plugins.jpegxl import JPEG_XL_LOSSLESS
 from worker.codec.targets import TARGETS, auto_candidates, plugin_status
 from worker.settings import CompressionOptions
 
-IMAGES: dict[str, dict[str, Any]] = {
-    "8-bit": {"bits_allocated": 8},
-    "8 stored in 16": {"bits_stored": 8},
-    "12-bit": {"bits_stored": 12},
-    "16-bit": {"bits_stored": 16},
-    "signed 12-bit": {"bits_stored": 12, "signed": True},
-    "signed 16-bit": {"bits_stored": 16, "signed": True},
-    "signed 8-bit": {"bits_allocated": 8, "signed": True},
-    "1 bit stored": {"bits_allocated": 8, "bits_stored": 1},
-    "MONOCHROME1": {"bits_stored": 10, "photometric": "MONOCHROME1"},
-    "RGB": {"bits_allocated": 8, "samples": 3},
-    "RGB planar": {"bits_allocated": 8, "samples": 3, "planar": 1},
-    "RGB 16-bit": {"bits_stored": 16, "samples": 3},
-    "multi-frame": {"bits_stored": 12, "frames": 4},
-    "multi-frame RGB": {"bits_allocated": 8, "samples": 3, "frames": 3},
-    "32 allocated, 16 stored": {"bits_allocated": 32, "bits_stored": 16},
-    "1x1": {"rows": 1, "cols": 1, "bits_stored": 12},
-    "odd 33x35": {"rows": 33, "cols": 35, "bits_stored": 12},
-    "3x7 8-bit": {"rows": 3, "cols": 7, "bits_allocated": 8},
-}
+IMAGES = LOSSLESS_CASES
 
 
 CODESTREAM = b"\xff\x0a"
@@ -186,13 +164,6 @@ def test_jpeg_xl_is_never_chosen_unasked() -> None:
     assert target.decoder() == "imagecodecs"
 
 
-@pytest.fixture
-def deferred(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Pixel Data of these small files left in the file, as a large one's is."""
-    monkeypatch.setattr(parse, "DEFER_SIZE", 1024)
-    yield
-
-
 @pytest.mark.parametrize("kind", [{"bits_stored": 12}, {"bits_allocated": 8, "samples": 3}])
 def test_large_multi_frame_files_get_the_same_bytes_group_by_group(
     kind: dict[str, Any], deferred: None
@@ -201,14 +172,7 @@ def test_large_multi_frame_files_get_the_same_bytes_group_by_group(
     data = to_bytes(ds)
     options = CompressionOptions(target=["jpegxl"])
     whole = process(data, options)
-    with tempfile.TemporaryFile() as file:
-        file.write(data)
-        file.seek(0)
-        result = process(file, options, frames_above=1)
-    assert result.output is not None and not isinstance(result.output, bytes)
-    result.output.seek(0)
-    written = result.output.read()
-    result.close()
+    _, written = from_file(data, options)
     assert written == whole.output
     assert_lossless(Result("done", "compressed", "", len(data), output=written), source_pixels(ds))
 
