@@ -40,6 +40,7 @@ any work.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 import tomllib
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
 from worker.errors import ConfigurationError
@@ -206,9 +208,13 @@ class Attribute:
 
 
 def _multi(value: Any) -> bool:
-    from pydicom.multival import MultiValue
-
     return isinstance(value, MultiValue)
+
+
+@functools.lru_cache(maxsize=1024)
+def _attribute(name: str) -> Attribute:
+    """:meth:`Attribute.parse`, once per name: matching runs on every object."""
+    return Attribute.parse(name)
 
 
 class Rule(BaseModel):
@@ -255,7 +261,7 @@ class Rule(BaseModel):
             elif name == "size":
                 held = condition.holds([str(size)], float(size))
             else:
-                held = condition.holds(Attribute.parse(name).values(ds))
+                held = condition.holds(_attribute(name).values(ds))
             if not held:
                 return False
         return True
