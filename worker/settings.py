@@ -63,6 +63,18 @@ class CompressionOptions(BaseModel):
     j2k_psnr: Annotated[list[float] | None, NoDecode] = Field(
         default=None, description="j2k-lossy: PSNR in dB per quality layer."
     )
+    max_error: int | None = Field(
+        default=None,
+        ge=0,
+        description="Quality guard of lossy targets: a result whose largest pixel error "
+        "exceeds this is discarded and the next target is tried. Unset: no limit.",
+    )
+    min_psnr: float | None = Field(
+        default=None,
+        gt=0,
+        description="Quality guard of lossy targets: a result below this PSNR (dB) is "
+        "discarded and the next target is tried. Unset: no limit.",
+    )
     encapsulate_ext: bool = Field(
         default=False,
         description="Always add an Extended Offset Table (it is added anyway when the "
@@ -136,6 +148,12 @@ class CompressionOptions(BaseModel):
     def _one_j2k_quality_knob(self) -> CompressionOptions:
         if self.j2k_cr and self.j2k_psnr:
             raise ValueError("give j2k_cr or j2k_psnr, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _guard_needs_verify(self) -> CompressionOptions:
+        if (self.max_error is not None or self.min_psnr is not None) and not self.verify:
+            raise ValueError("max_error and min_psnr judge the decoded result: they need verify on")
         return self
 
     @property

@@ -325,9 +325,36 @@ def _compress_parsed(
             check_interrupted()
             with stage("verify"):
                 checked = verify(output, source, target, options.jls_error)
+        guard = quality_refusal(target, checked, options)
+        if guard is not None:
+            refusals.append(guard)
+            continue
         result = _finish(size, output, encoded, target, plugin, checked, note, options)
-        return _with_notices(result, source.notices)
+        return _with_notices(result, [*source.notices, *_guarded(refusals)])
     return _unsupported(refusals, size, options)
+
+
+def quality_refusal(
+    target: Target, checked: Verification, options: CompressionOptions
+) -> UnsupportedImage | None:
+    """The refusal of a lossy result outside the quality guard (``max_error``,
+    ``min_psnr``); None if it is inside, or the target is lossless."""
+    if not target.lossy:
+        return None
+    reasons = []
+    if options.max_error is not None and checked.max_error > options.max_error:
+        reasons.append(f"max error {checked.max_error} above max_error {options.max_error}")
+    psnr = checked.psnr  # None: identical
+    if options.min_psnr is not None and psnr is not None and psnr < options.min_psnr:
+        reasons.append(f"PSNR {psnr:.1f} dB below min_psnr {options.min_psnr:g}")
+    if not reasons:
+        return None
+    return UnsupportedImage("quality_guard", f"{target.name} discarded: {', '.join(reasons)}")
+
+
+def _guarded(refusals: list[UnsupportedImage]) -> list[str]:
+    """What the record of a result says about earlier results the guard discarded."""
+    return [refusal.message for refusal in refusals if refusal.code == "quality_guard"]
 
 
 def _compress_auto(
@@ -408,11 +435,17 @@ def _compress_frames(
                 check_interrupted()
                 with stage("verify"):
                     checked = verify_output(output, frames, first, target, options.jls_error)
+            guard = quality_refusal(target, checked, options)
+            if guard is not None:
+                output.close()
+                refusals.append(guard)
+                continue
             result = _finish(size, output, written, target, plugin, checked, note, options)
         except BaseException:
             output.close()
             raise
-        return _with_notices(result, encoded.high_bits.notices(int(first.dataset.HighBit)))
+        notices = encoded.high_bits.notices(int(first.dataset.HighBit))
+        return _with_notices(result, [*notices, *_guarded(refusals)])
     return _unsupported(refusals, size, options)
 
 
