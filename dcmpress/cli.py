@@ -83,6 +83,9 @@ def main() -> None:
         raise SystemExit(fail(line, EXIT_FAILED).exit_code) from None
 
 
+POLICY_HELP = "A policy file (TOML): its first matching rule decides each object."
+
+
 @app.command()
 @compression_flags
 def compress(
@@ -96,18 +99,17 @@ def compress(
     ] = False,
     policy: Annotated[
         Path | None,
-        typer.Option(help="A policy file: its first matching rule decides each file."),
+        typer.Option(help=POLICY_HELP),
     ] = None,
     *,
     options: CompressionOptions,
 ) -> None:
     """Compress DICOM files on local disk into OUT, verifying every result."""
-    from worker.policy import load_policy
+    from worker.policy import parse_policy
 
+    text = _policy_text(policy, options)
+    rules = parse_policy(text, str(policy)) if text is not None else None
     try:
-        rules = load_policy(policy) if policy else None
-        if rules is not None:
-            rules.check(options)
         jobs = list(plan_jobs(paths, out))
     except ConfigurationError as exc:
         raise fail(str(exc)) from None
@@ -138,6 +140,20 @@ def compress(
     (console if jsonl else Console()).print(summary_table(records))
     if any(item["outcome"] == "failed" for item in records):
         raise typer.Exit(1)
+
+
+def _policy_text(path: Path | None, options: CompressionOptions) -> str | None:
+    """The text of the policy file at ``path``, checked against ``options`` (exit 2 with
+    the file's line and field if it is not valid); None without a policy."""
+    if path is None:
+        return None
+    from worker.policy import load_policy
+
+    try:
+        load_policy(path).check(options)
+        return path.read_text()
+    except (ConfigurationError, OSError) as exc:
+        raise fail(str(exc)) from None
 
 
 def _saved_text(records: list[dict[str, Any]]) -> str:
@@ -296,6 +312,9 @@ def enqueue(
             help="Process again objects already done, and write their outputs again.",
         ),
     ] = False,
+    policy: Annotated[
+        Path | None, typer.Option(help=f"{POLICY_HELP} Stored with the batch.")
+    ] = None,
     *,
     options: CompressionOptions,
 ) -> None:
@@ -314,14 +333,16 @@ def enqueue(
         raise fail(str(exc)) from None
     if (dest_location is None) == (not in_place):
         raise fail("give exactly one of --dest s3://bucket/prefix and --in-place")
+    policy_text = _policy_text(policy, options)
     settings, ledger = _connect()
     if manifest is not None:
         _enqueue_manifest(
-            manifest, dest_location, in_place, options, batch, force, settings, ledger
-        )
+            manifest, dest_location, in_place, options, policy_text, batch, force, settings,
+            ledger,
+        )  # fmt: skip
         return
     assert source_location is not None
-    batch_id = batch or default_batch_id(source_location, dest_location, options)
+    batch_id = batch or default_batch_id(source_location, dest_location, options, policy_text)
     existing = ledger.get_batch(batch_id)
     spec = existing or BatchSpec(
         batch=batch_id,
@@ -330,13 +351,17 @@ def enqueue(
         in_place=in_place,
         options=options,
         created=time.time(),
+        policy=policy_text,
     )
-    if existing and (existing.source, existing.dest, existing.options) != (
+    if existing and (existing.source, existing.dest, existing.options, existing.policy) != (
         source_location,
         dest_location,
         options,
+        policy_text,
     ):
-        raise fail(f"batch {batch_id!r} exists with other source/dest/options; pick a new --batch")
+        raise fail(
+            f"batch {batch_id!r} exists with other source/dest/options/policy; pick a new --batch"
+        )
     ledger.save_batch(spec)
     info = ledger.batch_info(batch_id)
     resuming = existing is not None and "listing_done" not in info
@@ -598,6 +623,9 @@ def listen(
     max_body_kb: Annotated[
         int, typer.Option(help="Webhook: largest request body accepted (KiB); larger is 413.")
     ] = 4096,
+    policy: Annotated[
+        Path | None, typer.Option(help=f"{POLICY_HELP} Stored with each batch.")
+    ] = None,
     *,
     options: CompressionOptions,
 ) -> None:
@@ -627,6 +655,7 @@ def listen(
         dest_location = S3Location.parse(dest) if dest else None
     except ConfigurationError as exc:
         raise fail(str(exc)) from None
+    policy_text = _policy_text(policy, options)
     settings, ledger = _connect()
     from worker import app as celery_app
 
@@ -639,6 +668,7 @@ def listen(
             min_size=min_size,
         ),
         batch_name=batch,
+        policy=policy_text,
     )  # fmt: skip
     console = Console(stderr=True)
     stop = threading.Event()
@@ -687,6 +717,7 @@ def _enqueue_manifest(
     dest: S3Location | None,
     in_place: bool,
     options: CompressionOptions,
+    policy: str | None,
     batch: str | None,
     force: bool,
     settings: WorkerSettings,
@@ -711,12 +742,12 @@ def _enqueue_manifest(
 
     def make_enqueuer(bucket: str) -> Enqueuer:
         source = S3Location(bucket=bucket)
-        batch_id = default_batch_id(source, dest, options)
+        batch_id = default_batch_id(source, dest, options, policy)
         if batch:
             batch_id = batch if not run.enqueuers else f"{batch}-{bucket}"
         spec = ledger.get_batch(batch_id) or BatchSpec(
             batch=batch_id, source=source, dest=dest, in_place=in_place, options=options,
-            created=time.time(),
+            created=time.time(), policy=policy,
         )  # fmt: skip
         ledger.save_batch(spec)
         return Enqueuer(celery_app, ledger, spec, settings.queue, force=force, rewrite=force)

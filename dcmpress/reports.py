@@ -18,13 +18,14 @@ if TYPE_CHECKING:
 
 REPORT_FIELDS = (
     "key", "state", "code", "message", "bytes_in", "bytes_out", "ratio", "target",
-    "plugin", "attempts", "seconds", "worker", "etag", "updated", "modality",
+    "plugin", "attempts", "seconds", "worker", "etag", "updated", "modality", "rule",
 )  # fmt: skip
 
 
 def report_rows(ledger: Ledger, batch: str) -> Iterator[dict[str, Any]]:
     """One dict per object of the batch, in ledger order."""
     workers = ledger.worker_names()
+    spec = ledger.get_batch(batch)
     for key, record, message in ledger.iter_records(batch):
         ratio = round(record.bytes_in / record.bytes_out, 4) if record.bytes_out else None
         yield {
@@ -43,6 +44,8 @@ def report_rows(ledger: Ledger, batch: str) -> Iterator[dict[str, Any]]:
             "etag": record.etag,
             "updated": record.updated,
             "modality": record.modality,
+            # the name of the batch policy's rule that decided ("" without a policy)
+            "rule": (spec.rule_name(record.rule) if spec else None) or "",
         }
 
 

@@ -8,6 +8,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
@@ -28,6 +29,7 @@ class BatchStatus:
     counts: dict[str, float]
     info: dict[str, str]
     taken_at: float
+    rule_names: tuple[str, ...] = ()  # of the batch's policy, in order; () without one
 
     @property
     def finished(self) -> int:
@@ -107,10 +109,28 @@ class BatchStatus:
         ]
         return sorted(codes, key=lambda item: -item[1])[:limit]
 
+    def by_rule(self) -> list[tuple[str, int, float, float]]:
+        """(rule name, finished objects, bytes in and out of those written) per rule of
+        the batch's policy that decided any object, in the policy's order."""
+        from worker.runtime.ledger import to_base36  # redis: not at the CLI's import
+
+        rows = []
+        for number, name in enumerate(self.rule_names, 1):
+            key = to_base36(number)
+            objects = int(self.counts.get(f"rule:{key}", 0))
+            if objects:
+                written = (self.counts.get(f"rule_in:{key}", 0.0),
+                           self.counts.get(f"rule_out:{key}", 0.0))  # fmt: skip
+                rows.append((name, objects, *written))
+        return rows
+
 
 def snapshot(ledger: Ledger, batch: str) -> BatchStatus:
     """Read the batch's counters now."""
-    return BatchStatus(batch, ledger.counts(batch), ledger.batch_info(batch), time.time())
+    spec = ledger.get_batch(batch)
+    policy = spec.rules() if spec is not None else None
+    names = tuple(rule.name for rule in policy.rule) if policy is not None else ()
+    return BatchStatus(batch, ledger.counts(batch), ledger.batch_info(batch), time.time(), names)
 
 
 def render(status: BatchStatus, previous: BatchStatus | None = None, note: str = "") -> Table:
@@ -160,6 +180,11 @@ def render(status: BatchStatus, previous: BatchStatus | None = None, note: str =
         table.add_row(
             "re-sent", f"{resent:,} object(s) had lost their message (last check {at:%H:%M:%S})"
         )
+    for name, objects, written_in, written_out in status.by_rule():
+        gain = f", {(written_in - written_out) / 1e6:,.1f} MB saved" if written_out else ""
+        if written_out:
+            gain += f" ({written_in / written_out:.2f}x)"
+        table.add_row(f"rule: {escape(name)}", f"{objects:,} objects{gain}")
     for code, count in status.failures():
         example = status.example(code)
         table.add_row(f"failed: {code}", f"{count:,}" + (f"  e.g. {example}" if example else ""))

@@ -67,7 +67,8 @@ class Enqueuer:
 
     def send(self, refs: Iterable[ObjectRef]) -> int:
         """Publish one job message per ref, as they are (the ledger decided already)."""
-        target = ",".join(self.spec.options.target)
+        # informational (Flower): with a policy, its rules choose per object
+        target = "policy" if self.spec.policy is not None else ",".join(self.spec.options.target)
         if self._queue_noted != self.queue:
             # where the batch's messages go: the workers' automatic reconcile only
             # checks batches of the queue they consume

@@ -86,6 +86,11 @@ class IntakeReport:
     batches: set[str] = field(default_factory=set)
 
 
+def _same_job(spec: BatchSpec, other: BatchSpec) -> bool:
+    """True if both specs make the same outputs in the same place."""
+    return (spec.dest, spec.in_place, spec.digest()) == (other.dest, other.in_place, other.digest())
+
+
 class EventIntake:
     """Turns parsed events into jobs in per-bucket, per-day batches."""
 
@@ -100,6 +105,7 @@ class EventIntake:
         options: CompressionOptions,
         event_filter: EventFilter,
         batch_name: str | None = None,
+        policy: str | None = None,
     ) -> None:
         self.app = app
         self.ledger = ledger
@@ -110,6 +116,7 @@ class EventIntake:
         self.options = options
         self.filter = event_filter
         self.batch_name = batch_name
+        self.policy = policy
         self._enqueuers: dict[str, Enqueuer] = {}
         self._lock = threading.Lock()  # the HTTP server handles requests in threads
 
@@ -123,14 +130,26 @@ class EventIntake:
         batch = self.batch_for(bucket)
         enqueuer = self._enqueuers.get(batch)
         if enqueuer is None:
-            spec = self.ledger.get_batch(batch) or BatchSpec(
+            wanted = BatchSpec(
                 batch=batch,
                 source=S3Location(bucket=bucket),
                 dest=self.dest,
                 in_place=self.in_place,
                 options=self.options,
                 created=time.time(),
+                policy=self.policy,
             )
+            spec = self.ledger.get_batch(batch)
+            if spec is not None and not _same_job(spec, wanted):
+                # the listener was restarted with other options or another policy: the
+                # events from now on go to a batch of their own, never under the old spec
+                wanted = wanted.model_copy(update={"batch": f"{batch}-{wanted.digest()[:8]}"})
+                spec = self.ledger.get_batch(wanted.batch)
+                log.warning(
+                    "batch %s has other options or another policy; events go to %s",
+                    batch, wanted.batch,
+                )  # fmt: skip
+            spec = spec or wanted
             self.ledger.save_batch(spec)
             enqueuer = Enqueuer(self.app, self.ledger, spec, self.queue)
             self._enqueuers = {batch: enqueuer, **self._enqueuers}

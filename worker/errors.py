@@ -185,6 +185,14 @@ CODES: dict[str, CodeInfo] = {
     "unknown_batch": CodeInfo(
         "failed", "A job message named a batch the ledger does not know (expired?)."
     ),
+    "invalid_policy": CodeInfo(
+        "failed", "The batch's policy cannot be read by this worker (another release?)."
+    ),
+    "quality_guard": CodeInfo(
+        "skipped",
+        "Every lossy result was outside the quality guard (max_error, min_psnr) and no "
+        "later target took the image; copied unchanged (or failed with unsupported=fail).",
+    ),
     "internal_error": CodeInfo(
         "failed", "An unexpected error in dcmpress itself; please report it."
     ),

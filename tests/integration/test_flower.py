@@ -138,12 +138,28 @@ def _ok(reply: tuple[int, str], needle: str = "") -> str | None:
     return body if status == 200 and needle in body else None
 
 
+def succeeded(flower: Flower, batch: str) -> Callable[[], dict[str, Any] | None]:
+    """A probe for a succeeded task of ``batch`` with a result, as Flower lists it."""
+
+    def probe() -> dict[str, Any] | None:
+        body = _ok(flower.get("/api/tasks", taskname=TASK_COMPRESS, state="SUCCESS"))
+        if body is None:
+            return None
+        for task in json.loads(body).values():
+            if batch in (task.get("args") or "") and task.get("result"):
+                return dict(task)
+        return None
+
+    return probe
+
+
 def test_flower_shows_our_task_with_arguments_and_result(
     flower: Flower,
     stack_env: dict[str, str],
     s3_server: SeaweedS3,
     bucket_pair: tuple[str, str],
     ledger: Ledger,
+    tmp_path: Path,
 ) -> None:
     source, dest = bucket_pair
     key = "flower/ct.dcm"
@@ -161,16 +177,7 @@ def test_flower_shows_our_task_with_arguments_and_result(
     counts = wait_for_batch(ledger, batch, 1)
     assert counts.get("done") == 1, counts
 
-    def succeeded() -> dict[str, Any] | None:
-        body = _ok(flower.get("/api/tasks", taskname=TASK_COMPRESS, state="SUCCESS"))
-        if body is None:
-            return None
-        for task in json.loads(body).values():
-            if batch in (task.get("args") or "") and task.get("result"):
-                return dict(task)
-        return None
-
-    task = flower.poll(f"a succeeded task of batch {batch}", succeeded)
+    task = flower.poll(f"a succeeded task of batch {batch}", succeeded(flower, batch))
 
     assert task["name"] == TASK_COMPRESS
     assert task["state"] == "SUCCESS"
@@ -190,6 +197,7 @@ def test_flower_shows_our_task_with_arguments_and_result(
     assert 0 < result["bytes_out"] < result["bytes_in"]
     assert result["ratio"] == round(result["bytes_in"] / result["bytes_out"], 3)
     assert result["target"] == "jpeg-ls"
+    assert result["rule"] is None  # no policy
     # Flower's task search finds it by batch and outcome code
     status, body = flower.get("/api/tasks", search=f"args:{batch} result:compressed")
     assert status == 200 and list(json.loads(body)) == [task["uuid"]]
@@ -202,6 +210,21 @@ def test_flower_shows_our_task_with_arguments_and_result(
     assert secret
     for shown in (json.dumps(task), body):
         assert secret not in shown
+
+    # under a policy, the result names the rule that decided
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[[rule]]\nname = "lossless, by policy"\ntarget = ["rle"]\n')
+    ruled = f"flower-policy-{uuid.uuid4().hex[:8]}"
+    proc = run_cli(
+        stack_env, "enqueue", f"s3://{source}/", "--dest", f"s3://{dest}/ruled/",
+        "--policy", str(policy), "--batch", ruled,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    wait_for_batch(ledger, ruled, 1)
+    task = flower.poll(f"a succeeded task of batch {ruled}", succeeded(flower, ruled))
+    assert json.loads(task["args"])[0]["target"] == "policy"
+    result = ast.literal_eval(task["result"])
+    assert (result["rule"], result["target"]) == ("lossless, by policy", "rle")
 
 
 def test_flower_api_needs_auth_and_metrics_are_exposed(

@@ -296,9 +296,11 @@ def test_sqs_s3_notifications_end_to_end_with_sns_eventbridge_and_poison(
 
 
 def test_the_listen_command_serves_the_webhook_until_sigterm(
-    stack_env: dict[str, str], ledger: Ledger, bucket_pair: tuple[str, str]
+    stack_env: dict[str, str], ledger: Ledger, bucket_pair: tuple[str, str], tmp_path: Path
 ) -> None:
     source, dest = bucket_pair
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[[rule]]\nname = "default"\ntarget = ["rle"]\n')
     port = free_port()
     batch = f"cli-{uuid.uuid4().hex[:6]}"
     env = {
@@ -309,7 +311,8 @@ def test_the_listen_command_serves_the_webhook_until_sigterm(
     }  # no worker: jobs stay
     proc = subprocess.Popen(
         [sys.executable, "-m", "dcmpress", "listen", "--http", f"127.0.0.1:{port}",
-         "--token", "t0k", "--dest", f"s3://{dest}/", "--batch", batch],
+         "--token", "t0k", "--dest", f"s3://{dest}/", "--batch", batch,
+         "--policy", str(policy)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     try:
@@ -336,6 +339,8 @@ def test_the_listen_command_serves_the_webhook_until_sigterm(
             assert json.loads(reply.read())["enqueued"] == 1
         found = ledger.get_record(f"{batch}-{source}", "cli/one.dcm")
         assert found is not None and found.state == "queued"
+        spec = ledger.get_batch(f"{batch}-{source}")
+        assert spec is not None and spec.policy == policy.read_text()  # stored with it
     finally:
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=30)

@@ -179,9 +179,27 @@ def test_the_readmes_example_policy_is_valid() -> None:
     section = readme.split("\n## Policies\n", 1)[1].split("\n## ", 1)[0]
     example = section.split("```toml\n", 1)[1].split("```", 1)[0]
     policy = parse_policy(example)
-    assert policy.decide(header(Modality="SR"), "k", 1).name == "copy reports and documents"
-    cr = header(Modality="CR", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
-    assert policy.decide(cr, "k", 3_000_000).name == "default"
+    policy.check(CompressionOptions())
+
+    def rule(ds: Dataset, key: str = "k", size: int = 1000) -> str:
+        return policy.decide(ds, key, size).name
+
+    assert rule(header(Modality="SR")) == "copy reports and documents"
+    from tests.synthetic import segmentation
+
+    assert rule(segmentation()) == "never lossy: segmentations"
+    assert rule(header(Modality="RTDOSE")) == "never lossy: RT"
+    assert rule(header(Modality="OT", BitsStored=1)) == "never lossy: 1-bit"
+    localizer = header(Modality="CR", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    assert rule(localizer) == "localizers untouched"
+    assert rule(header(Modality="MG"), size=30_000_000) == "J2K for large mammography"
+    assert rule(header(Modality="MG"), size=3_000_000) == "default"
+    cr = policy.decide(header(Modality="CR"), "k", 1)
+    assert cr.name == "near-lossless CR/DX" and cr.compression(CompressionOptions()).max_error == 2
+    cine = header(Modality="US", NumberOfFrames=30)
+    assert rule(cine, "cine-ok/a.dcm") == "lossy US cine, guarded"
+    assert rule(cine, "other/a.dcm") == "default"
+    assert rule(header(Modality="MR")) == "lossless CT and MR"
 
 
 def test_the_engine_applies_the_rule_and_names_it() -> None:

@@ -66,3 +66,30 @@ def test_a_batch_that_is_not_moving_has_no_eta_but_a_check() -> None:
     moving = BatchStatus("b", {**status.counts, "finished_at": 1100.0 + 6 * 60},
                          {"listing_done": "1"}, 1100.0 + 7 * 60)  # fmt: skip
     assert not moving.stalled
+
+
+def test_rules_are_shown_by_name_with_their_objects_and_saving() -> None:
+    from rich.console import Console
+
+    counts = {"done": 3.0, "skipped": 1.0, "rule:1": 1.0, "rule:2": 3.0,
+              "rule_in:2": 3e6, "rule_out:2": 1e6}  # fmt: skip
+    names = ("copy [reports]", "default", "never used")
+    status = BatchStatus("b", counts, {"listing_done": "1"}, 10.0, names)
+    assert status.by_rule() == [("copy [reports]", 1, 0.0, 0.0), ("default", 3, 3e6, 1e6)]
+    console = Console(width=120, record=True)
+    console.print(render(status))
+    text = console.export_text()
+    assert "rule: copy [reports]" in text  # markup in a name is shown, not interpreted
+    assert "rule: default" in text and "3 objects, 2.0 MB saved (3.00x)" in text
+    assert "never used" not in text
+
+
+def test_a_record_names_its_rule_compactly_and_old_records_still_read() -> None:
+    from worker.runtime.ledger import Record
+
+    record = Record(state="done", code="compressed", bytes_in=10, bytes_out=4, rule=37)
+    assert record.encode().endswith("|11")  # base 36
+    assert Record.decode(record.encode()) == record
+    old = "|".join(Record(state="done", code="compressed").encode().split("|")[:13])
+    assert Record.decode(old).rule == 0
+    assert Record.decode(Record(state="queued").encode()).rule == 0

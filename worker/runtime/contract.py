@@ -7,15 +7,19 @@ stored once, as a :class:`BatchSpec`, in the ledger.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from worker.errors import ConfigurationError
 from worker.settings import CompressionOptions
+
+if TYPE_CHECKING:
+    from worker.policy import Policy
 
 TASK_COMPRESS = "dcmpress.compress_object"
 DEFAULT_QUEUE = "dcmpress"
@@ -34,13 +38,26 @@ META_MODALITY = "dcmpress-modality"
 # a digest of the batch's compression options: an output is the same only if made
 # from the same source (ETag) with the same options
 META_OPTIONS = "dcmpress-options"
+META_RULE = "dcmpress-rule"  # the number of the batch policy's rule that decided
 META_WRITE_ID = "dcmpress-write-id"  # one write: tells a stored write whose answer was lost
 
 
-def options_digest(options: CompressionOptions) -> str:
-    """A short digest of the options that change an output (defaults left out)."""
+def options_digest(options: CompressionOptions, policy: str | None = None) -> str:
+    """A short digest of the options that change an output (defaults left out), and of
+    the policy's text when the batch has one."""
     identity = options.model_dump_json(exclude_defaults=True)
+    if policy is not None:
+        identity += "\0policy\0" + policy
     return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=16)
+def parsed_policy(text: str) -> Policy:
+    """The policy of a batch spec, parsed once per process (workers see many objects of
+    the same few batches)."""
+    from worker.policy import parse_policy  # pydicom: not for the producer's import
+
+    return parse_policy(text, "the batch's policy")
 
 
 class S3Location(BaseModel):
@@ -99,6 +116,31 @@ class BatchSpec(BaseModel):
     in_place: bool = False
     options: CompressionOptions = CompressionOptions()
     created: float = 0.0
+    # the policy file's text (TOML), stored with the batch so every worker applies the
+    # same rules; its rules decide per object, ``options`` is their base
+    policy: str | None = None
+
+    def rules(self) -> Policy | None:
+        """The parsed policy, or None."""
+        return None if self.policy is None else parsed_policy(self.policy)
+
+    def rule_number(self, name: str | None) -> int:
+        """The 1-based number of the policy's rule ``name`` (0: no policy or rule)."""
+        policy = self.rules()
+        if policy is None or name is None:
+            return 0
+        return next((i for i, rule in enumerate(policy.rule, 1) if rule.name == name), 0)
+
+    def rule_name(self, number: int) -> str | None:
+        """The name of the policy's rule ``number`` (None: no policy, or no such rule)."""
+        policy = self.rules() if number else None
+        if policy is None or not 0 < number <= len(policy.rule):
+            return None
+        return policy.rule[number - 1].name
+
+    def digest(self) -> str:
+        """:func:`options_digest` of this batch: its options and its policy."""
+        return options_digest(self.options, self.policy)
 
     def output_key(self, key: str) -> tuple[str, str]:
         """(bucket, key) of the output of source ``key``: the key mirrored under dest."""
@@ -117,11 +159,15 @@ class BatchSpec(BaseModel):
 
 
 def default_batch_id(
-    source: S3Location, dest: S3Location | None, options: CompressionOptions
+    source: S3Location,
+    dest: S3Location | None,
+    options: CompressionOptions,
+    policy: str | None = None,
 ) -> str:
     """A stable batch id for the same job, so running the same command again resumes it.
 
-    Readable slug of the source bucket and targets, plus a short digest of everything.
+    Readable slug of the source bucket and targets (``policy`` with a policy), plus a
+    short digest of everything.
     """
     identity: dict[str, Any] = {
         "source": str(source),
@@ -129,6 +175,9 @@ def default_batch_id(
         # defaults left out: a release adding an option keeps the ids of existing jobs
         "options": options.model_dump(mode="json", exclude_defaults=True),
     }
+    if policy is not None:
+        identity["policy"] = policy
+    what = "policy" if policy is not None else "-".join(options.target)
     digest = hashlib.sha256(repr(sorted(identity.items())).encode()).hexdigest()[:8]
-    slug = re.sub(r"[^a-z0-9]+", "-", f"{source.bucket}-{'-'.join(options.target)}".lower())
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{source.bucket}-{what}".lower())
     return f"{slug.strip('-')[:40]}-{digest}"

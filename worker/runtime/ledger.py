@@ -15,7 +15,9 @@ Key (type) - content - lifetime
 - ``dcmpress:batch:{b}:counts`` (hash) - objects per state (queued, running, done,
   skipped, failed), ``bytes_in``/``bytes_out`` of finished objects, ``written_in``
   (bytes_in of those with an output, the base of "saved"), ``code:{code}``
-  counts, ``stage:{name}`` seconds, ``started_at``/``finished_at`` - retention
+  counts, ``stage:{name}`` seconds, ``started_at``/``finished_at``, and with a policy
+  per rule (its 1-based number in base 36) ``rule:{n}`` objects and
+  ``rule_in:{n}``/``rule_out:{n}`` bytes of those written - retention
 - ``dcmpress:batch:{b}:obj:{n}`` (hash, n < 8192) - object key -> compact record
   (see :class:`Record`); sharded so each hash stays small - retention
 - ``dcmpress:batch:{b}:msg:{n}`` (hash) - object key -> one-line message, only for
@@ -145,6 +147,7 @@ class Record:
     updated: int = 0
     lost: int = 0  # deliveries that died with their worker
     modality: str = ""  # (0008,0060) of the source, for reports
+    rule: int = 0  # the batch policy's rule that decided (1-based); 0: no policy
 
     def encode(self) -> str:
         """The stored form."""
@@ -163,6 +166,7 @@ class Record:
                 to_base36(self.updated),
                 to_base36(self.lost),
                 self.modality,
+                to_base36(self.rule) if self.rule else "",
             )
         )
 
@@ -186,6 +190,7 @@ class Record:
             updated=int(parts[10], 36),
             lost=int(parts[11], 36),
             modality=parts[12] if len(parts) > 12 else "",
+            rule=int(parts[13], 36) if len(parts) > 13 and parts[13] else 0,
         )
 
     @property
@@ -220,6 +225,16 @@ local delta = {}
 local examples = {}
 local finished, started = false, false
 local function add(field, n) delta[field] = (delta[field] or 0) + n end
+-- per policy rule (record field 14, base 36): objects, and bytes of those written
+local function rule(r, sign)
+  local id = r[14]
+  if id == nil or id == '' then return end
+  add('rule:' .. id, sign)
+  if tonumber(r[4], 36) > 0 then
+    add('rule_in:' .. id, sign * tonumber(r[3], 36))
+    add('rule_out:' .. id, sign * tonumber(r[4], 36))
+  end
+end
 local function move(objects, messages, field, old, value, message, retention)
   if old then
     local o = split(old)
@@ -229,6 +244,7 @@ local function move(objects, messages, field, old, value, message, retention)
       add('bytes_out', -tonumber(o[4], 36))
       if tonumber(o[4], 36) > 0 then add('written_in', -tonumber(o[3], 36)) end
       add('code:' .. code(o), -1)
+      rule(o, -1)
     end
   end
   local n = split(value)
@@ -240,6 +256,7 @@ local function move(objects, messages, field, old, value, message, retention)
     add('bytes_out', tonumber(n[4], 36))
     if tonumber(n[4], 36) > 0 then add('written_in', tonumber(n[3], 36)) end
     add('code:' .. code(n), 1)
+    rule(n, 1)
     finished = true
     if n[1] == 'f' then examples['example:' .. code(n)] = field end
   end

@@ -54,6 +54,10 @@ STAGE_SECONDS = Histogram(
 IN_FLIGHT = Gauge(
     "dcmpress_tasks_in_flight", "Tasks being processed right now.", multiprocess_mode="livesum"
 )
+RULES = Counter(
+    "dcmpress_rule_objects_total", "Objects finished under a batch policy, by rule name.",
+    ["rule"],
+)  # fmt: skip
 RETRIES = Counter("dcmpress_retries_total", "Task retries scheduled, by reason.", ["reason"])
 
 
@@ -63,6 +67,8 @@ def record_outcome(summary: dict[str, Any], stages: dict[str, float]) -> None:
     OBJECTS.labels(str(summary["outcome"]), str(summary["code"])).inc()
     BYTES_IN.labels(target).inc(int(summary.get("bytes_in") or 0))
     BYTES_OUT.labels(target).inc(int(summary.get("bytes_out") or 0))
+    if summary.get("rule"):
+        RULES.labels(str(summary["rule"])).inc()
     for stage, seconds in stages.items():
         STAGE_SECONDS.labels(stage).observe(seconds)
 

@@ -270,7 +270,7 @@ def _same_output(job: Job, metadata: dict[str, str] | None, source_etag: str) ->
         and metadata.get(contract.META_MARKER)
         and source_etag
         and short_etag(metadata.get(contract.META_SOURCE_ETAG)) == short_etag(source_etag)
-        and metadata.get(contract.META_OPTIONS) == contract.options_digest(job.spec.options)
+        and metadata.get(contract.META_OPTIONS) == job.spec.digest()
         and metadata.get(contract.META_OUTCOME, "").partition("/")[0] in TERMINAL
     )
 
@@ -323,6 +323,7 @@ def _finish_written(job: Job, running: Record, metadata: dict[str, str]) -> dict
         millis=int(sum(job.stage.seconds.values()) * 1000),
         etag=short_etag(source_etag),
         modality=metadata.get(contract.META_MODALITY, ""),
+        rule=number(contract.META_RULE),
     )
     message = (
         f"{state}/{code}: the output of this source (ETag {short_etag(source_etag)}) with "
@@ -343,7 +344,7 @@ def _compress(job: Job, fetched: Fetched) -> Result:
             "skipped", "own_output", "a dcmpress output; not processed again",
             fetched.size,
         )  # fmt: skip
-    result = process(fetched.data, job.spec.options)
+    result = process(fetched.data, job.spec.options, policy=job.spec.rules(), key=job.key)
     job.stage.seconds.update(result.timings)
     return result
 
@@ -359,8 +360,11 @@ def _write(job: Job, fetched: Fetched, result: Result) -> str | None:
         contract.META_BYTES_IN: str(result.bytes_in),
         contract.META_BYTES_OUT: str(result.bytes_out),
         contract.META_OUTCOME: f"{result.state}/{result.code}",
-        contract.META_OPTIONS: contract.options_digest(spec.options),
+        contract.META_OPTIONS: spec.digest(),
     }
+    rule = spec.rule_number(result.rule)
+    if rule:
+        metadata[contract.META_RULE] = str(rule)
     if result.transfer_syntax:  # the output's, or the copied source's own
         metadata[contract.META_TRANSFER_SYNTAX] = result.transfer_syntax
     if result.target and result.plugin:
@@ -390,6 +394,7 @@ def _finish(
         millis=int(sum(job.stage.seconds.values()) * 1000),
         etag=short_etag(fetched.etag),
         modality=result.modality,
+        rule=job.spec.rule_number(result.rule),
     )
     # a done object's message is derived from its record, unless it carries notices
     message = "" if result.state == "done" and not result.notices else result.message
@@ -436,6 +441,7 @@ def outcome(job: Job, record: Record, message: str) -> dict[str, Any]:
         "bytes_out": record.bytes_out,
         "ratio": ratio,
         "target": record.target or None,
+        "rule": job.spec.rule_name(record.rule),
         "attempts": record.attempts,
         "seconds": round(record.millis / 1000, 3),
     }

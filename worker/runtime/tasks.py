@@ -24,7 +24,13 @@ from celery.signals import (
 )
 from pydantic import ValidationError
 
-from worker.errors import INTERRUPTION_PROBES, INTERRUPTIONS, PermanentError, TransientError
+from worker.errors import (
+    INTERRUPTION_PROBES,
+    INTERRUPTIONS,
+    ConfigurationError,
+    PermanentError,
+    TransientError,
+)
 from worker.runtime import logs, metrics
 from worker.runtime.contract import TASK_COMPRESS, BatchSpec, JobMessage
 from worker.runtime.ledger import Ledger
@@ -227,6 +233,10 @@ def _run(self: Task[Any, Any], ctx: Context, job: Job, known_batch: bool) -> dic
         return finish_failure(
             job, PermanentError("unknown_batch", f"batch {job.batch!r} is not in the ledger"), None
         )
+    try:
+        job.spec.rules()  # parsed once per process
+    except ConfigurationError as exc:  # e.g. a policy written for a newer release
+        return finish_failure(job, PermanentError("invalid_policy", str(exc)), None)
     try:
         try:
             return process_object(job)
