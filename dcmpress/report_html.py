@@ -98,6 +98,8 @@ def chart_data(rows: Iterable[dict[str, Any]], counts: dict[str, float]) -> dict
       over objects with an output (``bytes_out > 0``: a failed object wrote nothing,
       so its input saved nothing), most bytes saved first (no modality is
       ``"unknown"``, no target ``"none"``);
+    - ``by_rule``: the same per policy rule over every object a rule decided (copies
+      and skips too, which save nothing); empty without a policy (and not drawn);
     - ``ratio_histogram``: ``{label, count}`` of done objects' ratios in fixed bins;
     - ``failures_by_code``: ``{label, count}`` of failed objects, most frequent first;
     - ``throughput``: ``{label, start, objects, bytes_in}`` of finished objects per
@@ -112,6 +114,7 @@ def chart_data(rows: Iterable[dict[str, Any]], counts: dict[str, float]) -> dict
     """
     modalities: dict[str, dict[str, Any]] = {}
     targets: dict[str, dict[str, Any]] = {}
+    rules: dict[str, dict[str, Any]] = {}
     histogram = [0] * (len(RATIO_EDGES) + 1)
     failures: Counter[str] = Counter()
     failed: list[tuple[str, str, str]] = []  # the FAILED_LISTED smallest keys, kept sorted
@@ -122,6 +125,8 @@ def chart_data(rows: Iterable[dict[str, Any]], counts: dict[str, float]) -> dict
         if row["bytes_out"]:
             _add_saving(modalities, str(row["modality"] or "unknown"), row)
             _add_saving(targets, str(row["target"] or "none"), row)
+        if row.get("rule"):  # a policy decided: every finished object counts for its rule
+            _add_saving(rules, str(row["rule"]), row)
         if state == "done" and row["ratio"] is not None:
             histogram[ratio_bin(float(row["ratio"]))] += 1
         if state == "failed":
@@ -152,6 +157,7 @@ def chart_data(rows: Iterable[dict[str, Any]], counts: dict[str, float]) -> dict
     return {
         "by_modality": _most_saved(modalities),
         "by_target": _most_saved(targets),
+        "by_rule": _most_saved(rules),
         "ratio_histogram": [
             {"label": label, "count": count}
             for label, count in zip(ratio_labels(), histogram, strict=True)
@@ -190,6 +196,8 @@ CHARTS = (
           "Bytes saved by objects with an output, per source Modality (0008,0060)."),
     Chart("by_target", "Savings by target", "saved", "bytes", "#1f8a70", True,
           "Bytes saved per target that took the object (skipped copies save nothing)."),
+    Chart("by_rule", "Savings by policy rule", "saved", "bytes", "#3d7f9e", True,
+          "Bytes saved per rule of the batch's policy (copies and skips save nothing)."),
     Chart("ratio_histogram", "Compression ratio distribution", "count", "count", "#7b4fb3",
           False, "Compressed objects per ratio (bytes in / bytes out)."),
     Chart("failures_by_code", "Failures by code", "count", "count", "#c0392b", True,
@@ -489,6 +497,7 @@ def render_html(batch: str, data: dict[str, Any]) -> str:
         f'<h2>{_esc(chart.title)}</h2><p class="note">{_esc(chart.note)}</p>'
         f"{chart_svg(chart, data[chart.name])}</section>"
         for chart in CHARTS
+        if chart.name != "by_rule" or data[chart.name]  # only with a policy
     )
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     title = f"dcmpress report \u2014 {batch}"

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, JPEGLSNearLossless
 
+from dcmpress.report_html import chart_data, render_html
+from dcmpress.reports import report_rows
 from dcmpress.stack.samples import make_image, to_bytes
 from dcmpress.stack.services import SeaweedS3
 from producer.listen import EventFilter, EventIntake
@@ -148,6 +150,14 @@ def test_a_mixed_bucket_under_a_policy_ends_with_each_rules_outcome(
     assert shown.returncode == 0, shown.stderr
     assert "rule: default" in shown.stdout and "2 objects" in shown.stdout
     assert "rule: copy reports" in shown.stdout
+
+    # the HTML report's savings per rule: every object a rule decided, copies included
+    data = chart_data(report_rows(ledger, batch), ledger.counts(batch))
+    assert {item["label"]: item["objects"] for item in data["by_rule"]} == {
+        "copy reports": 1, "never lossy for SEG": 1, "scouts untouched": 1,
+        "near-lossless big CR": 1, "J2K for mammography": 1, "default": 2,
+    }  # fmt: skip
+    assert "Savings by policy rule" in render_html(batch, data)
 
     # the same command again: every object is already done (the digest is the same)
     again = run_cli(stack_env, *args)

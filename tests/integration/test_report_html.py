@@ -218,6 +218,7 @@ def test_html_report_matches_the_ledger_and_renders_offline(
     assert totals["bytes_out"] == int(counts["bytes_out"]) == sum(r.bytes_out for r in finished)
     assert totals["saved"] == sum(item["saved"] for item in data["by_target"]) > 0
     assert [item["key"] for item in data["failed_objects"]] == [ODD_KEY]
+    assert data["by_rule"] == [] and "Savings by policy rule" not in page  # no policy
 
     # every bar carries its JSON value; the page is self-contained and escaped
     bars = check_bars(page, data)
