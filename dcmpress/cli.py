@@ -483,9 +483,10 @@ def batches() -> None:
         if spec is None:
             continue  # expired
         current = snapshot(ledger, batch_id)
+        targets = "policy" if spec.policy is not None else ", ".join(spec.options.target)
         rows.append({
             "batch": batch_id, "state": current.state, "source": str(spec.source),
-            "dest": str(spec.dest or "in place"), "targets": ", ".join(spec.options.target),
+            "dest": str(spec.dest or "in place"), "targets": targets,
             **{state: int(current.counts.get(state, 0)) for state in ("done", "skipped", "failed")},
             "pending": current.pending,
         })  # fmt: skip

@@ -150,6 +150,10 @@ def test_a_mixed_bucket_under_a_policy_ends_with_each_rules_outcome(
     assert shown.returncode == 0, shown.stderr
     assert "rule: default" in shown.stdout and "2 objects" in shown.stdout
     assert "rule: copy reports" in shown.stdout
+    listed = run_cli(stack_env, "batches")
+    assert listed.returncode == 0, listed.stderr
+    assert any(batch in line and "policy" in line.replace(batch, "")
+               for line in listed.stdout.splitlines()), listed.stdout  # fmt: skip
 
     # the HTML report's savings per rule: every object a rule decided, copies included
     data = chart_data(report_rows(ledger, batch), ledger.counts(batch))
