@@ -27,6 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dcmpress.stack.cpu import tree_cpu_seconds
 from dcmpress.stack.samples import make_image, to_bytes
 from dcmpress.stack.services import CeleryWorker, RedisServer, SeaweedS3, dcmpress_env
 from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages
@@ -37,40 +38,6 @@ from worker.runtime.contract import BatchSpec, S3Location
 from worker.runtime.ledger import Ledger
 from worker.runtime.storage import Storage
 from worker.settings import CompressionOptions, WorkerSettings
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _processes() -> dict[int, tuple[int, float]]:
-    """pid -> (parent pid, user + system CPU seconds) of every running process."""
-    found: dict[int, tuple[int, float]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # ended meanwhile
-        cpu = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
-        found[int(entry.name)] = (int(fields[1]), cpu)
-    return found
-
-
-def tree_cpu_seconds(pid: int | None, descendants: bool = True) -> float:
-    """User + system CPU seconds of ``pid`` and (unless not asked) its live descendants."""
-    if pid is None:
-        return 0.0
-    processes = _processes()
-    children: dict[int, list[int]] = {}
-    for child, (parent, _) in processes.items():
-        children.setdefault(parent, []).append(child)
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        total += processes.get(current, (0, 0.0))[1]
-        if descendants:
-            todo.extend(children.get(current, []))
-    return total
 
 
 @dataclass

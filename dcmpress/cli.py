@@ -48,8 +48,15 @@ from worker.settings import CompressionOptions, WorkerSettings
 
 if TYPE_CHECKING:
     from producer.enqueue import Enqueuer, EnqueueReport
+    from worker.policy import Policy
     from worker.runtime.contract import S3Location
     from worker.runtime.ledger import Ledger
+
+# the key filter's options, the same for enqueue, listen and estimate
+Suffix = Annotated[list[str] | None, typer.Option(help="Only keys ending so (repeatable).")]
+ExcludeSuffix = Annotated[list[str] | None, typer.Option(help="Skip keys ending so.")]
+MinSize = Annotated[int, typer.Option(help="Skip smaller objects (bytes).")]
+MaxSize = Annotated[int | None, typer.Option(help="Skip larger objects (bytes).")]
 
 BATCH_HELP = "Batch id, or a unique start of one (see `dcmpress batches`)."
 
@@ -105,10 +112,7 @@ def compress(
     options: CompressionOptions,
 ) -> None:
     """Compress DICOM files on local disk into OUT, verifying every result."""
-    from worker.policy import parse_policy
-
-    text = _policy_text(policy, options)
-    rules = parse_policy(text, str(policy)) if text is not None else None
+    rules = _policy_rules(policy, options)
     try:
         jobs = list(plan_jobs(paths, out))
     except ConfigurationError as exc:
@@ -154,6 +158,14 @@ def _policy_text(path: Path | None, options: CompressionOptions) -> str | None:
         return path.read_text()
     except (ConfigurationError, OSError) as exc:
         raise fail(str(exc)) from None
+
+
+def _policy_rules(path: Path | None, options: CompressionOptions) -> Policy | None:
+    """:func:`_policy_text`, parsed."""
+    from worker.policy import parse_policy
+
+    text = _policy_text(path, options)
+    return parse_policy(text, str(path)) if text is not None else None
 
 
 def _saved_text(records: list[dict[str, Any]]) -> str:
@@ -299,12 +311,10 @@ def enqueue(
         str | None,
         typer.Option(help="Batch name (default: derived from source, dest and options)."),
     ] = None,
-    suffix: Annotated[
-        list[str] | None, typer.Option(help="Only keys ending with this (repeatable).")
-    ] = None,
-    exclude_suffix: Annotated[list[str] | None, typer.Option(help="Skip keys ending so.")] = None,
-    min_size: Annotated[int, typer.Option(help="Skip smaller objects (bytes).")] = 1,
-    max_size: Annotated[int | None, typer.Option(help="Skip larger objects (bytes).")] = None,
+    suffix: Suffix = None,
+    exclude_suffix: ExcludeSuffix = None,
+    min_size: MinSize = 1,
+    max_size: MaxSize = None,
     force: Annotated[
         bool,
         typer.Option(
@@ -613,9 +623,9 @@ def listen(
     ] = None,
     prefix: Annotated[list[str] | None, typer.Option(help="Only keys under this.")] = None,
     exclude_prefix: Annotated[list[str] | None, typer.Option(help="Skip keys under this.")] = None,
-    suffix: Annotated[list[str] | None, typer.Option(help="Only keys ending so.")] = None,
-    exclude_suffix: Annotated[list[str] | None, typer.Option(help="Skip keys ending so.")] = None,
-    min_size: Annotated[int, typer.Option(help="Skip smaller objects (bytes).")] = 1,
+    suffix: Suffix = None,
+    exclude_suffix: ExcludeSuffix = None,
+    min_size: MinSize = 1,
     sqs_endpoint_url: Annotated[
         str | None,
         typer.Option(envvar="DCMPRESS_SQS_ENDPOINT_URL", help="SQS endpoint (emulators)."),
@@ -877,3 +887,131 @@ def resume(batch: Annotated[str, typer.Argument(help=BATCH_HELP)]) -> None:
     enqueuer.ledger.set_cancelled(batch, False)
     sent = requeue(enqueuer, lambda r: r.code == "cancelled")
     Console().print(f"batch {batch} resumed; {sent} cancelled object(s) queued again")
+
+
+@app.command()
+@compression_flags
+def estimate(
+    sources: Annotated[
+        list[str], typer.Argument(help="s3://bucket/prefix, or local files and directories.")
+    ],
+    policy: Annotated[Path | None, typer.Option(help=POLICY_HELP)] = None,
+    sample: Annotated[int, typer.Option(help="Objects to compress (not uploaded).")] = 200,
+    headers: Annotated[
+        int, typer.Option(help="Objects whose header is read (ranged GETs), at least --sample.")
+    ] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    processes: Annotated[
+        int, typer.Option("--processes", "-j", help="Compressing processes (default: all cores).")
+    ] = 0,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="The estimate as JSON on stdout.")
+    ] = False,
+    html: Annotated[Path | None, typer.Option(help="Also write an HTML page here.")] = None,
+    price_per_gb_month: Annotated[
+        float | None, typer.Option(help="USD per GB-month (default: the class's list price).")
+    ] = None,
+    storage_class: Annotated[
+        str, typer.Option(help="S3 storage class whose list price to use.")
+    ] = "STANDARD",
+    overhead_ms: Annotated[
+        float | None,
+        typer.Option(
+            help="CPU ms per object besides fetch and engine (default: 7 for S3, as "
+            "measured for a worker; 1 for local files)."
+        ),
+    ] = None,
+    dest: Annotated[
+        str | None, typer.Option(help="s3://... outputs will go to; not counted if inside.")
+    ] = None,
+    suffix: Suffix = None,
+    exclude_suffix: ExcludeSuffix = None,
+    min_size: MinSize = 1,
+    max_size: MaxSize = None,
+    *,
+    options: CompressionOptions,
+) -> None:
+    """Estimate what compressing a prefix (or local files) saves and costs, from a sample."""
+    from dcmpress.estimate import LocalSource, Plan, S3Source, build_report, run_estimate
+    from dcmpress.estimate import price_per_gb_month as pick_price
+    from producer.sources import KeyFilter
+    from worker.runtime.contract import S3Location
+
+    rules = _policy_rules(policy, options)
+    try:
+        price, price_source = pick_price(storage_class, price_per_gb_month)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    if sample < 1 or headers < 1:
+        raise fail("--sample and --headers must be at least 1")
+    remote = [s for s in sources if s.startswith("s3://")]
+    if remote and len(sources) > 1:
+        raise fail("give one s3://bucket/prefix, or local paths (not both)")
+    excluded: tuple[str, ...] = ()
+    source: S3Source | LocalSource
+    try:
+        if remote:
+            where = S3Location.parse(remote[0])
+            dest_location = S3Location.parse(dest) if dest else None
+            if dest_location and dest_location.bucket == where.bucket and dest_location.prefix:
+                excluded = (dest_location.prefix,)
+        else:
+            missing = [s for s in sources if not Path(s).exists()]
+            if missing:
+                raise fail(f"no such file or directory: {', '.join(missing)}")
+    except ConfigurationError as exc:
+        raise fail(str(exc)) from None
+    key_filter = KeyFilter(
+        suffixes=tuple(suffix or ()), exclude_suffixes=tuple(exclude_suffix or ()),
+        exclude_prefixes=excluded, min_size=min_size, max_size=max_size,
+    )  # fmt: skip
+    if remote:
+        try:
+            settings = WorkerSettings()
+        except ValidationError as exc:
+            raise fail(validation_message(exc)) from None
+        source = S3Source(where.bucket, where.prefix, settings, key_filter)
+    else:
+        source = LocalSource([Path(s) for s in sources], key_filter)
+    console = Console(stderr=True)
+    plan = Plan(sample, headers, seed, processes or os.cpu_count() or 1)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console, transient=False,
+    )  # fmt: skip
+    with progress:
+        tasks: dict[str, Any] = {}
+
+        def on_progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(phase, total=total or None)
+            progress.update(tasks[phase], completed=done, total=total or None)
+
+        try:
+            population, header_list, samples = run_estimate(
+                source, options, rules, plan, on_progress
+            )
+        except DcmpressError as exc:
+            raise fail(explain(exc) or str(exc), EXIT_FAILED) from None
+    if not population.objects:
+        raise fail(f"no objects under {source.name}", EXIT_FAILED)
+    report = build_report(
+        source.name, options, str(policy) if policy else None, population, header_list,
+        samples, source.overhead_ms if overhead_ms is None else overhead_ms, price,
+        price_source, storage_class.upper(), seed, dict(key_filter.rejected),
+    )  # fmt: skip
+    if html is not None:
+        from dcmpress.estimate_html import write_estimate_html
+
+        write_estimate_html(report, html)
+        console.print(f"estimate page written to {html}")
+    if json_output:
+        print(json.dumps(report))
+        return
+    from dcmpress.views import estimate_tables
+
+    out = Console()
+    for table in estimate_tables(report):
+        out.print(table)
+    for note in report["notes"]:
+        out.print(note, highlight=False, markup=False)

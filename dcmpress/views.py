@@ -316,3 +316,79 @@ def summary_table(records: list[dict[str, Any]]) -> Table:
         f"{total_in / total_out:.2f}" if total_out else "-",
     )  # fmt: skip
     return table
+
+
+def estimate_tables(report: dict[str, Any]) -> list[Table]:
+    """``dcmpress estimate``'s tables: the projection, per modality, per target, per
+    stratum, and the outcomes of the compressed sample."""
+    from dcmpress.report_html import human_bytes
+
+    saving, cpu, money = report["saving"], report["cpu"], report["money"]
+    population, sample = report["population"], report["sample"]
+    level = f"{saving['confidence']:.0%}"
+    summary = Table(title=f"dcmpress estimate: {escape(report['source'])}", show_header=False)
+    summary.add_column("what")
+    summary.add_column("value", justify="right")
+    summary.add_column("interval", justify="right")
+    ratio = f"{saving['ratio']:.2f}x" if saving["ratio"] else "-"
+    rows = [
+        ("objects listed", f"{population['objects']:,}", ""),
+        ("bytes listed", human_bytes(population["bytes"]), ""),
+        ("headers read / objects compressed",
+         f"{sample['headers']:,} / {sample['compressed']:,}", ""),
+        ("bytes saved", human_bytes(saving["bytes"]),
+         f"{human_bytes(saving['low'])} - {human_bytes(saving['high'])} ({level})"),
+        ("saved, of bytes listed", f"{saving['percent']:.1f} %", ""),
+        ("destination size", human_bytes(saving["bytes_written"]),
+         f"{human_bytes(saving['bytes_written_low'])} - "
+         f"{human_bytes(saving['bytes_written_high'])}"),
+        ("not written (skip, failed)", human_bytes(saving["not_written"]), ""),
+        ("ratio of written objects", ratio, ""),
+        ("CPU core-hours", f"{cpu['core_hours']:,.4g}",
+         f"{cpu['low']:,.4g} - {cpu['high']:,.4g} ({level})"),
+        (f"saving per month ({money['storage_class']}, ${money['price_per_gb_month']:g}/GB)",
+         f"${money['monthly']:,.2f}",
+         f"${money['monthly_low']:,.2f} - ${money['monthly_high']:,.2f}"),
+        ("saving per year", f"${money['yearly']:,.2f}",
+         f"${money['yearly_low']:,.2f} - ${money['yearly_high']:,.2f}"),
+    ]  # fmt: skip
+    for row in rows:
+        summary.add_row(*(escape(cell) for cell in row))
+    tables = [summary]
+    for name, title in (("by_modality", "modality"), ("by_target", "target")):
+        table = Table(title=f"projected per {title}")
+        for column in (title, "objects", "bytes in", "saved", "ratio", "core-hours", "samples"):
+            table.add_column(column, justify="left" if column == title else "right")
+        for item in report[name]:
+            table.add_row(
+                escape(str(item["label"])), f"{item['objects']:,}", human_bytes(item["bytes_in"]),
+                human_bytes(item["saved"]), f"{item['ratio']:.2f}" if item["ratio"] else "-",
+                f"{item['core_hours']:,.4g}", str(item["samples"]),
+            )  # fmt: skip
+        tables.append(table)
+    strata = Table(title="strata (size class, kind, rule)")
+    for column in ("size", "kind", "rule", "objects", "bytes", "headers", "samples", "ratio",
+                   "saved"):  # fmt: skip
+        strata.add_column(column, justify="left" if column in ("size", "kind", "rule") else "right")
+    for item in report["strata"]:
+        ratio = f"{item['ratio']:.2f}" if item["ratio"] else "-"
+        if item["rates_from"] != "own sample":
+            ratio = f"({item['rates_from']})"
+        strata.add_row(
+            escape(item["size_class"]), escape(item["kind"]), escape(item["rule"] or ""),
+            f"{item['objects']:,}", human_bytes(item["bytes"]), str(item["headers"]),
+            str(item["samples"]), escape(ratio),
+            human_bytes(item["saved"]) if item["saved"] is not None else "-",
+        )  # fmt: skip
+    tables.append(strata)
+    outcomes = Table(title="outcomes of the compressed sample")
+    for column in ("outcome", "code", "objects"):
+        outcomes.add_column(column)
+    for item in report["outcomes"]:
+        outcomes.add_row(escape(item["outcome"]), escape(item["code"]), str(item["count"]))
+    for item in report["failed_samples"][:20]:
+        outcomes.add_row(
+            "failed", escape(item["code"]), escape(f"{item['key']}: {item['message']}")
+        )
+    tables.append(outcomes)
+    return tables

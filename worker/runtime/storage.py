@@ -205,6 +205,26 @@ class Storage:
             metadata=dict(response.get("Metadata", {})),
         )
 
+    def read_range(self, bucket: str, key: str, length: int, start: int = 0) -> bytes:
+        """Up to ``length`` bytes of an object from ``start`` (one ranged GET): a header
+        without the Pixel Data behind it. Shorter if the object is."""
+        try:
+            response = self.client.get_object(
+                Bucket=bucket, Key=key, Range=f"bytes={start}-{start + max(length, 1) - 1}"
+            )
+            body = response["Body"]
+            try:
+                return bytes(body.read())
+            finally:
+                body.close()
+        except ClientError as exc:
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if status == 416:  # a range beyond an empty object: nothing to read
+                return b""
+            raise classify(exc, f"read s3://{bucket}/{key}") from exc
+        except BotoCoreError as exc:
+            raise classify(exc, f"read s3://{bucket}/{key}") from exc
+
     def open_stream(self, bucket: str, key: str) -> Any:
         """A file-like, streaming body of an object (for manifests), to be closed."""
         try:
