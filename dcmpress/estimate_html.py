@@ -20,7 +20,7 @@ CHARTS = (
           "Bytes saved per source Modality, projected over every object listed."),
     Chart("by_target", "Projected savings by target", "saved", "bytes", "#1f8a70", True,
           "Bytes saved per target the sampled objects took (copy/skip saves nothing)."),
-    Chart("cpu_by_target", "Projected CPU seconds by target", "cpu_seconds", "count",
+    Chart("cpu_by_target", "Projected CPU seconds by target", "cpu_seconds", "seconds",
           "#d27b1a", True, "Worker CPU seconds for the whole prefix, per target."),
 )  # fmt: skip
 

@@ -184,7 +184,7 @@ class Chart:
     name: str  # key in the chart data, and the svg's data-chart
     title: str
     value: str  # the field each bar shows
-    unit: str  # "bytes" or "count"
+    unit: str  # "bytes", "count" or "seconds"
     color: str
     horizontal: bool  # categories as rows (long labels) or columns (ordered bins)
     note: str
@@ -263,6 +263,8 @@ def human_bytes(value: float) -> str:
 
 
 def _fmt(value: float, unit: str) -> str:
+    if unit == "seconds":  # CPU seconds: small ones too
+        return f"{value:,.0f} s" if value >= 100 else f"{value:.3g} s"
     return human_bytes(value) if unit == "bytes" else f"{value:,.0f}"
 
 
