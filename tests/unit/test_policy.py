@@ -257,3 +257,31 @@ def test_rule_options_that_clash_with_the_commands_are_refused_before_work() -> 
     policy.check(CompressionOptions())
     with pytest.raises(ConfigurationError, match=r"rule 1 \('d'\).*j2k_cr or j2k_psnr"):
         policy.check(CompressionOptions(j2k_psnr=[40]))
+
+
+def test_a_rule_can_recompress_compressed_sources_others_leave_alone() -> None:
+    """Orthanc's split, by rule: re-encode lossless RLE sources, leave other compressed
+    sources as they are."""
+    from pydicom.uid import RLELossless
+
+    from worker.codec.engine import process
+
+    policy = parse_policy(
+        f"""
+[[rule]]
+name = "RLE to JPEG-LS"
+when = {{ TransferSyntaxUID = "{RLELossless}" }}
+target = ["jpeg-ls"]
+options = {{ transcode = true }}
+
+[[rule]]
+name = "default"
+target = ["jpeg-ls"]
+"""
+    )
+    ds = make_image(64, 64, bits_stored=12)
+    ds.compress(RLELossless, encoding_plugin="pydicom")
+    recoded = process(to_bytes(ds), CompressionOptions(), policy=policy)
+    assert (recoded.state, recoded.target, recoded.rule) == ("done", "jpeg-ls", "RLE to JPEG-LS")
+    plain = process(to_bytes(ds), CompressionOptions())
+    assert (plain.state, plain.code) == ("skipped", "already_compressed")
