@@ -43,6 +43,7 @@ from dcmpress.views import (
     summary_table,
 )
 from worker.codec.targets import all_plugin_status
+from worker.cores import usable_cores
 from worker.errors import CODES, ConfigurationError, DcmpressError
 from worker.settings import CompressionOptions, WorkerSettings
 
@@ -99,7 +100,7 @@ def compress(
     paths: Annotated[list[Path], typer.Argument(help="Files or directory trees.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
     processes: Annotated[
-        int, typer.Option("--processes", "-j", help="Worker processes (default: all cores).")
+        int, typer.Option("--processes", "-j", help="Worker processes (default: the usable cores).")
     ] = 0,
     jsonl: Annotated[
         bool, typer.Option("--jsonl", help="One JSON record per input file on stdout.")
@@ -117,7 +118,7 @@ def compress(
         jobs = list(plan_jobs(paths, out))
     except ConfigurationError as exc:
         raise fail(str(exc)) from None
-    workers = processes or os.cpu_count() or 1
+    workers = processes or usable_cores()
     console = Console(stderr=True)
     records: list[dict[str, Any]] = []
     progress = Progress(
@@ -902,7 +903,10 @@ def estimate(
     ] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
     processes: Annotated[
-        int, typer.Option("--processes", "-j", help="Compressing processes (default: all cores).")
+        int,
+        typer.Option(
+            "--processes", "-j", help="Compressing processes (default: the usable cores)."
+        ),
     ] = 0,
     json_output: Annotated[
         bool, typer.Option("--json", help="The estimate as JSON on stdout.")
@@ -974,7 +978,7 @@ def estimate(
     else:
         source = LocalSource([Path(s) for s in sources], key_filter)
     console = Console(stderr=True)
-    plan = Plan(sample, headers, seed, processes or os.cpu_count() or 1)
+    plan = Plan(sample, headers, seed, processes or usable_cores())
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), console=console, transient=False,

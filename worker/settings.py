@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.codec.targets import AUTO, Target, auto_candidates, get_target
+from worker.cores import usable_cores
 
 DEFAULT_J2K_CR = (10.0,)
 
@@ -261,8 +262,17 @@ class WorkerSettings(BaseSettings):
         default=30, gt=0, description="Days ledger records live after their last update."
     )
     worker_concurrency: int | None = Field(
-        default=None, description="Worker processes per `celery worker` (default: cores)."
+        default=None,
+        ge=1,
+        description="Worker processes per `celery worker`. Unset: the usable cores (the "
+        "affinity mask and the cgroup CPU quota, not the host's count) plus one, so one "
+        "process's download or upload overlaps the others' compression.",
     )
+
+    @property
+    def concurrency(self) -> int:
+        """Worker processes: ``worker_concurrency``, else the usable cores plus one."""
+        return self.worker_concurrency or usable_cores() + 1
 
     @model_validator(mode="after")
     def _limits_fit_together(self) -> WorkerSettings:

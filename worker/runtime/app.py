@@ -44,7 +44,7 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
         task_send_sent_event=True,
         task_track_started=True,
         worker_max_tasks_per_child=1000,  # bounds slow leaks in native codec libraries
-        worker_concurrency=settings.worker_concurrency,
+        worker_concurrency=settings.concurrency,
         worker_hijack_root_logger=False,
     )
     app.conf.dcmpress_settings = settings
