@@ -41,9 +41,9 @@ if _SLOW_SECONDS:
 
     _real_process = pipeline.process
 
-    def _slow_process(data, options):
+    def _slow_process(data, options, **kwargs):
         time.sleep(_SLOW_SECONDS)  # a long object: longer than the visibility timeout
-        return _real_process(data, options)
+        return _real_process(data, options, **kwargs)
 
     pipeline.process = _slow_process
 

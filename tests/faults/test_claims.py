@@ -57,10 +57,10 @@ def _slow_engine(monkeypatch: pytest.MonkeyPatch, seconds: float) -> threading.E
     started = threading.Event()
     real = pipeline.process
 
-    def slow(data: bytes, options: Any) -> Any:
+    def slow(data: bytes, options: Any, **kwargs: Any) -> Any:
         started.set()
         time.sleep(seconds)
-        return real(data, options)
+        return real(data, options, **kwargs)
 
     monkeypatch.setattr(pipeline, "process", slow)
     return started

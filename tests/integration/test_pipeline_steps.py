@@ -153,9 +153,9 @@ def test_in_place_replaces_the_source_only_if_unchanged(
     client.put_object(Bucket=source, Key="b.dcm", Body=to_bytes(ds))
     real_process = __import__("worker.runtime.pipeline", fromlist=["process"]).process
 
-    def concurrent_writer(data: bytes, options: CompressionOptions) -> Any:
+    def concurrent_writer(data: bytes, options: CompressionOptions, **kwargs: Any) -> Any:
         client.put_object(Bucket=source, Key="b.dcm", Body=to_bytes(make_image(64, 64, seed=9)))
-        return real_process(data, options)
+        return real_process(data, options, **kwargs)
 
     monkeypatch.setattr("worker.runtime.pipeline.process", concurrent_writer)
     changed = process_object(make_job(ledger, storage, spec, "b.dcm"))
