@@ -112,6 +112,8 @@ def test_scaling_fixed_costs_and_machine_are_reported(
         _positive(numbers["j1"], "mb_per_s")
         _positive(numbers["j2"], "mb_per_s")
         assert numbers["j2_over_j1"] > 0
+        assert numbers["engine_2_over_1"] > 0
+        assert set(numbers["engine_seconds"]) == {"1", "2"}
     assert results["fixed_cost_seconds"]
     assert all(seconds > 0 for seconds in results["fixed_cost_seconds"].values())
     machine = results["machine"]
