@@ -32,7 +32,7 @@ from dcmpress.console import (
     resolve_batch,
     validation_message,
 )
-from dcmpress.local import plan_jobs, run_all
+from dcmpress.local import files_under, plan_jobs, run_all
 from dcmpress.options import build_options, compression_flags
 from dcmpress.views import (
     RateWindow,
@@ -49,6 +49,7 @@ from worker.settings import CompressionOptions, WorkerSettings
 
 if TYPE_CHECKING:
     from producer.enqueue import Enqueuer, EnqueueReport
+    from producer.sources import KeyFilter
     from worker.policy import Policy
     from worker.runtime.contract import S3Location
     from worker.runtime.ledger import Ledger
@@ -147,26 +148,56 @@ def compress(
         raise typer.Exit(1)
 
 
-def _policy_text(path: Path | None, options: CompressionOptions) -> str | None:
-    """The text of the policy file at ``path``, checked against ``options`` (exit 2 with
-    the file's line and field if it is not valid); None without a policy."""
+def _read_policy(path: Path | None, options: CompressionOptions) -> tuple[str, Policy] | None:
+    """The policy file at ``path``, read and parsed once, and checked against
+    ``options``: its text (what a batch stores) and its rules; exit 2 naming the line
+    and field if it is not valid. None without a policy."""
     if path is None:
         return None
-    from worker.policy import load_policy
+    from worker.policy import read_policy
 
     try:
-        load_policy(path).check(options)
-        return path.read_text()
-    except (ConfigurationError, OSError) as exc:
+        text, rules = read_policy(path)
+        rules.check(options)
+    except ConfigurationError as exc:
         raise fail(str(exc)) from None
+    return text, rules
+
+
+def _policy_text(path: Path | None, options: CompressionOptions) -> str | None:
+    """:func:`_read_policy`'s text."""
+    read = _read_policy(path, options)
+    return read[0] if read else None
 
 
 def _policy_rules(path: Path | None, options: CompressionOptions) -> Policy | None:
-    """:func:`_policy_text`, parsed."""
-    from worker.policy import parse_policy
+    """:func:`_read_policy`'s rules."""
+    read = _read_policy(path, options)
+    return read[1] if read else None
 
-    text = _policy_text(path, options)
-    return parse_policy(text, str(path)) if text is not None else None
+
+def _key_filter(
+    source: S3Location | None,
+    dest: S3Location | None,
+    suffix: list[str] | None,
+    exclude_suffix: list[str] | None,
+    min_size: int,
+    max_size: int | None,
+) -> KeyFilter:
+    """The listing's filter from the key-filter options; it never takes our own outputs
+    when the destination lies inside the source."""
+    from producer.sources import KeyFilter
+
+    excluded: tuple[str, ...] = ()
+    if source and dest and dest.bucket == source.bucket and dest.prefix:
+        excluded = (dest.prefix,)
+    return KeyFilter(
+        suffixes=tuple(suffix or ()),
+        exclude_suffixes=tuple(exclude_suffix or ()),
+        exclude_prefixes=excluded,
+        min_size=min_size,
+        max_size=max_size,
+    )
 
 
 def _saved_text(records: list[dict[str, Any]]) -> str:
@@ -224,11 +255,11 @@ def policy_check(
     missing = [str(path) for path in paths if not path.exists()]
     if missing:
         raise fail(f"no such file or directory: {', '.join(missing)}")
-    files = [p for path in paths for p in ([path] if path.is_file() else sorted(path.rglob("*")))]
+    files = [file for path in paths for file in files_under(path)]
     table = Table(title=f"{policy}: the rule each file takes")
     for column in ("file", "rule", "action", "targets"):
         table.add_column(column)
-    for file in (f for f in files if f.is_file()):
+    for file in files:
         row: dict[str, Any]
         try:
             ds = dcmread(file, stop_before_pixels=True)
@@ -331,7 +362,7 @@ def enqueue(
 ) -> None:
     """List s3://bucket/prefix (or read a manifest) and enqueue one job per object."""
     from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages
-    from producer.sources import KeyFilter, listing_pages
+    from producer.sources import listing_pages
     from worker.runtime.contract import BatchSpec, S3Location, default_batch_id
     from worker.runtime.storage import Storage
 
@@ -377,16 +408,8 @@ def enqueue(
     info = ledger.batch_info(batch_id)
     resuming = existing is not None and "listing_done" not in info
     start_after = info.get("checkpoint", "") if resuming else ""
-    # never enqueue our own outputs when the destination lies inside the source
-    excluded: tuple[str, ...] = ()
-    if dest_location and dest_location.bucket == source_location.bucket and dest_location.prefix:
-        excluded = (dest_location.prefix,)
-    key_filter = KeyFilter(
-        suffixes=tuple(suffix or ()),
-        exclude_suffixes=tuple(exclude_suffix or ()),
-        exclude_prefixes=excluded,
-        min_size=min_size,
-        max_size=max_size,
+    key_filter = _key_filter(
+        source_location, dest_location, suffix, exclude_suffix, min_size, max_size
     )
     console = Console(stderr=True)
     console.print(
@@ -938,7 +961,6 @@ def estimate(
     """Estimate what compressing a prefix (or local files) saves and costs, from a sample."""
     from dcmpress.estimate import LocalSource, Plan, S3Source, build_report, run_estimate
     from dcmpress.estimate import price_per_gb_month as pick_price
-    from producer.sources import KeyFilter
     from worker.runtime.contract import S3Location
 
     rules = _policy_rules(policy, options)
@@ -951,25 +973,21 @@ def estimate(
     remote = [s for s in sources if s.startswith("s3://")]
     if remote and len(sources) > 1:
         raise fail("give one s3://bucket/prefix, or local paths (not both)")
-    excluded: tuple[str, ...] = ()
     source: S3Source | LocalSource
+    where: S3Location | None = None
+    dest_location: S3Location | None = None
     try:
         if remote:
             where = S3Location.parse(remote[0])
             dest_location = S3Location.parse(dest) if dest else None
-            if dest_location and dest_location.bucket == where.bucket and dest_location.prefix:
-                excluded = (dest_location.prefix,)
         else:
             missing = [s for s in sources if not Path(s).exists()]
             if missing:
                 raise fail(f"no such file or directory: {', '.join(missing)}")
     except ConfigurationError as exc:
         raise fail(str(exc)) from None
-    key_filter = KeyFilter(
-        suffixes=tuple(suffix or ()), exclude_suffixes=tuple(exclude_suffix or ()),
-        exclude_prefixes=excluded, min_size=min_size, max_size=max_size,
-    )  # fmt: skip
-    if remote:
+    key_filter = _key_filter(where, dest_location, suffix, exclude_suffix, min_size, max_size)
+    if where is not None:
         try:
             settings = WorkerSettings()
         except ValidationError as exc:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
 import random
 import time
 from collections import Counter
@@ -322,11 +321,11 @@ class LocalSource:
 
     def entries(self) -> Iterator[Entry]:
         """Every file of every path, each tree in sorted order."""
+        from dcmpress.local import files_under
         from worker.runtime.storage import Listed
 
         for root in self.paths:
-            files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-            for path in files:
+            for path in files_under(root):
                 size = path.stat().st_size
                 if self.key_filter.accepts(Listed(str(path), "", size)):
                     yield Entry(str(path), size)
@@ -341,13 +340,18 @@ class LocalSource:
 
     def fetch(self, key: str) -> Body:
         """The file, read whole, or open for a large one (as compress does)."""
-        from worker.codec.frames import FRAMES_ABOVE
+        from dcmpress.local import engine_input
 
-        file = open(key, "rb")  # noqa: SIM115 - closed by Body.close
-        if os.fstat(file.fileno()).st_size >= FRAMES_ABOVE:
-            return Body(file, {}, file.close)
-        with file:
-            return Body(file.read())
+        file = open(key, "rb")  # noqa: SIM115 - closed by Body.close, or here
+        try:
+            data = engine_input(file)
+        except BaseException:
+            file.close()
+            raise
+        if isinstance(data, bytes):
+            file.close()
+            return Body(data)
+        return Body(data, {}, file.close)
 
 
 T = TypeVar("T")
@@ -401,9 +405,9 @@ def parse_header(data: bytes, whole: bool) -> Dataset:
         try:
             ds = dcmread(file, stop_before_pixels=True)
         except InvalidDicomError:
-            from worker.codec.parse import _looks_like_raw_dataset
+            from worker.codec.parse import looks_like_raw_dataset
 
-            if not _looks_like_raw_dataset(data[:2]):
+            if not looks_like_raw_dataset(data[:2]):
                 raise PermanentError(
                     "not_dicom", "no DICM prefix and no recognisable DICOM data set"
                 ) from None
@@ -423,8 +427,9 @@ def parse_header(data: bytes, whole: bool) -> Dataset:
 
 
 def _modality(ds: Dataset) -> str:
-    value = "".join(ch for ch in str(ds.get("Modality", "") or "") if ch.isalnum())[:16]
-    return value or "no Modality"
+    from worker.codec.engine import modality_of
+
+    return modality_of(ds) or "no Modality"
 
 
 def read_header(source: Source, entry: Entry, policy: Policy | None) -> Header:

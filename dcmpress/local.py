@@ -33,6 +33,18 @@ class Job:
     output: Path
 
 
+def files_under(root: Path) -> list[Path]:
+    """``root`` if it is a file, else every file of its tree in sorted order."""
+    return [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def engine_input(file: BinaryIO) -> bytes | BinaryIO:
+    """What the engine takes from an open input file: its bytes, or for a large file
+    the file itself, read as the engine needs it (frame by frame for a large
+    multi-frame object: worker/codec/frames.py)."""
+    return file if os.fstat(file.fileno()).st_size >= FRAMES_ABOVE else file.read()
+
+
 def plan_jobs(inputs: Iterable[Path], out_dir: Path) -> Iterator[Job]:
     """Walk files and directory trees; outputs mirror paths relative to each input.
 
@@ -45,8 +57,7 @@ def plan_jobs(inputs: Iterable[Path], out_dir: Path) -> Iterator[Job]:
         if not given.exists():
             raise ConfigurationError(f"input {given} does not exist")
         root = given.resolve()
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        for path in files:
+        for path in files_under(root):
             if root.is_dir() and path.is_relative_to(out_dir):
                 continue  # never re-process our own outputs when OUT is inside an input
             relative = Path(path.name) if root.is_file() else path.relative_to(root)
@@ -66,12 +77,7 @@ def run_job(job: Job, options: CompressionOptions, policy: Policy | None = None)
     started = time.perf_counter()
     try:
         with job.path.open("rb") as source:
-            # a large file is read by the engine as it needs it (frame by frame for
-            # a large multi-frame object: worker/codec/frames.py)
-            large = os.fstat(source.fileno()).st_size >= FRAMES_ABOVE
-            result = process(
-                source if large else source.read(), options, policy=policy, key=str(job.path)
-            )
+            result = process(engine_input(source), options, policy=policy, key=str(job.path))
     except OSError as exc:
         return io_error_record(job.path, f"cannot read the input: {exc}")
     written: Path | None = None

@@ -181,9 +181,8 @@ def render(status: BatchStatus, previous: BatchStatus | None = None, note: str =
             "re-sent", f"{resent:,} object(s) had lost their message (last check {at:%H:%M:%S})"
         )
     for name, objects, written_in, written_out in status.by_rule():
-        gain = f", {(written_in - written_out) / 1e6:,.1f} MB saved" if written_out else ""
-        if written_out:
-            gain += f" ({written_in / written_out:.2f}x)"
+        saved = (written_in - written_out) / 1e6
+        gain = f", {saved:,.1f} MB saved ({written_in / written_out:.2f}x)" if written_out else ""
         table.add_row(f"rule: {escape(name)}", f"{objects:,} objects{gain}")
     for code, count in status.failures():
         example = status.example(code)

@@ -312,11 +312,16 @@ class Policy(BaseModel):
 
 def load_policy(path: Path) -> Policy:
     """Read and check a policy file; ConfigurationError names the line and field."""
+    return read_policy(path)[1]
+
+
+def read_policy(path: Path) -> tuple[str, Policy]:
+    """A policy file's text (what a batch stores) and its rules, read once."""
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigurationError(f"cannot read the policy {path}: {exc}") from exc
-    return parse_policy(text, str(path))
+    return text, parse_policy(text, str(path))
 
 
 def parse_policy(text: str, where: str = "policy") -> Policy:

@@ -257,7 +257,7 @@ def _process(
 ) -> Result:
     with stage("parse"):
         ds = read_dataset(data)
-    modality = "".join(ch for ch in str(ds.get("Modality", "") or "") if ch.isalnum())[:16]
+    modality = modality_of(ds)
     rule = None
     if decider.policy is not None:
         rule = decider.policy.decide(ds, decider.key, size)
@@ -277,6 +277,11 @@ def _process(
     if result.copy_source:
         result.transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "") or None
     return result
+
+
+def modality_of(ds: Dataset) -> str:
+    """(0008,0060) Modality as the record keeps it: letters and digits, at most 16."""
+    return "".join(ch for ch in str(ds.get("Modality", "") or "") if ch.isalnum())[:16]
 
 
 def _by_rule(rule: Rule | None, size: int) -> Result | None:

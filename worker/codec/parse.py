@@ -59,7 +59,7 @@ def _read(file: BinaryIO, defer_size: int | None) -> Dataset:
         ds: Dataset = dcmread(file, defer_size=defer_size)
     except InvalidDicomError:
         file.seek(0)
-        if not _looks_like_raw_dataset(file.read(2)):
+        if not looks_like_raw_dataset(file.read(2)):
             raise PermanentError(
                 "not_dicom", "no DICM prefix and no recognisable DICOM data set"
             ) from None
@@ -96,7 +96,7 @@ def _is_signed(ds: Dataset) -> bool:
         return False
 
 
-def _looks_like_raw_dataset(data: bytes) -> bool:
+def looks_like_raw_dataset(data: bytes) -> bool:
     """True when ``data`` starts like a data set without preamble (either byte order)."""
     little = int.from_bytes(data[0:2], "little")
     big = int.from_bytes(data[0:2], "big")
