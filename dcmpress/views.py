@@ -13,7 +13,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from worker.codec.targets import PluginStatus
-from worker.errors import CODES, TERMINAL
+from worker.errors import CODES, TERMINAL, ConfigurationError
 
 if TYPE_CHECKING:
     from worker.runtime.ledger import Ledger
@@ -128,7 +128,10 @@ class BatchStatus:
 def snapshot(ledger: Ledger, batch: str) -> BatchStatus:
     """Read the batch's counters now."""
     spec = ledger.get_batch(batch)
-    policy = spec.rules() if spec is not None else None
+    try:
+        policy = spec.rules() if spec is not None else None
+    except ConfigurationError:  # a policy this release cannot read: its objects say so
+        policy = None
     names = tuple(rule.name for rule in policy.rule) if policy is not None else ()
     return BatchStatus(batch, ledger.counts(batch), ledger.batch_info(batch), time.time(), names)
 

@@ -222,6 +222,7 @@ def test_the_event_intake_stores_the_policy_and_a_new_one_gets_its_own_batch(
 
 def test_a_policy_the_worker_cannot_read_is_recorded_not_guessed(
     settings: WorkerSettings,
+    stack_env: dict[str, str],
     s3_server: SeaweedS3,
     bucket_pair: tuple[str, str],
     celery_worker: Any,
@@ -251,3 +252,8 @@ def test_a_policy_the_worker_cannot_read_is_recorded_not_guessed(
     message = ledger.get_message(spec.batch, "a.dcm")
     assert "future_field" in message
     assert s3_server.client().list_objects_v2(Bucket=dest).get("KeyCount") == 0
+    # the operator's views still work, for this batch and for every other one
+    for args in (("status", spec.batch), ("batches",), ("report", spec.batch)):
+        shown = run_cli(stack_env, *args)
+        assert shown.returncode == 0, (args, shown.stderr)
+    assert "invalid_policy" in run_cli(stack_env, "report", spec.batch).stdout
