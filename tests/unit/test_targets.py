@@ -106,3 +106,14 @@ def test_ratio_and_sizes_are_reported() -> None:
     assert result.ratio == pytest.approx(len(data) / result.bytes_out, rel=1e-3)
     assert result.ratio and result.ratio > 1.2
     assert set(result.timings) >= {"parse", "decode", "encode", "verify", "serialize"}
+
+
+@pytest.mark.parametrize("name", ["j2k", "j2k-lossy"])
+def test_jpeg_2000_is_verified_by_a_decoder_on_one_thread(name: str) -> None:
+    """python-gdcm decodes JPEG 2000 on a thread per CPU: faster in a lone process, but
+    1.2x the CPU per image and slower once every core runs a worker process. OpenJPEG
+    through pylibjpeg decodes on the calling thread; GDCM stays the fallback (and the
+    independent decoder of these tests)."""
+    target = TARGETS[name]
+    assert target.decoders[0] == "pylibjpeg"
+    assert target.decoder() == "pylibjpeg"
