@@ -38,6 +38,8 @@ META_MODALITY = "dcmpress-modality"
 # a digest of the batch's compression options: an output is the same only if made
 # from the same source (ETag) with the same options
 META_OPTIONS = "dcmpress-options"
+# what the record of a source that is itself one of our outputs says
+OWN_OUTPUT_MESSAGE = "a dcmpress output; not processed again"
 META_RULE = "dcmpress-rule"  # the number of the batch policy's rule that decided
 META_WRITE_ID = "dcmpress-write-id"  # one write: tells a stored write whose answer was lost
 

@@ -340,10 +340,7 @@ def _finish_written(job: Job, running: Record, metadata: dict[str, str]) -> dict
 def _compress(job: Job, fetched: Fetched) -> Result:
     if fetched.metadata.get(contract.META_MARKER):
         # our own output (destination inside the source): never compress it again
-        return Result(
-            "skipped", "own_output", "a dcmpress output; not processed again",
-            fetched.size,
-        )  # fmt: skip
+        return Result("skipped", "own_output", contract.OWN_OUTPUT_MESSAGE, fetched.size)
     result = process(fetched.data, job.spec.options, policy=job.spec.rules(), key=job.key)
     job.stage.seconds.update(result.timings)
     return result
