@@ -43,9 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar
 
 import numpy as np
-from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from worker.errors import DcmpressError, PermanentError, TransientError
@@ -400,19 +398,11 @@ def parse_header(data: bytes, whole: bool) -> Dataset:
     """
     if len(data) < 8 and whole:
         raise PermanentError("not_dicom", f"only {len(data)} bytes: too short to be DICOM")
+    from worker.codec.parse import NO_STANDARD_ELEMENT, has_standard_elements, read_part10_or_raw
+
     file = io.BytesIO(data)
     try:
-        try:
-            ds = dcmread(file, stop_before_pixels=True)
-        except InvalidDicomError:
-            from worker.codec.parse import looks_like_raw_dataset
-
-            if not looks_like_raw_dataset(data[:2]):
-                raise PermanentError(
-                    "not_dicom", "no DICM prefix and no recognisable DICOM data set"
-                ) from None
-            file.seek(0)
-            ds = dcmread(file, force=True, stop_before_pixels=True)
+        ds = read_part10_or_raw(file, stop_before_pixels=True)
     except PermanentError:
         raise
     except Exception as exc:  # pydicom raises many types on corrupt or cut-off bytes
@@ -421,8 +411,8 @@ def parse_header(data: bytes, whole: bool) -> Dataset:
         raise PermanentError("invalid_dicom", f"cannot parse: {exc}") from exc
     if not whole and file.tell() >= len(data):
         raise HeaderIncomplete("the header goes on past the bytes read")
-    if len(ds) == 0:
-        raise PermanentError("not_dicom", "no DICOM elements found")
+    if not has_standard_elements(ds):
+        raise PermanentError("invalid_dicom", NO_STANDARD_ELEMENT)  # as the engine says
     return ds
 
 
@@ -538,7 +528,7 @@ def measure(
 ) -> Sample:
     """Fetch ``entry`` and run the engine on it as a worker would; nothing is written."""
     from worker.codec.engine import process, size_of
-    from worker.runtime.contract import META_MARKER
+    from worker.runtime.contract import META_MARKER, OWN_OUTPUT_MESSAGE
 
     started = time.process_time()
     try:
@@ -551,7 +541,7 @@ def measure(
     try:
         size = size_of(body.data)
         if body.metadata.get(META_MARKER):  # the pipeline's own-output check
-            message = "a dcmpress output; not processed again"
+            message = OWN_OUTPUT_MESSAGE
             return Sample(entry.key, size, "skipped", "own_output", message, fetch_cpu=fetch_cpu)
         started = time.process_time()
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from pathlib import Path
@@ -244,3 +245,42 @@ def test_a_local_estimate_under_a_policy_names_its_rules(tmp_path: Path) -> None
     targets = {row["label"]: row for row in report["by_target"]}
     assert set(targets) == {"rle", "copy/skip"}
     assert targets["copy/skip"]["saved"] == 0 and targets["rle"]["saved"] > 0
+
+
+def _part10_without_standard_elements() -> bytes:
+    """A valid preamble and file meta, then one element the dictionary does not know."""
+    image = to_bytes(make_image(8, 8))
+    meta_end = 132 + 12 + int.from_bytes(image[140:144], "little")  # (0002,0000) value
+    element = (0x7777).to_bytes(2, "little") + (0x0010).to_bytes(2, "little")
+    return image[:meta_end] + element + b"LO" + (4).to_bytes(2, "little") + b"junk"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"hello, not an image\n" * 100,
+        _part10_without_standard_elements(),
+        to_bytes(make_image(16, 16))[132 + 4 :],  # no DICM prefix, no data set start either
+    ],
+    ids=["text", "no-standard-element", "cut-meta"],
+)
+def test_a_whole_header_gets_the_code_the_engine_gives_the_object(data: bytes) -> None:
+    """The estimate predicts the engine: both decide with worker.codec.parse."""
+    from worker.codec.engine import process
+    from worker.errors import PermanentError
+
+    engine = process(data, CompressionOptions())
+    with pytest.raises(PermanentError) as refused:
+        parse_header(data, whole=True)
+    assert refused.value.code == engine.code
+    assert engine.code in ("not_dicom", "invalid_dicom")
+
+
+def test_a_raw_data_set_header_is_read_without_the_part10_prefix() -> None:
+    ds = make_image(16, 16)
+    raw = io.BytesIO()
+    del ds.file_meta  # no preamble, no DICM, no file meta: as old modalities wrote them
+    ds.save_as(raw, enforce_file_format=False, implicit_vr=True, little_endian=True)
+    header = parse_header(raw.getvalue(), whole=True)
+    assert header.SOPInstanceUID == ds.SOPInstanceUID
+    assert "PixelData" not in header

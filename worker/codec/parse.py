@@ -8,7 +8,7 @@ This module is the single place that decides which is which.
 from __future__ import annotations
 
 import io
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.datadict import dictionary_has_tag
@@ -30,6 +30,7 @@ from worker.errors import PermanentError, raise_outside_causes
 _RAW_DATASET_FIRST_GROUPS = {0x0000, 0x0002, 0x0008}
 # Values at least this long stay in a source file until used (Pixel Data above all)
 DEFER_SIZE = 1024 * 1024
+NO_STANDARD_ELEMENT = "no standard DICOM element could be read"
 
 
 def read_dataset(source: bytes | BinaryIO) -> Dataset:
@@ -56,20 +57,14 @@ def read_dataset(source: bytes | BinaryIO) -> Dataset:
 
 def _read(file: BinaryIO, defer_size: int | None) -> Dataset:
     try:
-        ds: Dataset = dcmread(file, defer_size=defer_size)
-    except InvalidDicomError:
-        file.seek(0)
-        if not looks_like_raw_dataset(file.read(2)):
-            raise PermanentError(
-                "not_dicom", "no DICM prefix and no recognisable DICOM data set"
-            ) from None
-        file.seek(0)
-        ds = _read_raw(file, defer_size)
+        ds = read_part10_or_raw(file, defer_size=defer_size)
+    except PermanentError:
+        raise
     except Exception as exc:  # pydicom raises many types on corrupt files
         raise_outside_causes(exc)
         raise PermanentError("invalid_dicom", f"cannot parse: {exc}") from exc
-    if not _has_standard_elements(ds):
-        raise PermanentError("invalid_dicom", "no standard DICOM element could be read")
+    if not has_standard_elements(ds):
+        raise PermanentError("invalid_dicom", NO_STANDARD_ELEMENT)
     try:
         # pydicom parses lazily; convert every element now (giving the VR-ambiguous
         # ones a concrete VR) so a corrupt file fails here, with a clear code, and
@@ -81,7 +76,30 @@ def _read(file: BinaryIO, defer_size: int | None) -> Dataset:
     return ds
 
 
-def _has_standard_elements(ds: Dataset) -> bool:
+def read_part10_or_raw(file: BinaryIO, **read_options: Any) -> Dataset:
+    """``dcmread`` of ``file`` (at its start) as a Part 10 file or, without the DICM
+    prefix, as a raw data set: the one place that tells them and non-DICOM apart.
+
+    Raises PermanentError ``not_dicom`` for neither (or a raw data set of no element);
+    what pydicom raises for one that does not parse is the caller's to classify (a
+    header cut short is not a corrupt one).
+    """
+    try:
+        ds: Dataset = dcmread(file, **read_options)
+        return ds
+    except InvalidDicomError:
+        file.seek(0)
+        raw = looks_like_raw_dataset(file.read(2))
+    if not raw:
+        raise PermanentError("not_dicom", "no DICM prefix and no recognisable DICOM data set")
+    file.seek(0)
+    ds = dcmread(file, force=True, **read_options)
+    if len(ds) == 0:
+        raise PermanentError("not_dicom", "no DICOM elements found")
+    return ds
+
+
+def has_standard_elements(ds: Dataset) -> bool:
     """True if the data set holds at least one element the DICOM dictionary defines.
 
     Garbage after a ``DICM`` prefix parses as a few elements with meaningless tags.
@@ -101,17 +119,6 @@ def looks_like_raw_dataset(data: bytes) -> bool:
     little = int.from_bytes(data[0:2], "little")
     big = int.from_bytes(data[0:2], "big")
     return little in _RAW_DATASET_FIRST_GROUPS or big in _RAW_DATASET_FIRST_GROUPS
-
-
-def _read_raw(file: BinaryIO, defer_size: int | None) -> Dataset:
-    try:
-        ds = dcmread(file, force=True, defer_size=defer_size)
-    except Exception as exc:
-        raise_outside_causes(exc)
-        raise PermanentError("invalid_dicom", f"cannot parse raw data set: {exc}") from exc
-    if len(ds) == 0:
-        raise PermanentError("not_dicom", "no DICOM elements found")
-    return ds
 
 
 def _complete_file_meta(ds: Dataset) -> None:
