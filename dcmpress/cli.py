@@ -39,6 +39,7 @@ from dcmpress.views import (
     batches_table,
     doctor_table,
     render,
+    rule_names,
     snapshot,
     summary_table,
 )
@@ -452,7 +453,8 @@ def status(
     """Counts, bytes saved, rate, ETA and the most common failures of a batch."""
     settings, ledger = _connect()
     batch = resolve_batch(ledger, batch)
-    current = snapshot(ledger, batch)
+    names = rule_names(ledger, batch)  # a batch's spec does not change: read once
+    current = snapshot(ledger, batch, names)
     checks = _StallCheck(ledger, batch, settings.queue, settings.reconcile_after)
     if not watch:
         Console().print(render(current, note=checks.note(current)))
@@ -464,7 +466,7 @@ def status(
             if current.complete:
                 break
             time.sleep(interval)
-            current = snapshot(ledger, batch)
+            current = snapshot(ledger, batch, names)
 
 
 class _StallCheck:

@@ -125,15 +125,22 @@ class BatchStatus:
         return rows
 
 
-def snapshot(ledger: Ledger, batch: str) -> BatchStatus:
-    """Read the batch's counters now."""
+def snapshot(ledger: Ledger, batch: str, names: tuple[str, ...] | None = None) -> BatchStatus:
+    """Read the batch's counters now; ``names`` are its policy's rule names, read from
+    its spec when not given (a view that refreshes reads them once)."""
+    if names is None:
+        names = rule_names(ledger, batch)
+    return BatchStatus(batch, ledger.counts(batch), ledger.batch_info(batch), time.time(), names)
+
+
+def rule_names(ledger: Ledger, batch: str) -> tuple[str, ...]:
+    """The names of the batch's policy rules, in order; none without a policy."""
     spec = ledger.get_batch(batch)
     try:
         policy = spec.rules() if spec is not None else None
     except ConfigurationError:  # a policy this release cannot read: its objects say so
         policy = None
-    names = tuple(rule.name for rule in policy.rule) if policy is not None else ()
-    return BatchStatus(batch, ledger.counts(batch), ledger.batch_info(batch), time.time(), names)
+    return tuple(rule.name for rule in policy.rule) if policy is not None else ()
 
 
 def render(status: BatchStatus, previous: BatchStatus | None = None, note: str = "") -> Table:
