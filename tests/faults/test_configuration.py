@@ -6,6 +6,8 @@ retried each object for tens of minutes before recording it.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -60,3 +62,32 @@ def test_a_worker_without_credentials_records_at_once_and_says_so_at_start(
     assert record is not None and (record.code, record.attempts) == ("storage_misconfigured", 1)
     assert counts.get("failed") == 1
     assert "no S3 credentials found" in log and "retrying" not in log
+
+
+def test_only_the_prefork_pool_is_accepted() -> None:
+    from celery.concurrency.prefork import TaskPool
+
+    from worker.runtime.tasks import pool_refusal
+
+    assert pool_refusal("prefork") is None
+    assert pool_refusal(TaskPool) is None  # what the command line hands over
+    assert pool_refusal("processes") is None
+    for pool in ("threads", "solo", "celery.concurrency.thread:TaskPool"):
+        refusal = pool_refusal(pool)
+        assert refusal is not None and "prefork" in refusal
+
+
+@pytest.mark.parametrize("pool", ["threads", "solo"])
+def test_a_worker_started_with_another_pool_refuses_to_start(
+    stack_env: dict[str, str], pool: str
+) -> None:
+    """Two JPEG 2000 encodes at once crash pylibjpeg-openjpeg; solo has no time limit."""
+    env = {**stack_env, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", pool,
+         "--concurrency", "2", "--loglevel", "INFO"],
+        env=env, capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert f"only with the prefork pool, not '{pool}'" in proc.stderr
+    assert "ready." not in proc.stdout + proc.stderr

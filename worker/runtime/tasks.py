@@ -138,6 +138,42 @@ def _structured_logs(logger: logging.Logger, **_: Any) -> None:
         logs.use_json(logger)
 
 
+def pool_refusal(pool: Any) -> str | None:
+    """Why a worker must not run with the Celery ``pool`` (an alias, a "module:class"
+    path or the class); None for the prefork pool.
+
+    Every other pool breaks a guarantee: threads, gevent and eventlet run several
+    tasks in one process, and pylibjpeg-openjpeg crashes the process when two encode at
+    once (measured: a segmentation fault on the first pair of JPEG 2000 encodes); solo
+    runs the task in the worker itself, where no time limit can stop a codec that
+    hangs and a codec that crashes takes the whole worker with it.
+    """
+    from celery import concurrency
+    from celery.concurrency.prefork import TaskPool as PreforkPool
+
+    aliases: dict[str, str] = getattr(concurrency, "ALIASES", {})  # not in celery-types
+
+    chosen = concurrency.get_implementation(pool)
+    if isinstance(chosen, type) and issubclass(chosen, PreforkPool):
+        return None
+    path = f"{chosen.__module__}:{chosen.__qualname__}"
+    name = next((alias for alias, target in aliases.items() if target == path), path)
+    return (
+        f"dcmpress workers run only with the prefork pool, not {name!r}: its codecs are "
+        "not thread-safe, and only pool processes enforce time limits and contain a "
+        "codec crash. Leave --pool unset (a single process: --concurrency 1)"
+    )
+
+
+@worker_init.connect
+def _require_prefork_pool(sender: Any = None, **_: Any) -> None:
+    """Refuse to start with a pool that would run codecs unsafely (see pool_refusal)."""
+    refusal = pool_refusal(getattr(sender, "pool_cls", None) or "prefork")
+    if refusal is not None:
+        log.critical(refusal)
+        raise SystemExit(refusal)  # Celery's signal dispatch logs and swallows Exception
+
+
 @worker_init.connect
 def _check_storage_credentials(**_: Any) -> None:
     """Say at start-up what every object would otherwise fail with, one by one."""
