@@ -416,3 +416,74 @@ def test_multi_frame_verification_decodes_each_frame_and_sees_the_last_pixel() -
     source.pixels[2, 31, 31] ^= 1  # the last pixel of the last frame
     with pytest.raises(PermanentError, match="differs from the source by up to 1"):
         verify_module.verify(result.output, source, target, 0)
+
+
+def _header_rich_source(frames: int) -> Any:
+    """A decoded source with what a copy could share by mistake: sequences, nested
+    items, multiple values, a person name, a private block and per-frame groups."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from tests.synthetic import enhanced_ct
+    from worker.codec.compress import decode_source
+    from worker.codec.parse import read_dataset
+
+    ds = enhanced_ct(frames=frames) if frames > 1 else make_image(64, 64, bits_stored=12)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.PatientName = "Doe^Jane"
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = "1.2.3.4"
+    ds.SourceImageSequence = Sequence([item])
+    ds.DerivationDescription = "earlier"
+    ds.private_block(0x0009, "DCMPRESS TEST", create=True).add_new(0x01, "LO", "kept")
+    return decode_source(read_dataset(to_bytes(ds)))  # as the engine reads: all converted
+
+
+@pytest.mark.parametrize("frames", [1, 3], ids=["single-frame", "enhanced-multi-frame"])
+@pytest.mark.parametrize("name", ["rle", "jpeg-ls", "j2k-lossy", "jpeg-ls-near"])
+def test_encoding_a_result_leaves_the_source_data_set_as_it_was(name: str, frames: int) -> None:
+    """Each result is made from a copy (worker.codec.compress.detached_copy); a fallback
+    target, auto's next candidate and the verification read the source after it."""
+    import copy
+
+    from pydicom.uid import UID
+
+    from worker.codec.compress import encode
+
+    source = _header_rich_source(frames)
+    before = copy.deepcopy(source.dataset)
+    target = TARGETS[name]
+    options = CompressionOptions(target=name, generate_instance_uid=True)
+    result = encode(source, target, resolve_plugin(target), options)
+    assert source.dataset == before
+    assert source.dataset.file_meta == before.file_meta
+    assert result.SOPInstanceUID != source.dataset.SOPInstanceUID
+    assert result.file_meta.TransferSyntaxUID == UID(target.uid)
+    assert "PixelData" not in source.dataset
+    if target.lossy:  # the attributes that change nested items, in place on the copy
+        assert result.ImageType[0] == "DERIVED" and source.dataset.ImageType[0] == "ORIGINAL"
+        assert result.LossyImageCompression == "01" and "LossyImageCompression" not in before
+
+
+def test_the_copy_of_a_result_relies_on_pydicom_internals_that_still_exist() -> None:
+    from pydicom.dataelem import DataElement
+
+    from worker.codec.compress import detached_copy
+
+    source = _header_rich_source(1).dataset
+    copied = detached_copy(source)
+    assert copied == source and copied._dict is not source._dict
+    for tag, element in source._dict.items():
+        assert copied._dict[tag] is not element  # no element object shared
+        assert isinstance(element, DataElement) and hasattr(element, "_value")
+    assert copied.SourceImageSequence[0] is not source.SourceImageSequence[0]
+    assert copied.ImageType is not source.ImageType
+    assert copied.file_meta is not source.file_meta
+    copied.ImageType[0] = "DERIVED"
+    copied.SourceImageSequence[0].ReferencedSOPInstanceUID = "9.9"
+    copied.BitsStored = 16
+    copied.private_block(0x0009, "DCMPRESS TEST")[0x01].value = "changed"
+    assert source.ImageType[0] == "ORIGINAL"
+    assert source.SourceImageSequence[0].ReferencedSOPInstanceUID == "1.2.3.4"
+    assert source.BitsStored == 12
+    assert source.private_block(0x0009, "DCMPRESS TEST")[0x01].value == "kept"

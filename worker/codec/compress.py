@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 from pydicom import dcmwrite
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.encoders.base import ENCODING_PROFILES
@@ -240,7 +241,7 @@ def encode_pixels(
     quirks = plugin.quirks
     quirks.refuse(source, target, options)
     _refuse_outside_profile(source.dataset, target)
-    ds = copy.deepcopy(source.dataset)
+    ds = detached_copy(source.dataset)
     kwargs = dict(options.plugin_options)
     if "jls_error" in target.options:
         kwargs["jls_error"] = options.jls_error
@@ -273,6 +274,36 @@ def encode_pixels(
         raise UnsupportedImage(code, f"{target.name}/{plugin.name}: {_first_line(exc)}") from exc
     restore(ds)
     return ds
+
+
+# Element values that are never changed in place: shared by a copy and its original
+_IMMUTABLE_VALUES = (str, bytes, int, float, type(None))  # UID, IS and DS among them
+
+
+def detached_copy(ds: Dataset) -> Dataset:
+    """A copy of ``ds`` that nothing done to it reaches ``ds`` (what encoding, the
+    plugins' quirks and the lossy attributes do to a result).
+
+    Every element is a new object, and every value that can change in place
+    (sequences and their items, multiple values, person names) is deep-copied, as is
+    the file meta; strings, numbers and bytes are shared. ``copy.deepcopy`` copied
+    those too, through pydicom's element copy: 2.0 ms for a 262-element CT header
+    against 0.6 ms, most of a small image's RLE encode. Relies on pydicom keeping the
+    elements in ``_dict`` and a value in ``_value`` (a test holds both).
+    """
+    copied = copy.copy(ds)  # the data set's own attributes: preamble, encodings...
+    elements: dict[Any, Any] = {}
+    for tag, element in ds._dict.items():
+        if isinstance(element, DataElement):
+            element = copy.copy(element)
+            if not isinstance(element._value, _IMMUTABLE_VALUES):
+                element._value = copy.deepcopy(element._value)
+        elements[tag] = element  # a RawDataElement: a tuple of bytes and numbers
+    copied._dict = elements
+    copied._private_blocks = {}  # rebuilt on use; it refers to its data set
+    if "file_meta" in ds.__dict__:
+        copied.file_meta = copy.deepcopy(ds.file_meta)
+    return copied
 
 
 def describe_result(
