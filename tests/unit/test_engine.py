@@ -487,3 +487,25 @@ def test_the_copy_of_a_result_relies_on_pydicom_internals_that_still_exist() -> 
     assert source.SourceImageSequence[0].ReferencedSOPInstanceUID == "1.2.3.4"
     assert source.BitsStored == 12
     assert source.private_block(0x0009, "DCMPRESS TEST")[0x01].value == "kept"
+
+
+def _as_stored(data: bytes, tag: int) -> tuple[str, int, bytes]:
+    """VR, length and value bytes of element ``tag`` as the file stores them."""
+    element = read(data).get_item(tag)
+    assert element.is_raw  # read(), unlike the engine, parses nothing before use
+    return str(element.VR), int(element.length), bytes(element.value)
+
+
+def test_an_explicit_vr_header_is_written_as_read_not_parsed_and_re_encoded() -> None:
+    """What the engine does not read goes out byte for byte (parsing a real header
+    element by element cost more than encoding a small image). A value pydicom would
+    re-encode differently shows it: trailing spaces, which parsing strips."""
+    ds = make_image(32, 32, bits_stored=12)
+    ds.private_block(0x0009, "DCMPRESS TEST", create=True).add_new(0x01, "LO", "ab  ")
+    data = to_bytes(ds)
+    result = run(data, target="rle")
+    assert result.state == "done", result.message
+    assert isinstance(result.output, bytes)
+    tag = 0x00091001
+    assert _as_stored(data, tag) == ("LO", 4, b"ab  ")  # re-encoded: b"ab"
+    assert _as_stored(result.output, tag) == _as_stored(data, tag)
