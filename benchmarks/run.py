@@ -139,6 +139,23 @@ def ct_like_images(count: int) -> Iterator[bytes]:
         yield to_bytes(make_image(512, 512, bits_stored=12, seed=seed))
 
 
+# Image Pixel (group 0028) and Pixel Data are the image's own; the rest of the header
+# comes from pydicom's CT example
+_IMAGE_GROUP = 0x0028
+
+
+def with_real_header(count: int) -> Iterator[bytes]:
+    """CT-like 512x512 12-bit slices carrying the 262-element header of pydicom's CT
+    example (real files carry 100-300 elements; the other synthetic sets 18)."""
+    header = dcmread(examples.get_path("ct"), stop_before_pixels=True)
+    for seed in range(count):
+        image = make_image(512, 512, bits_stored=12, seed=seed)
+        for element in header:
+            if element.tag not in image and element.tag.group != _IMAGE_GROUP:
+                image.add(element)
+        yield to_bytes(image)
+
+
 def native_example_names() -> list[str]:
     """The ``pydicom.examples`` datasets whose pixel data is native (uncompressed)."""
     names = []
@@ -175,6 +192,7 @@ def make_reference_sets(root: Path, sizes: SetSizes) -> list[ReferenceSet]:
         for i in range(sizes.us_files)
     }
     ct = {f"ct{i:03d}.dcm": data for i, data in enumerate(ct_like_images(sizes.ct_files))}
+    headed = {f"ct{i:03d}.dcm": data for i, data in enumerate(with_real_header(sizes.ct_files))}
     archive = {f"ct{i:03d}.dcm": data for i, data in enumerate(ct_like_images(sizes.archive_ct))}
     for i in range(sizes.archive_cr):
         image = make_image(2560, 2048, bits_stored=12, seed=100 + i,
@@ -184,6 +202,12 @@ def make_reference_sets(root: Path, sizes: SetSizes) -> list[ReferenceSet]:
     shipped = [examples.get_path(name) for name in names]  # the files as pydicom ships them
     return [
         _write_set(root, "ct", f"{sizes.ct_files} x CT-like 512x512 12-bit", ct),
+        _write_set(
+            root,
+            "ct-header",
+            f"{sizes.ct_files} x CT-like 512x512 12-bit with pydicom's CT example's header",
+            headed,
+        ),
         _write_set(
             root, "volume", f"1 x {frames}-frame 512x512 12-bit", {"v.dcm": to_bytes(volume)}
         ),

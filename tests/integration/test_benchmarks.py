@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = ("jpeg-ls", "rle", "j2k")
-SETS = ("ct", "volume", "cr", "us", "archive", "examples")
+SETS = ("ct", "ct-header", "volume", "cr", "us", "archive", "examples")
 PEERS = {  # peer label -> the program that must be on PATH for it to run
     "jpeg-ls": {"dcmcjpls": "dcmcjpls", "gdcmconv --jpegls": "gdcmconv"},
     "rle": {"dcmcrle": "dcmcrle", "gdcmconv --rle": "gdcmconv"},
