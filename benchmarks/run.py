@@ -12,8 +12,9 @@ and, for each lossless target (``jpeg-ls``, ``rle``, ``j2k``), measures:
   dcmpress-compress / peer throughput (> 1.0: dcmpress is faster);
 
 then ``dcmpress compress -j 2`` against ``-j 1`` on the largest multi-file set, the
-fixed cost of one invocation of each command on a tiny file, and (unless
-``--no-end-to-end``) ``end_to_end.py``'s real stack against the codec alone.
+fixed cost of one invocation of each command on a tiny file, from it how many files
+of each set's kind a ``dcmpress compress`` run needs to beat a peer run once per file,
+and (unless ``--no-end-to-end``) ``end_to_end.py``'s real stack against the codec alone.
 
 MB/s is megabytes (10^6 bytes) of input file per wall second. Each number is the
 median of up to ``--repeats`` timed runs after an untimed warm-up; repeating stops
@@ -28,6 +29,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import os
 import platform
 import re
@@ -718,6 +720,46 @@ def measure_fixed_costs(
     return costs
 
 
+def files_to_pay_off(start_up: float, per_file: float, peer_per_file: float) -> int | None:
+    """How many files a ``dcmpress compress`` run needs before it beats the peer run
+    once per file: its start-up divided by what it saves on each file (the peer pays
+    its own start-up on every file). None if it saves nothing per file."""
+    saving = peer_per_file - per_file
+    if saving <= 0:
+        return None
+    return max(1, math.ceil(start_up / saving))
+
+
+def start_up_payoff(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """For each target, set and peer: dcmpress's seconds per file once started (its
+    run over the set less the fixed cost of one invocation) against the peer's per
+    file, and :func:`files_to_pay_off`. Small sets and single files go to the
+    toolkits; this says from how many files of that kind on they do not."""
+    rows = []
+    for target, set_name, cell in _measured_cells(results):
+        start_up = results["fixed_cost_seconds"].get(f"dcmpress compress -j 1 --target {target}")
+        if start_up is None:
+            continue
+        files = cell["files"]
+        per_file = max(0.0, cell["compress_j1"]["seconds"] - start_up) / files
+        for label, peer in cell["peers"].items():
+            if not peer["available"]:
+                continue
+            peer_per_file = peer["seconds"] / files
+            rows.append(
+                {
+                    "target": target,
+                    "set": set_name,
+                    "peer": label,
+                    "start_up_seconds": start_up,
+                    "dcmpress_seconds_per_file": round(per_file, 5),
+                    "peer_seconds_per_file": round(peer_per_file, 5),
+                    "files_to_pay_off": files_to_pay_off(start_up, per_file, peer_per_file),
+                }
+            )
+    return rows
+
+
 def measure_end_to_end(objects: int, work: Path, progress: Progress) -> dict[str, Any]:
     """``end_to_end.py``'s two measurements, on CT-like 512x512 slices and on fewer
     2048x2048 images: stack / codec alone in wall time, and CPU per object by party."""
@@ -1069,6 +1111,38 @@ def other_tables(results: dict[str, Any]) -> list[TextTable]:
     return tables
 
 
+def payoff_table(results: dict[str, Any]) -> TextTable:
+    """:func:`start_up_payoff` as a table."""
+    return TextTable(
+        "Start-up paid off: files of each set's kind a dcmpress run needs to beat the peer "
+        "run once per file",
+        (
+            "target",
+            "set",
+            "peer",
+            "dcmpress ms per file after start-up",
+            "peer ms per file",
+            "files to pay off start-up",
+        ),
+        tuple(
+            (
+                row["target"],
+                row["set"],
+                row["peer"],
+                f"{row['dcmpress_seconds_per_file'] * 1000:.1f}",
+                f"{row['peer_seconds_per_file'] * 1000:.1f}",
+                "never" if row["files_to_pay_off"] is None else str(row["files_to_pay_off"]),
+            )
+            for row in results["start_up_payoff"]
+        ),
+        "dcmpress: its run over the set less the fixed cost of one invocation (below), per "
+        "file; peer: one invocation per file, its start-up included; files = start-up / "
+        "(peer - dcmpress) per file, rounded up; never: dcmpress is slower per file even "
+        "once started",
+        text_columns=3,
+    )
+
+
 def newer_targets_table(results: dict[str, Any]) -> TextTable:
     """Engine MB/s and size ratio of every target on every set; auto's gain."""
     fixed = list(results["targets"]) + [t for t in results["newer_targets"] if t != "auto"]
@@ -1122,6 +1196,7 @@ def all_tables(results: dict[str, Any]) -> list[TextTable]:
     return [
         *throughput_tables(results),
         newer_targets_table(results),
+        payoff_table(results),
         stage_table(results),
         memory_table(results),
         *other_tables(results),
@@ -1233,6 +1308,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
             if args.no_end_to_end
             else measure_end_to_end(sizes.end_to_end_objects, root / "stack", progress)
         )
+    results["start_up_payoff"] = start_up_payoff(results)
     results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["seconds_total"] = round(progress.elapsed(), 1)
     return results

@@ -143,3 +143,59 @@ def test_htj2k_jpegxl_and_auto_are_measured_beside_the_others(
             _positive(cell["engine"], "mb_per_s")
             assert cell["engine_size_ratio"] > 0
     assert "### Every target through the engine" in results_file.read_text()
+
+
+def test_start_up_payoff_is_reported_for_every_peer_run(
+    quick_run: tuple[dict[str, Any], Path],
+) -> None:
+    """Each measured peer, on a target whose fixed cost was measured, has a payoff row
+    whose numbers follow from the cells they were computed from."""
+    results, results_file = quick_run
+    rows = {(r["target"], r["set"], r["peer"]): r for r in results["start_up_payoff"]}
+    assert rows
+    for (target, set_name, label), row in rows.items():
+        cell = results["targets"][target]["sets"][set_name]
+        start_up = results["fixed_cost_seconds"][f"dcmpress compress -j 1 --target {target}"]
+        assert row["start_up_seconds"] == start_up
+        assert row["peer_seconds_per_file"] == pytest.approx(
+            cell["peers"][label]["seconds"] / cell["files"], abs=1e-5
+        )
+        files = row["files_to_pay_off"]
+        saving = row["peer_seconds_per_file"] - row["dcmpress_seconds_per_file"]
+        if files is None:
+            assert saving <= 1e-5
+        else:
+            assert files >= 1 and files * saving >= start_up - 1e-3 * files
+    measured = {
+        (target, set_name, label)
+        for target, per_target in results["targets"].items()
+        if f"dcmpress compress -j 1 --target {target}" in results["fixed_cost_seconds"]
+        for set_name, cell in per_target["sets"].items()
+        for label, peer in cell["peers"].items()
+        if peer["available"]
+    }
+    assert set(rows) == measured
+    assert "### Start-up paid off" in results_file.read_text()
+
+
+@pytest.mark.parametrize(
+    ("start_up", "per_file", "peer_per_file", "expected"),
+    [
+        (0.5, 0.015, 0.026, 46),  # 0.5 / 0.011 = 45.5, rounded up
+        (0.5, 0.010, 0.020, 50),  # exactly 50: 50 files tie, so 50 is enough
+        (0.5, 0.030, 0.020, None),  # slower per file: start-up is never paid off
+        (0.5, 0.020, 0.020, None),
+        (0.0, 0.010, 0.020, 1),  # no start-up: one file already wins
+    ],
+)
+def test_files_to_pay_off(
+    monkeypatch: pytest.MonkeyPatch,
+    start_up: float,
+    per_file: float,
+    peer_per_file: float,
+    expected: int | None,
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import run  # benchmarks/run.py
+
+    assert run.files_to_pay_off(start_up, per_file, peer_per_file) == expected
