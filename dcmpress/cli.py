@@ -36,6 +36,7 @@ from dcmpress.local import files_under, plan_jobs, run_all
 from dcmpress.options import build_options, compression_flags
 from dcmpress.views import (
     RateWindow,
+    Tally,
     batches_table,
     doctor_table,
     render,
@@ -122,7 +123,7 @@ def compress(
         raise fail(str(exc)) from None
     workers = processes or usable_cores()
     console = Console(stderr=True)
-    records: list[dict[str, Any]] = []
+    tally = Tally()
     progress = Progress(
         TextColumn("[bold]compress"),
         BarColumn(),
@@ -137,15 +138,15 @@ def compress(
         task = progress.add_task("compress", total=len(jobs), saved="")
 
         def on_record(item: dict[str, Any]) -> None:
-            records.append(item)
+            tally.add(item)
             if jsonl:
                 sys.stdout.write(json.dumps(item) + "\n")
                 sys.stdout.flush()
-            progress.update(task, advance=1, saved=_saved_text(records))
+            progress.update(task, advance=1, saved=tally.saved_text())
 
         run_all(jobs, options, workers, on_record, rules)
-    (console if jsonl else Console()).print(summary_table(records))
-    if any(item["outcome"] == "failed" for item in records):
+    (console if jsonl else Console()).print(summary_table(tally))
+    if tally.failed:
         raise typer.Exit(1)
 
 
@@ -199,14 +200,6 @@ def _key_filter(
         min_size=min_size,
         max_size=max_size,
     )
-
-
-def _saved_text(records: list[dict[str, Any]]) -> str:
-    bytes_in = sum(r["bytes_in"] for r in records if r["output"])
-    bytes_out = sum(r["bytes_out"] for r in records if r["output"])
-    if not bytes_out:
-        return ""
-    return f"{(bytes_in - bytes_out) / 1e6:,.1f} MB saved ({bytes_in / bytes_out:.2f}x)"
 
 
 @app.command()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections import Counter, deque
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
@@ -295,33 +295,59 @@ def outcomes_table(rows: list[dict[str, Any]], width: int) -> Table:
     return table
 
 
-def summary_table(records: list[dict[str, Any]]) -> Table:
+@dataclass
+class Tally:
+    """Files and bytes of ``dcmpress compress`` records by outcome and code, added up
+    as the records arrive: a run over millions of files keeps a few numbers, not every
+    record, and the progress line costs the same at the last file as at the first."""
+
+    groups: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # files, in, out
+    written_in: int = 0  # bytes of the records that wrote an output
+    written_out: int = 0
+
+    def add(self, item: dict[str, Any]) -> None:
+        """Count one record."""
+        totals = self.groups.setdefault((item["outcome"], item["code"]), [0, 0, 0])
+        totals[0] += 1
+        totals[1] += item["bytes_in"]
+        totals[2] += item["bytes_out"]
+        if item["output"]:
+            self.written_in += item["bytes_in"]
+            self.written_out += item["bytes_out"]
+
+    @property
+    def failed(self) -> bool:
+        """True if any record failed."""
+        return any(outcome == "failed" for outcome, _ in self.groups)
+
+    def saved_text(self) -> str:
+        """What the outputs written so far saved, for the progress line."""
+        if not self.written_out:
+            return ""
+        saved = (self.written_in - self.written_out) / 1e6
+        return f"{saved:,.1f} MB saved ({self.written_in / self.written_out:.2f}x)"
+
+
+def summary_table(tally: Tally) -> Table:
     """Counts, bytes and ratio by outcome and code (``dcmpress compress``)."""
     table = Table(title="dcmpress summary")
     for column in ("outcome", "code", "files", "MB in", "MB out", "ratio"):
         table.add_column(column, justify="left" if column in ("outcome", "code") else "right")
-    groups: Counter[tuple[str, str]] = Counter()
-    sizes: dict[tuple[str, str], list[int]] = {}
-    for item in records:
-        key = (item["outcome"], item["code"])
-        groups[key] += 1
-        totals = sizes.setdefault(key, [0, 0])
-        totals[0] += item["bytes_in"]
-        totals[1] += item["bytes_out"]
     order = {"done": 0, "skipped": 1, "failed": 2}
-    for key in sorted(groups, key=lambda k: (order.get(k[0], 3), k[1])):
-        bytes_in, bytes_out = sizes[key]
+    for key in sorted(tally.groups, key=lambda k: (order.get(k[0], 3), k[1])):
+        files, bytes_in, bytes_out = tally.groups[key]
         ratio = f"{bytes_in / bytes_out:.2f}" if bytes_out else "-"
         style = {"done": "green", "skipped": "yellow", "failed": "red"}.get(key[0], "")
         table.add_row(
-            f"[{style}]{key[0]}[/]", key[1], str(groups[key]),
+            f"[{style}]{key[0]}[/]", key[1], str(files),
             f"{bytes_in / 1e6:,.2f}", f"{bytes_out / 1e6:,.2f}", ratio,
         )  # fmt: skip
-    total_in = sum(r["bytes_in"] for r in records)
-    total_out = sum(r["bytes_out"] for r in records)
+    files = sum(totals[0] for totals in tally.groups.values())
+    total_in = sum(totals[1] for totals in tally.groups.values())
+    total_out = sum(totals[2] for totals in tally.groups.values())
     table.add_section()
     table.add_row(
-        "all", "", str(len(records)), f"{total_in / 1e6:,.2f}", f"{total_out / 1e6:,.2f}",
+        "all", "", str(files), f"{total_in / 1e6:,.2f}", f"{total_out / 1e6:,.2f}",
         f"{total_in / total_out:.2f}" if total_out else "-",
     )  # fmt: skip
     return table
