@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from dcmpress.stack.samples import make_image, to_bytes
 from tests.support import assert_lossless, read, run, source_pixels
 from worker.codec import compress as compress_module
 from worker.codec import verify as verify_module
+from worker.codec.engine import process
 from worker.codec.isolation import CodecCrashed, run_isolated
 from worker.codec.plugins import gdcm as gdcm_plugin
 from worker.codec.targets import TARGETS, resolve_plugin
@@ -509,3 +511,55 @@ def test_an_explicit_vr_header_is_written_as_read_not_parsed_and_re_encoded() ->
     tag = 0x00091001
     assert _as_stored(data, tag) == ("LO", 4, b"ab  ")  # re-encoded: b"ab"
     assert _as_stored(result.output, tag) == _as_stored(data, tag)
+
+
+def _with_raw_element(data: bytes, before: int, element: bytes) -> bytes:
+    """``data`` with the encoded ``element`` inserted in front of element ``before``."""
+    tag = (before >> 16).to_bytes(2, "little") + (before & 0xFFFF).to_bytes(2, "little")
+    at = data.index(tag, 132)
+    return data[:at] + element + data[at:]
+
+
+def _sequence(value: bytes) -> bytes:
+    """(0008,1140) Referenced Image Sequence of explicit length holding ``value``."""
+    return b"\x08\x00\x40\x11SQ\x00\x00" + len(value).to_bytes(4, "little") + value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        # not an item at all: 2 MiB of bytes where items should be
+        b"\x01\x02\x03\x04" * (512 * 1024),
+        # one item whose first element claims more than the item holds
+        b"\xfe\xff\x00\xe0"
+        + (2**21 + 10).to_bytes(4, "little")
+        + b"\x08\x00\x50\x11UI\xf0\xff1.2\x00"
+        + b"\x00" * 2**21,
+    ],
+    ids=["no-items", "overlong-element"],
+)
+@pytest.mark.parametrize("opened", ["local-file", "spooled-download"])
+def test_a_value_left_in_the_source_file_is_written_as_stored(
+    tmp_path: Any, value: bytes, opened: str
+) -> None:
+    """A value of parse.DEFER_SIZE or more is read from the file only after the header
+    (a large object is not read whole to look at it). It goes out byte for byte like
+    the values read with the header: parsing a corrupt sequence and writing it again
+    changed it silently (the overlong one came out 2 MiB shorter)."""
+    data = _with_raw_element(
+        to_bytes(make_image(32, 32, bits_stored=12)), 0x00280002, _sequence(value)
+    )
+    path = tmp_path / "in.dcm"
+    path.write_bytes(data)
+    # as `dcmpress compress` opens a large file, and as a worker spools a large object
+    with path.open("rb") if opened == "local-file" else tempfile.TemporaryFile() as source:
+        if opened == "spooled-download":
+            source.write(data)
+            source.seek(0)
+        from_file = process(source, CompressionOptions(target="rle"))
+    from_bytes = run(data, target="rle")
+    for result in (from_file, from_bytes):
+        assert result.state == "done", result.message
+        assert isinstance(result.output, bytes)
+        assert _sequence(value) in result.output
+    assert from_file.output == from_bytes.output

@@ -15,6 +15,7 @@ from pydicom.datadict import dictionary_has_tag
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_deferred_data_element
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     UID,
@@ -75,7 +76,7 @@ def _read(file: BinaryIO, defer_size: int | None) -> Dataset:
             # parsing them all cost more than the encode of a small image (a 262-element
             # CT header: 2.5 ms to parse, 1.1 ms more to write; what the engine reads is
             # parsed then)
-            _read_deferred_values(ds)
+            _read_deferred_values(ds, file)
         else:
             # the elements are re-encoded on writing: convert every one now (giving the
             # VR-ambiguous ones a concrete VR) so a corrupt file fails here, with a
@@ -87,13 +88,21 @@ def _read(file: BinaryIO, defer_size: int | None) -> Dataset:
     return ds
 
 
-def _read_deferred_values(ds: Dataset) -> None:
+def _read_deferred_values(ds: Dataset, file: BinaryIO) -> None:
     """Read now the values left in the source file (parse.DEFER_SIZE) but Pixel Data's:
-    the file is not kept with the data set once its pixels are decoded."""
+    the file is not kept with the data set once its pixels are decoded. They stay
+    unparsed, as the values read with the header do, and are written as stored:
+    parsing a corrupt sequence and writing it again would change it silently."""
     for tag in list(ds.keys()):
         element = ds.get_item(tag, keep_deferred=True)
-        if tag != PIXEL_DATA_TAG and isinstance(element, RawDataElement) and element.value is None:
-            ds[tag]  # reads and parses it
+        if (
+            tag != PIXEL_DATA_TAG
+            and isinstance(element, RawDataElement)
+            and element.value is None
+            and element.length
+        ):
+            # from the open file the header came from (not reopened by its name)
+            ds[tag] = read_deferred_data_element(type(file), file, None, element)
 
 
 def read_part10_or_raw(file: BinaryIO, **read_options: Any) -> Dataset:
