@@ -32,7 +32,7 @@ from dcmpress.console import (
     resolve_batch,
     validation_message,
 )
-from dcmpress.local import files_under, plan_jobs, run_all
+from dcmpress.local import count_jobs, files_under, plan_jobs, run_all
 from dcmpress.options import build_options, compression_flags
 from dcmpress.views import (
     RateWindow,
@@ -118,7 +118,7 @@ def compress(
     """Compress DICOM files on local disk into OUT, verifying every result."""
     rules = _policy_rules(policy, options)
     try:
-        jobs = list(plan_jobs(paths, out))
+        total = count_jobs(paths, out)  # every input checked before any file is written
     except ConfigurationError as exc:
         raise fail(str(exc)) from None
     workers = processes or usable_cores()
@@ -135,7 +135,7 @@ def compress(
         transient=False,
     )
     with progress:
-        task = progress.add_task("compress", total=len(jobs), saved="")
+        task = progress.add_task("compress", total=total, saved="")
 
         def on_record(item: dict[str, Any]) -> None:
             tally.add(item)
@@ -144,7 +144,11 @@ def compress(
                 sys.stdout.flush()
             progress.update(task, advance=1, saved=tally.saved_text())
 
-        run_all(jobs, options, workers, on_record, rules)
+        try:
+            # the trees are walked again as the run goes, not held in memory
+            run_all(plan_jobs(paths, out), options, workers, on_record, rules)
+        except ConfigurationError as exc:  # a tree changed since it was counted
+            raise fail(str(exc)) from None
     (console if jsonl else Console()).print(summary_table(tally))
     if tally.failed:
         raise typer.Exit(1)

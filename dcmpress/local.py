@@ -7,11 +7,12 @@ time in a fresh pool, and the one that kills it again is recorded ``codec_crashe
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -33,9 +34,30 @@ class Job:
     output: Path
 
 
-def files_under(root: Path) -> list[Path]:
-    """``root`` if it is a file, else every file of its tree in sorted order."""
-    return [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+def files_under(root: Path) -> Iterator[Path]:
+    """``root`` if it is a file, else every file of its tree in sorted path order, read
+    one directory at a time: a tree of millions of files is never listed whole.
+
+    Links to files are followed, links to directories not. A directory that cannot be
+    listed raises ConfigurationError naming it: its files would otherwise be left out
+    without a word.
+    """
+    if not root.is_dir():
+        if root.is_file():
+            yield root
+        return
+    try:
+        with os.scandir(root) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigurationError(f"cannot list the directory {root}: {reason}") from exc
+    for entry in entries:
+        path = root / entry.name
+        if entry.is_dir(follow_symlinks=False):
+            yield from files_under(path)
+        elif entry.is_file():
+            yield path
 
 
 def engine_input(file: BinaryIO) -> bytes | BinaryIO:
@@ -49,27 +71,37 @@ def plan_jobs(inputs: Iterable[Path], out_dir: Path) -> Iterator[Job]:
     """Walk files and directory trees; outputs mirror paths relative to each input.
 
     ``a/b.dcm`` given as a file lands at ``OUT/b.dcm``; a directory ``scans`` holding
-    ``x/y.dcm`` lands at ``OUT/x/y.dcm``.
+    ``x/y.dcm`` lands at ``OUT/x/y.dcm``. The jobs are made as the trees are walked;
+    only for more than one input are the outputs kept, to find two inputs that would
+    write the same one (the files of one tree cannot).
     """
+    inputs = list(inputs)
     out_dir = out_dir.resolve()
-    seen: dict[Path, Path] = {}
+    seen: dict[Path, Path] | None = {} if len(inputs) > 1 else None
     for given in inputs:
         if not given.exists():
             raise ConfigurationError(f"input {given} does not exist")
         root = given.resolve()
+        tree = root.is_dir()
         for path in files_under(root):
-            if root.is_dir() and path.is_relative_to(out_dir):
+            if tree and path.is_relative_to(out_dir):
                 continue  # never re-process our own outputs when OUT is inside an input
-            relative = Path(path.name) if root.is_file() else path.relative_to(root)
-            output = out_dir / relative
+            output = out_dir / (path.relative_to(root) if tree else Path(path.name))
             if output == path:
                 raise ConfigurationError(f"output {output} would overwrite its input")
-            if output in seen:
-                raise ConfigurationError(
-                    f"{path} and {seen[output]} would both be written to {output}"
-                )
-            seen[output] = path
+            if seen is not None:
+                if output in seen:
+                    raise ConfigurationError(
+                        f"{path} and {seen[output]} would both be written to {output}"
+                    )
+                seen[output] = path
             yield Job(path, output)
+
+
+def count_jobs(inputs: Sequence[Path], out_dir: Path) -> int:
+    """The number of jobs :func:`plan_jobs` makes, found by walking the inputs once
+    before anything is written: every ConfigurationError it raises comes here, first."""
+    return sum(1 for _ in plan_jobs(inputs, out_dir))
 
 
 def run_job(job: Job, options: CompressionOptions, policy: Policy | None = None) -> dict[str, Any]:
@@ -169,19 +201,48 @@ def run_all(
     on_record: Callable[[dict[str, Any]], None],
     policy: Policy | None = None,
 ) -> None:
-    """Run every job, calling ``on_record`` exactly once per job as results arrive."""
-    remaining: Iterator[Job] = iter(jobs)
+    """Run every job, calling ``on_record`` exactly once per job as results arrive.
+
+    ``jobs`` is taken as the pool has room, never listed whole. If it raises
+    ConfigurationError (a tree changed since it was checked), the jobs already taken
+    still run and are recorded before the error is raised again.
+    """
+    walk = _Walk(jobs)
+    remaining: Iterator[Job] = walk
     while True:
-        suspects, remaining_list = _run_pool(remaining, options, processes, on_record, policy)
+        suspects, unstarted, broken = _run_pool(remaining, options, processes, on_record, policy)
         # Files in flight when a pool process died are retried alone, so the culprit
         # is known exactly and the others still get compressed.
         for job in suspects:
-            lost, _ = _run_pool(iter([job]), options, 1, on_record, policy)
+            lost, _, _ = _run_pool(iter([job]), options, 1, on_record, policy)
             if lost:
                 on_record(crash_record(job.path, "a codec crashed the process (e.g. SIGABRT)"))
-        if not remaining_list:
+        if not broken:
+            if walk.error is not None:
+                raise walk.error
             return
-        remaining = iter(remaining_list)
+        remaining = itertools.chain(unstarted, remaining)
+
+
+class _Walk:
+    """An iterator of jobs that ends at the first ConfigurationError its source raises,
+    and keeps it."""
+
+    def __init__(self, jobs: Iterable[Job]) -> None:
+        self.jobs = iter(jobs)
+        self.error: ConfigurationError | None = None
+
+    def __iter__(self) -> _Walk:
+        return self
+
+    def __next__(self) -> Job:
+        if self.error is not None:
+            raise StopIteration
+        try:
+            return next(self.jobs)
+        except ConfigurationError as exc:
+            self.error = exc
+            raise StopIteration from None
 
 
 def _run_pool(
@@ -190,10 +251,11 @@ def _run_pool(
     processes: int,
     on_record: Callable[[dict[str, Any]], None],
     policy: Policy | None,
-) -> tuple[list[Job], list[Job]]:
+) -> tuple[list[Job], list[Job], bool]:
     """Run ``jobs`` until done or until the pool breaks.
 
-    Returns the jobs that were in flight when it broke and the jobs not yet started.
+    Returns the jobs that were in flight when it broke, the jobs taken from ``jobs``
+    but not started, and whether it broke (the rest of ``jobs`` is then still to run).
     """
     in_flight: dict[Future[dict[str, Any]], Job] = {}
     unstarted: list[Job] = []
@@ -223,4 +285,4 @@ def _run_pool(
                     continue
                 del in_flight[future]
                 on_record(record_)
-    return list(in_flight.values()), unstarted + list(jobs)
+    return list(in_flight.values()), unstarted, broken

@@ -201,7 +201,7 @@ def test_a_pool_process_crash_is_recorded_and_the_rest_still_complete(
         (source / f"ok{index}.dcm").write_bytes(to_bytes(make_image(40, 40, seed=index)))
     (source / "crash.dcm").write_bytes(to_bytes(make_image(40, 40)))
     monkeypatch.setattr(local, "run_job", _abort_on_marked_files)  # inherited by fork
-    jobs = list(local.plan_jobs([source], tmp_path / "out"))
+    jobs = local.plan_jobs([source], tmp_path / "out")  # walked as the run goes, as the CLI does
     seen: list[dict[str, Any]] = []
     local.run_all(jobs, CompressionOptions(), 2, seen.append)
     by_name = {Path(row["path"]).name: row for row in seen}

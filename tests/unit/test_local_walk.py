@@ -1,0 +1,126 @@
+"""``dcmpress compress`` walks its trees as it goes: sorted, lazily, and loudly."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dcmpress import local
+from dcmpress.local import Job, count_jobs, files_under, plan_jobs, run_all
+from worker.errors import ConfigurationError
+from worker.settings import CompressionOptions
+
+
+def make_tree(root: Path) -> None:
+    for name in ("a/x", "a/y/z", "a.b", "B", "c/d/e/f", "c/d.e", "-", "a-"):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    (root / "empty").mkdir()
+    (root / "link-to-file").symlink_to(root / "B")
+    (root / "link-to-dir").symlink_to(root / "c")
+
+
+def test_the_walk_is_in_sorted_path_order_like_rglob(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    expected = sorted(p for p in tmp_path.rglob("*") if p.is_file())  # the old listing
+    assert list(files_under(tmp_path)) == expected
+    names = [p.relative_to(tmp_path).as_posix() for p in files_under(tmp_path)]
+    assert "link-to-file" in names  # a link to a file is followed
+    assert not any(name.startswith("link-to-dir/") for name in names)  # to a directory not
+    assert list(files_under(tmp_path / "B")) == [tmp_path / "B"]
+
+
+def test_the_walk_lists_one_directory_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for index in range(50):
+        (tmp_path / f"d{index:02d}").mkdir()
+        (tmp_path / f"d{index:02d}" / "f").write_bytes(b"")
+    listed: list[str] = []
+    real = os.scandir
+
+    def scandir(path: Any) -> Any:
+        listed.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    walk = files_under(tmp_path)
+    assert next(walk) == tmp_path / "d00" / "f"
+    assert len(listed) == 2  # the root and its first directory, not the 50
+    assert len(list(walk)) == 49
+
+
+def test_a_directory_that_cannot_be_listed_is_named_not_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_tree(tmp_path)
+    real = os.scandir
+
+    def scandir(path: Any) -> Any:
+        if Path(path).name == "d":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(ConfigurationError, match=r"cannot list the directory .*/c/d: Permiss"):
+        count_jobs([tmp_path], tmp_path / "out")
+
+
+def test_count_jobs_checks_every_input_before_anything_runs(tmp_path: Path) -> None:
+    make_tree(tmp_path / "one")
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "B").write_bytes(b"")
+    out = tmp_path / "out"
+    assert count_jobs([tmp_path / "one"], out) == len(list(plan_jobs([tmp_path / "one"], out)))
+    with pytest.raises(ConfigurationError, match="would both be written to"):
+        count_jobs([tmp_path / "one", tmp_path / "two"], out)
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        count_jobs([tmp_path / "one", tmp_path / "missing"], out)
+
+
+def _fake_job(job: Job, options: Any, policy: Any = None) -> dict[str, Any]:
+    return {"path": str(job.path), "outcome": "done"}
+
+
+def test_run_all_takes_jobs_as_the_pool_has_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local, "run_job", _fake_job)  # inherited by the pool's fork
+    taken = 0
+
+    def jobs() -> Iterator[Job]:
+        nonlocal taken
+        for index in range(40):
+            taken += 1
+            yield Job(tmp_path / f"{index}", tmp_path / "out" / f"{index}")
+
+    taken_at_first_record: list[int] = []
+
+    def on_record(item: dict[str, Any]) -> None:
+        if not taken_at_first_record:
+            taken_at_first_record.append(taken)
+
+    run_all(jobs(), CompressionOptions(), 1, on_record)
+    assert taken == 40
+    assert taken_at_first_record[0] <= 3  # the window of one process: 2 in flight, +1
+
+
+def test_jobs_taken_before_the_walk_fails_are_still_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local, "run_job", _fake_job)
+
+    def jobs() -> Iterator[Job]:
+        for index in range(5):
+            yield Job(tmp_path / f"{index}", tmp_path / "out" / f"{index}")
+        raise ConfigurationError("the tree changed")
+
+    seen: list[dict[str, Any]] = []
+    with pytest.raises(ConfigurationError, match="the tree changed"):
+        run_all(jobs(), CompressionOptions(), 2, seen.append)
+    assert sorted(Path(item["path"]).name for item in seen) == [str(i) for i in range(5)]
