@@ -253,7 +253,10 @@ def policy_check(
     missing = [str(path) for path in paths if not path.exists()]
     if missing:
         raise fail(f"no such file or directory: {', '.join(missing)}")
-    files = [file for path in paths for file in files_under(path)]
+    try:
+        files = [file for path in paths for file in files_under(path)]
+    except ConfigurationError as exc:  # a directory that cannot be listed
+        raise fail(str(exc)) from None
     table = Table(title=f"{policy}: the rule each file takes")
     for column in ("file", "rule", "action", "targets"):
         table.add_column(column)

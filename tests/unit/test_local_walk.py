@@ -124,3 +124,31 @@ def test_jobs_taken_before_the_walk_fails_are_still_recorded(
     with pytest.raises(ConfigurationError, match="the tree changed"):
         run_all(jobs(), CompressionOptions(), 2, seen.append)
     assert sorted(Path(item["path"]).name for item in seen) == [str(i) for i in range(5)]
+
+
+def test_the_commands_exit_2_naming_a_directory_they_cannot_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from dcmpress.cli import app
+
+    make_tree(tmp_path / "in")
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[[rule]]\nname = "default"\ntarget = ["rle"]\n')
+    real = os.scandir
+
+    def scandir(path: Any) -> Any:
+        if Path(path).name == "d":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    for argv in (
+        ["compress", str(tmp_path / "in"), "-o", str(tmp_path / "out")],
+        ["policy", "check", str(policy), str(tmp_path / "in")],
+    ):
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 2, (argv, result.output)
+        assert "cannot list the directory" in result.output and "Permission denied" in result.output
+    assert not (tmp_path / "out").exists()  # checked before anything was written
