@@ -182,3 +182,38 @@ def test_the_automatic_check_waits_for_a_long_queue_and_runs_once_at_a_time(
     assert ledger.batch_info(batch)["reconciled_sent"] == "3"
     assert batch not in reconcile.stalled_batches(ledger, queue, 300, later)  # checked now
     ledger.redis.delete(queue)
+
+
+def test_a_worker_stopping_during_its_check_lets_it_finish_and_release_the_lock(
+    ledger: Ledger, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check killed with its worker kept the lock, and every other worker's check
+    waited for it to expire (300 s with the defaults)."""
+    import threading
+    from types import SimpleNamespace
+
+    from producer import reconcile
+    from worker.runtime import watchdog
+    from worker.runtime.ledger import Keys
+
+    running = threading.Event()
+
+    def slow_check(app: Any, _: Ledger, queue: str, idle_after: float) -> int:
+        lock = ledger.reconcile_lock(timeout=300)  # the default's expiry
+        assert lock.acquire(blocking=False)
+        running.set()
+        try:
+            time.sleep(1.5)  # a check that takes a while (many batches)
+        finally:
+            lock.release()
+        return 0
+
+    monkeypatch.setattr(reconcile, "reconcile_stalled", slow_check)
+    conf = SimpleNamespace(dcmpress_settings=settings.model_copy(update={"reconcile_after": 5}))
+    parent = SimpleNamespace(app=SimpleNamespace(conf=conf))
+    step = watchdog.ReconcileWatch(parent)
+    step.start(parent)
+    assert running.wait(30)
+    step.stop(parent)  # the worker shuts down meanwhile
+    assert step.thread is not None and not step.thread.is_alive()
+    assert ledger.redis.get(Keys.reconcile_lock()) is None  # released, not left to lapse

@@ -19,6 +19,7 @@ from celery import bootsteps
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+STOP_WAIT_SECONDS = 15.0  # for a check in progress at shutdown
 
 
 def tick_seconds(reconcile_after: int) -> float:
@@ -52,7 +53,17 @@ class ReconcileWatch(bootsteps.StartStopStep):
         self.thread.start()
 
     def stop(self, parent: Any) -> None:
+        """Let a check in progress finish before the worker exits: killed with the
+        process, it would keep the lock, and every worker's check, waiting for its
+        expiry (up to ``DCMPRESS_RECONCILE_AFTER``, 300 s by default)."""
         self.stopped.set()
+        if self.thread is not None:
+            self.thread.join(STOP_WAIT_SECONDS)
+            if self.thread.is_alive():
+                log.warning(
+                    "automatic reconcile check still running after %.0f s; its lock "
+                    "lapses by itself", STOP_WAIT_SECONDS,
+                )  # fmt: skip
 
     def _run(self, app: Any, settings: WorkerSettings) -> None:
         from producer.reconcile import reconcile_stalled
