@@ -55,10 +55,9 @@ def test_the_walk_lists_one_directory_at_a_time(
     assert len(list(walk)) == 49
 
 
-def test_a_directory_that_cannot_be_listed_is_named_not_skipped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    make_tree(tmp_path)
+@pytest.fixture
+def unreadable_d(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every directory named ``d`` cannot be listed (as a user without permission)."""
     real = os.scandir
 
     def scandir(path: Any) -> Any:
@@ -67,6 +66,11 @@ def test_a_directory_that_cannot_be_listed_is_named_not_skipped(
         return real(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
+
+
+@pytest.mark.usefixtures("unreadable_d")
+def test_a_directory_that_cannot_be_listed_is_named_not_skipped(tmp_path: Path) -> None:
+    make_tree(tmp_path)
     with pytest.raises(ConfigurationError, match=r"cannot list the directory .*/c/d: Permiss"):
         count_jobs([tmp_path], tmp_path / "out")
 
@@ -126,9 +130,8 @@ def test_jobs_taken_before_the_walk_fails_are_still_recorded(
     assert sorted(Path(item["path"]).name for item in seen) == [str(i) for i in range(5)]
 
 
-def test_the_commands_exit_2_naming_a_directory_they_cannot_list(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.usefixtures("unreadable_d")
+def test_the_commands_exit_2_naming_a_directory_they_cannot_list(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from dcmpress.cli import app
@@ -136,14 +139,6 @@ def test_the_commands_exit_2_naming_a_directory_they_cannot_list(
     make_tree(tmp_path / "in")
     policy = tmp_path / "policy.toml"
     policy.write_text('[[rule]]\nname = "default"\ntarget = ["rle"]\n')
-    real = os.scandir
-
-    def scandir(path: Any) -> Any:
-        if Path(path).name == "d":
-            raise PermissionError(13, "Permission denied", str(path))
-        return real(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
     for argv in (
         ["compress", str(tmp_path / "in"), "-o", str(tmp_path / "out")],
         ["policy", "check", str(policy), str(tmp_path / "in")],
