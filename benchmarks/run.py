@@ -689,6 +689,11 @@ def measure_scaling(
     return {"set": reference.name, "targets": targets}
 
 
+def compress_label(target: str) -> str:
+    """The fixed-cost entry of ``dcmpress compress -j 1`` for ``target``."""
+    return f"dcmpress compress -j 1 --target {target}"
+
+
 def measure_fixed_costs(
     work: Path, targets: Sequence[str], protocol: Protocol, progress: Progress
 ) -> dict[str, Any]:
@@ -706,7 +711,7 @@ def measure_fixed_costs(
     compress_pass(tiny, LOSSLESS_TARGETS[0], 1, command_work)  # warm-up
     for target in targets:
         timing = measure(partial(_seconds, compress_pass, tiny, target, 1, command_work), protocol)
-        costs[f"dcmpress compress -j 1 --target {target}"] = round(timing.median, 4)
+        costs[compress_label(target)] = round(timing.median, 4)
     for peer in (peer for peers in PEERS.values() for peer in peers):
         executable = find_tool(peer.program)
         if executable is None:
@@ -737,7 +742,7 @@ def start_up_payoff(results: dict[str, Any]) -> list[dict[str, Any]]:
     toolkits; this says from how many files of that kind on they do not."""
     rows = []
     for target, set_name, cell in _measured_cells(results):
-        start_up = results["fixed_cost_seconds"].get(f"dcmpress compress -j 1 --target {target}")
+        start_up = results["fixed_cost_seconds"].get(compress_label(target))
         if start_up is None:
             continue
         files = cell["files"]

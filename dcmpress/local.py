@@ -207,8 +207,8 @@ def run_all(
     ConfigurationError (a tree changed since it was checked), the jobs already taken
     still run and are recorded before the error is raised again.
     """
-    walk = _Walk(jobs)
-    remaining: Iterator[Job] = walk
+    errors: list[ConfigurationError] = []
+    remaining: Iterator[Job] = _until_error(jobs, errors)
     while True:
         suspects, unstarted, broken = _run_pool(remaining, options, processes, on_record, policy)
         # Files in flight when a pool process died are retried alone, so the culprit
@@ -218,31 +218,19 @@ def run_all(
             if lost:
                 on_record(crash_record(job.path, "a codec crashed the process (e.g. SIGABRT)"))
         if not broken:
-            if walk.error is not None:
-                raise walk.error
+            if errors:
+                raise errors[0]
             return
         remaining = itertools.chain(unstarted, remaining)
 
 
-class _Walk:
-    """An iterator of jobs that ends at the first ConfigurationError its source raises,
-    and keeps it."""
-
-    def __init__(self, jobs: Iterable[Job]) -> None:
-        self.jobs = iter(jobs)
-        self.error: ConfigurationError | None = None
-
-    def __iter__(self) -> _Walk:
-        return self
-
-    def __next__(self) -> Job:
-        if self.error is not None:
-            raise StopIteration
-        try:
-            return next(self.jobs)
-        except ConfigurationError as exc:
-            self.error = exc
-            raise StopIteration from None
+def _until_error(jobs: Iterable[Job], errors: list[ConfigurationError]) -> Iterator[Job]:
+    """``jobs``, ending at the first ConfigurationError they raise, which goes into
+    ``errors``."""
+    try:
+        yield from jobs
+    except ConfigurationError as exc:
+        errors.append(exc)
 
 
 def _run_pool(
