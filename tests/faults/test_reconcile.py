@@ -217,3 +217,21 @@ def test_a_worker_stopping_during_its_check_lets_it_finish_and_release_the_lock(
     step.stop(parent)  # the worker shuts down meanwhile
     assert step.thread is not None and not step.thread.is_alive()
     assert ledger.redis.get(Keys.reconcile_lock()) is None  # released, not left to lapse
+
+
+def test_a_worker_stopping_between_checks_stops_its_watch_with_the_defaults(
+    settings: Any,
+) -> None:
+    """With the users' settings (a check a minute) the watch thread ends at once on
+    stop: the wait between checks is what stop interrupts."""
+    from types import SimpleNamespace
+
+    from worker.runtime import watchdog
+
+    assert settings.reconcile_after == 300  # the default, not lowered here
+    parent = SimpleNamespace(app=SimpleNamespace(conf=SimpleNamespace(dcmpress_settings=settings)))
+    step = watchdog.ReconcileWatch(parent)
+    step.start(parent)
+    assert step.thread is not None and step.thread.is_alive()
+    step.stop(parent)
+    assert not step.thread.is_alive()
