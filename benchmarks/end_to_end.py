@@ -119,6 +119,9 @@ def end_to_end(files: list[bytes], target: str, processes: int, root: Path) -> M
             total = sum(stages.values())
             print("  worker stage shares: " + " ".join(
                 f"{name}={seconds / total:.0%}" for name, seconds in stages.items()))  # fmt: skip
+            per_object = {name: seconds / len(files) * 1000 for name, seconds in stages.items()}
+            print("  worker stage ms per object (wall): " + " ".join(
+                f"{name}={ms:.1f}" for name, ms in per_object.items()))  # fmt: skip
             return Measured(elapsed, cpu)
 
 

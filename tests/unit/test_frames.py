@@ -7,6 +7,7 @@ it wrote, and hold only a group of frames at a time.
 from __future__ import annotations
 
 import io
+import math
 import tempfile
 import tracemalloc
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from tests.synthetic import enhanced_ct
 from worker.codec import frames as frames_module
 from worker.codec import parse
 from worker.codec.engine import Result, process
-from worker.codec.frames import FRAMES_ABOVE, GROUP_BYTES
+from worker.codec.frames import FRAMES_ABOVE, GROUP_BYTES, WRITE_CHUNK_BYTES
 from worker.settings import CompressionOptions
 
 CASES: dict[str, dict[str, Any]] = {
@@ -223,6 +224,29 @@ def test_a_large_volume_is_never_held_whole(tmp_path: Path) -> None:
     decoded = independent_decode(written)
     assert decoded.shape == (frames, 512, 512)
     np.testing.assert_array_equal(decoded, source_pixels(dcmread(io.BytesIO(path.read_bytes()))))
+
+
+def test_the_output_is_written_in_large_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydicom writes a buffered value in reads of its ``buffered_read_size`` (8 KiB
+    unless set): the output's spooled frames are read in WRITE_CHUNK_BYTES instead."""
+    asked: list[int] = []
+    real = frames_module.Joined.read
+
+    def counted(self: frames_module.Joined, size: int | None = -1, /) -> bytes:
+        data = real(self, size)
+        if data:
+            asked.append(-1 if size is None else size)
+        return data
+
+    monkeypatch.setattr(frames_module.Joined, "read", counted)
+    ds = make_image(256, 256, frames=48, bits_stored=12)
+    result = framed(to_bytes(ds), CompressionOptions(target="rle"))
+    assert result.state == "done", result.message
+    written = output_bytes(result)
+    assert written[128:132] == b"DICM"
+    assert len(written) > 2 * WRITE_CHUNK_BYTES  # several reads even in large ones
+    # (pydicom also peeks at the first bytes of the value)
+    assert len(asked) <= math.ceil(len(written) / WRITE_CHUNK_BYTES) + 2, asked
 
 
 @hyp_settings(max_examples=200, derandomize=True, deadline=None, database=None)
