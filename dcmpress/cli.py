@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -32,7 +36,8 @@ from dcmpress.console import (
     resolve_batch,
     validation_message,
 )
-from dcmpress.local import count_jobs, files_under, plan_jobs, run_all
+from dcmpress.listing import Listing
+from dcmpress.local import count_jobs, files_under, plan_jobs, plan_listed, run_all
 from dcmpress.options import build_options, compression_flags
 from dcmpress.views import (
     RateWindow,
@@ -100,7 +105,10 @@ POLICY_HELP = "A policy file (TOML): its first matching rule decides each object
 @app.command()
 @compression_flags
 def compress(
-    paths: Annotated[list[Path], typer.Argument(help="Files or directory trees.")],
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Files or directory trees (or --files-from).")
+    ] = None,
+    *,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
     processes: Annotated[
         int, typer.Option("--processes", "-j", help="Worker processes (default: the usable cores).")
@@ -112,13 +120,60 @@ def compress(
         Path | None,
         typer.Option(help=POLICY_HELP),
     ] = None,
-    *,
+    files_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--files-from",
+            help="Take the inputs from this list, one path per line (`-`: standard input), "
+            "instead of PATHS: one run for any number of files. Each output is its path "
+            "as listed, under OUT.",
+        ),
+    ] = None,
+    null: Annotated[
+        bool,
+        typer.Option("--null", "-0", help="--files-from entries end in NUL (find -print0)."),
+    ] = False,
     options: CompressionOptions,
 ) -> None:
     """Compress DICOM files on local disk into OUT, verifying every result."""
     rules = _policy_rules(policy, options)
+    if files_from is not None and paths:
+        raise fail("give PATHS or --files-from, not both")
+    if files_from is None and not paths:
+        raise fail("no input: give PATHS or --files-from")
+    if null and files_from is None:
+        raise fail("--null applies to --files-from only")
+    with _listing(files_from, b"\0" if null else b"\n") as listing:
+        _compress(paths or [], listing, out, processes, jsonl, rules, options)
+
+
+@contextlib.contextmanager
+def _listing(files_from: Path | None, separator: bytes) -> Iterator[Listing | None]:
+    """The --files-from list; standard input is copied to a temporary file first, as
+    the list is read twice (counted, then run)."""
+    if files_from is None:
+        yield None
+    elif str(files_from) == "-":
+        with tempfile.NamedTemporaryFile(prefix="dcmpress-list-") as spool:
+            shutil.copyfileobj(sys.stdin.buffer, spool)
+            spool.flush()
+            yield Listing(Path(spool.name), separator, name="standard input")
+    else:
+        yield Listing(files_from, separator)
+
+
+def _compress(
+    paths: list[Path],
+    listing: Listing | None,
+    out: Path,
+    processes: int,
+    jsonl: bool,
+    rules: Policy | None,
+    options: CompressionOptions,
+) -> None:
     try:
-        total = count_jobs(paths, out)  # every input checked before any file is written
+        # every input checked before any file is written
+        total = count_jobs(paths, out, listing)
     except ConfigurationError as exc:
         raise fail(str(exc)) from None
     workers = processes or usable_cores()
@@ -146,7 +201,8 @@ def compress(
 
         try:
             # the trees are walked again as the run goes, not held in memory
-            run_all(plan_jobs(paths, out), options, workers, on_record, rules)
+            jobs = plan_listed(listing, out) if listing else plan_jobs(paths, out)
+            run_all(jobs, options, workers, on_record, rules)
         except ConfigurationError as exc:  # a tree changed since it was counted
             raise fail(str(exc)) from None
     (console if jsonl else Console()).print(summary_table(tally))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from dcmpress.listing import Listing, Outputs, output_root
 from worker.codec.engine import Result, process
 from worker.codec.frames import FRAMES_ABOVE
 from worker.errors import ConfigurationError, one_line
@@ -98,10 +99,45 @@ def plan_jobs(inputs: Iterable[Path], out_dir: Path) -> Iterator[Job]:
             yield Job(path, output)
 
 
-def count_jobs(inputs: Sequence[Path], out_dir: Path) -> int:
-    """The number of jobs :func:`plan_jobs` makes, found by walking the inputs once
-    before anything is written: every ConfigurationError it raises comes here, first."""
+def count_jobs(inputs: Sequence[Path], out_dir: Path, listing: Listing | None = None) -> int:
+    """The number of jobs :func:`plan_jobs` (or :func:`plan_listed`, for a ``listing``)
+    makes, found by walking the inputs once before anything is written: every
+    ConfigurationError it raises comes here, first."""
+    if listing is not None:
+        return sum(1 for _ in plan_listed(listing, out_dir, Outputs()))
     return sum(1 for _ in plan_jobs(inputs, out_dir))
+
+
+def plan_listed(listing: Listing, out_dir: Path, outputs: Outputs | None = None) -> Iterator[Job]:
+    """The jobs of the files and trees a list names (dcmpress/listing.py), as it is read.
+
+    A listed file that does not exist (any more) is still a job: its record says it
+    cannot be read, and the rest of a long list runs. With ``outputs``, an output that
+    two entries would write is refused.
+    """
+    # the output directory as given and with its links resolved: a listed file in it
+    # is refused (compared as strings: the list may name millions of files)
+    inside = tuple({os.path.abspath(out_dir) + os.sep, str(out_dir.resolve()) + os.sep})
+    out_dir = out_dir.resolve()
+    for number, entry in listing.entries():
+        where = listing.where(number)
+        root = output_root(out_dir, entry, where)
+        found: Iterator[tuple[Path, Path]]
+        if os.path.isdir(entry):
+            tree = Path(entry).resolve()
+            found = (
+                (path, root / path.relative_to(tree))
+                for path in files_under(tree)
+                if not path.is_relative_to(out_dir)  # our own outputs, when OUT is inside
+            )
+        else:
+            if (os.path.abspath(entry) + os.sep).startswith(inside):
+                raise ConfigurationError(f"{where}: {entry} lies in the output directory")
+            found = iter([(Path(entry), root)])
+        for path, output in found:
+            if outputs is not None:
+                outputs.claim(output, path, where)
+            yield Job(path, output)
 
 
 def run_job(job: Job, options: CompressionOptions, policy: Policy | None = None) -> dict[str, Any]:

@@ -102,6 +102,53 @@ def test_a_failed_file_makes_the_exit_status_non_zero(tree: Path, tmp_path: Path
     assert not (out / "notes.txt").exists()
 
 
+def files_from(stdin: bytes, *args: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    """The real command line reading its inputs from standard input."""
+    return subprocess.run(
+        [*DCMPRESS, "compress", "--files-from", "-", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=300,
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "160"},
+        check=False,
+    )
+
+
+def test_files_from_standard_input_in_one_run(tree: Path, tmp_path: Path) -> None:
+    """NUL-separated, as ``find -print0`` writes: files and a tree mirror their paths
+    as listed under OUT, a listed file that is gone is a failed record, not the end of
+    the run."""
+    listed = b"\0".join([b"archive/study1", b"archive/study2/rgb.dcm", b"archive/gone.dcm"])
+    out = tmp_path / "out"
+    proc = files_from(listed, "-0", "-o", str(out), "--jsonl", "--target", "rle", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr  # the missing file
+    rows = records(proc.stdout.decode())
+    assert set(rows) == {"study1/series1/ct1.dcm", "study1/series1/IM0002", "study2/rgb.dcm",
+                         "gone.dcm"}  # fmt: skip
+    gone = rows["gone.dcm"]
+    assert (gone["outcome"], gone["code"]) == ("failed", "io_error")
+    assert "No such file" in gone["message"]
+    for name in ("study1/series1/ct1.dcm", "study2/rgb.dcm"):
+        row = rows[name]
+        assert (row["outcome"], row["code"]) == ("done", "compressed"), row
+        assert row["output"] == str(out / "archive" / name)
+        source = read((tree / name).read_bytes())
+        np.testing.assert_array_equal(
+            independent_decode(Path(row["output"]).read_bytes()), source_pixels(source)
+        )
+
+
+def test_files_from_refuses_before_writing_anything(tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    twice = files_from(b"archive/study2/rgb.dcm\narchive/study2\n", "-o", str(out), cwd=tmp_path)
+    assert twice.returncode == 2
+    assert b"standard input, entry 2:" in twice.stderr and b"a second time" in twice.stderr
+    both = files_from(b"archive\n", str(tree), "-o", str(out), cwd=tmp_path)
+    assert both.returncode == 2 and b"not both" in both.stderr
+    assert not out.exists()
+
+
 def test_non_dicom_files_are_copied_by_default(tree: Path, tmp_path: Path) -> None:
     notes = tree / "notes.txt"
     notes.write_text("not an image\n" * 20)

@@ -1,0 +1,109 @@
+"""``dcmpress compress --files-from``: the inputs named in a list, not on the command line.
+
+A list of any length (a ``find`` over a whole archive, an export from a PACS) goes to
+one run, so the start-up is paid once and no limit on the length of a command line
+applies. The list is read a chunk at a time, once to count and check it and once to
+run it, never held whole. Entries are separated by newlines (a trailing carriage
+return is dropped) or by NUL bytes (``find -print0``); empty entries are ignored. An
+entry is a path as the operating system takes it, in any encoding.
+
+Each entry's output is the entry as listed, normalised and without its leading ``/``,
+under OUT: ``scans/a/IM1`` goes to ``OUT/scans/a/IM1`` and ``/data/b/IM1`` to
+``OUT/data/b/IM1``; a listed directory's tree goes under its own. Unlike the file
+names of PATHS, two entries cannot meet in one output unless the same file is listed
+twice, which is refused as the run is counted. An entry that climbs out of where it
+starts (``..`` left after normalising) is refused too: list it as an absolute path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.errors import ConfigurationError
+
+CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A file of paths, and what separates them."""
+
+    path: Path
+    separator: bytes = b"\n"
+    name: str = ""  # how errors name the list (its path unless set)
+
+    def entries(self) -> Iterator[tuple[int, str]]:
+        """(number from 1, path) of each non-empty entry, read a chunk at a time."""
+        try:
+            file = self.path.open("rb")
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read the list {self.path}: {exc}") from None
+        with file:
+            number = 0
+            rest = b""
+            while True:
+                try:
+                    chunk = file.read(CHUNK_BYTES)
+                except OSError as exc:
+                    raise ConfigurationError(
+                        f"cannot read the list {self.name or self.path}: {exc}"
+                    ) from None
+                if not chunk:
+                    break
+                *complete, rest = (rest + chunk).split(self.separator)
+                for raw in complete:
+                    number += 1
+                    entry = self._decoded(raw)
+                    if entry:
+                        yield number, entry
+            entry = self._decoded(rest)
+            if entry:
+                yield number + 1, entry
+
+    def _decoded(self, raw: bytes) -> str:
+        if self.separator == b"\n" and raw.endswith(b"\r"):
+            raw = raw[:-1]
+        return os.fsdecode(raw)
+
+    def where(self, number: int) -> str:
+        """How an error names an entry."""
+        return f"{self.name or self.path}, entry {number}"
+
+
+def output_root(out_dir: Path, entry: str, where: str) -> Path:
+    """Where the output of ``entry`` (a file, or a tree's root) goes under ``out_dir``.
+
+    On strings, not path objects: a list of millions of files is planned twice.
+    """
+    normal = os.path.normpath(entry).lstrip(os.sep)
+    if normal == os.pardir or normal.startswith(os.pardir + os.sep):
+        raise ConfigurationError(
+            f"{where}: {entry!r} climbs out of the directory it starts in; list it as an "
+            "absolute path"
+        )
+    return out_dir if normal == os.curdir else Path(os.path.join(out_dir, normal))
+
+
+class Outputs:
+    """The outputs of a run's listed inputs so far, to refuse a file listed twice.
+
+    Holds an 8-byte digest per output, not its path: about 100 bytes per file while a
+    list is counted.
+    """
+
+    def __init__(self) -> None:
+        self._seen: set[int] = set()
+
+    def claim(self, output: Path, source: Path, where: str) -> None:
+        digest = hashlib.blake2b(os.fsencode(output), digest_size=8).digest()
+        key = int.from_bytes(digest, "little")
+        if key in self._seen:
+            raise ConfigurationError(
+                f"{where}: {source} would be written to {output} a second time (the same "
+                "file listed twice, or inside a listed directory)"
+            )
+        self._seen.add(key)
