@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -84,6 +85,8 @@ def plan_jobs(inputs: Iterable[Path], out_dir: Path) -> Iterator[Job]:
             raise ConfigurationError(f"input {given} does not exist")
         root = given.resolve()
         tree = root.is_dir()
+        if not tree and not root.is_file():
+            raise ConfigurationError(f"input {given} is not a file or a directory")
         for path in files_under(root):
             if tree and path.is_relative_to(out_dir):
                 continue  # never re-process our own outputs when OUT is inside an input
@@ -144,7 +147,12 @@ def run_job(job: Job, options: CompressionOptions, policy: Policy | None = None)
     """Compress one file and write its output; return the record (runs in a pool)."""
     started = time.perf_counter()
     try:
-        with job.path.open("rb") as source:
+        source = _open_regular(job.path)
+        if source is None:
+            return io_error_record(
+                job.path, "cannot read the input: not a regular file (a FIFO, socket or device)"
+            )
+        with source:
             result = process(engine_input(source), options, policy=policy, key=str(job.path))
     except OSError as exc:
         return io_error_record(job.path, f"cannot read the input: {exc}")
@@ -161,6 +169,21 @@ def run_job(job: Job, options: CompressionOptions, policy: Policy | None = None)
     finally:
         result.close()
     return record(job.path, written, result, time.perf_counter() - started)
+
+
+def _open_regular(path: Path) -> BinaryIO | None:
+    """``path`` open for reading if it is a regular file, else None. Opened without
+    blocking first: a FIFO named in a list would otherwise wait for a writer for ever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def record(path: Path, output: Path | None, result: Result, seconds: float) -> dict[str, Any]:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dcmpress import listing as listing_module
 from dcmpress.listing import Listing, Outputs, output_root
-from dcmpress.local import Job, count_jobs, plan_listed
+from dcmpress.local import Job, count_jobs, plan_listed, run_job
 from worker.errors import ConfigurationError
+from worker.settings import CompressionOptions
 
 
 def written(tmp_path: Path, data: bytes) -> Path:
@@ -115,3 +118,26 @@ def test_outputs_inside_the_listed_tree_are_not_inputs(archive: Path) -> None:
     }  # fmt: skip
     with pytest.raises(ConfigurationError, match="entry 1: out/scans/old lies in the output"):
         count_jobs([], archive / "out", Listing(written(archive, b"out/scans/old\n")))
+
+
+def test_a_listed_fifo_is_a_failed_record_not_a_wait_for_ever(archive: Path) -> None:
+    """Opened without blocking: a FIFO has no writer, and the run must go on."""
+    os.mkfifo(archive / "pipe")
+    (job,) = plan_listed(Listing(written(archive, b"pipe\n")), archive / "out")
+    records: list[dict[str, Any]] = []
+    runner = threading.Thread(
+        target=lambda: records.append(run_job(job, CompressionOptions())), daemon=True
+    )
+    runner.start()
+    runner.join(timeout=60)
+    assert not runner.is_alive(), "run_job waits on the FIFO"
+    (record,) = records
+    assert (record["outcome"], record["code"]) == ("failed", "io_error")
+    assert "not a regular file" in record["message"]
+    assert not (archive / "out" / "pipe").exists()
+
+
+def test_an_explicit_input_that_is_no_file_or_directory_is_refused(archive: Path) -> None:
+    os.mkfifo(archive / "pipe")
+    with pytest.raises(ConfigurationError, match="pipe is not a file or a directory"):
+        count_jobs([archive / "pipe"], archive / "out")
