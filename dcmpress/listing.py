@@ -26,6 +26,7 @@ from pathlib import Path
 from worker.errors import ConfigurationError
 
 CHUNK_BYTES = 1024 * 1024
+MAX_ENTRY_BYTES = 4096  # Linux's PATH_MAX: a longer entry is a list cut the wrong way
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,9 @@ class Listing:
         try:
             file = self.path.open("rb")
         except OSError as exc:
-            raise ConfigurationError(f"cannot read the list {self.path}: {exc}") from None
+            raise ConfigurationError(
+                f"cannot read the list {self.name or self.path}: {exc}"
+            ) from None
         with file:
             number = 0
             rest = b""
@@ -57,14 +60,21 @@ class Listing:
                 *complete, rest = (rest + chunk).split(self.separator)
                 for raw in complete:
                     number += 1
-                    entry = self._decoded(raw)
+                    entry = self._decoded(raw, number)
                     if entry:
                         yield number, entry
-            entry = self._decoded(rest)
+                self._decoded(rest, number + 1)  # not held whole if it never ends
+            entry = self._decoded(rest, number + 1)
             if entry:
                 yield number + 1, entry
 
-    def _decoded(self, raw: bytes) -> str:
+    def _decoded(self, raw: bytes, number: int) -> str:
+        if len(raw) > MAX_ENTRY_BYTES:
+            other = "newlines, not --null" if self.separator == b"\0" else "NUL (--null)"
+            raise ConfigurationError(
+                f"{self.where(number)} is longer than any path ({MAX_ENTRY_BYTES} bytes): "
+                f"are the entries separated by {other}?"
+            )
         if self.separator == b"\n" and raw.endswith(b"\r"):
             raw = raw[:-1]
         return os.fsdecode(raw)

@@ -150,7 +150,8 @@ def run_job(job: Job, options: CompressionOptions, policy: Policy | None = None)
         source = _open_regular(job.path)
         if source is None:
             return io_error_record(
-                job.path, "cannot read the input: not a regular file (a FIFO, socket or device)"
+                job.path,
+                "cannot read the input: not a regular file (a FIFO, socket, device or directory)",
             )
         with source:
             result = process(engine_input(source), options, policy=policy, key=str(job.path))

@@ -16,8 +16,8 @@ from worker.errors import ConfigurationError
 from worker.settings import CompressionOptions
 
 
-def written(tmp_path: Path, data: bytes) -> Path:
-    path = tmp_path / "list"
+def written(tmp_path: Path, data: bytes, name: str = "list") -> Path:
+    path = tmp_path / name
     path.write_bytes(data)
     return path
 
@@ -141,3 +141,18 @@ def test_an_explicit_input_that_is_no_file_or_directory_is_refused(archive: Path
     os.mkfifo(archive / "pipe")
     with pytest.raises(ConfigurationError, match="pipe is not a file or a directory"):
         count_jobs([archive / "pipe"], archive / "out")
+
+
+def test_an_entry_longer_than_any_path_names_the_separator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NUL-separated list read as lines is one endless entry: refused as soon as it
+    is longer than a path can be, not held whole."""
+    monkeypatch.setattr(listing_module, "CHUNK_BYTES", 1024)
+    nul = written(tmp_path, b"\0".join(b"scans/s%06d/IM1" % i for i in range(2000)))
+    with pytest.raises(ConfigurationError, match=r"entry 1 is longer .* NUL \(--null\)\?"):
+        list(Listing(nul).entries())
+    lines = written(tmp_path, b"a\n" + b"x" * 5000 + b"\n", "lines")
+    with pytest.raises(ConfigurationError, match=r"entry 1 is longer .* newlines, not --null"):
+        list(Listing(lines, b"\0").entries())  # read as NUL-separated: one long entry
+    assert len(list(Listing(nul, b"\0").entries())) == 2000
