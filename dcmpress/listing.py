@@ -4,8 +4,9 @@ A list of any length (a ``find`` over a whole archive, an export from a PACS) go
 one run, so the start-up is paid once and no limit on the length of a command line
 applies. The list is read a chunk at a time, once to count and check it and once to
 run it, never held whole. Entries are separated by newlines (a trailing carriage
-return is dropped) or by NUL bytes (``find -print0``); empty entries are ignored. An
-entry is a path as the operating system takes it, in any encoding.
+return is dropped) or by NUL bytes (``find -print0``); empty entries are ignored, and so
+is a UTF-8 byte order mark before the first. An entry is a path as the operating system
+takes it, in any encoding; a relative one is taken from the current directory.
 
 Each entry's output is the entry as listed, normalised and without its leading ``/``,
 under OUT: ``scans/a/IM1`` goes to ``OUT/scans/a/IM1`` and ``/data/b/IM1`` to
@@ -27,6 +28,7 @@ from worker.errors import ConfigurationError
 
 CHUNK_BYTES = 1024 * 1024
 MAX_ENTRY_BYTES = 4096  # Linux's PATH_MAX: a longer entry is a list cut the wrong way
+UTF8_BOM = b"\xef\xbb\xbf"  # what Windows editors and exports put before a UTF-8 text
 
 
 @dataclass(frozen=True)
@@ -39,34 +41,32 @@ class Listing:
 
     def entries(self) -> Iterator[tuple[int, str]]:
         """(number from 1, path) of each non-empty entry, read a chunk at a time."""
+        number = 0
+        rest = b""
+        for index, chunk in enumerate(self._chunks()):
+            if index == 0 and chunk.startswith(UTF8_BOM):
+                chunk = chunk[len(UTF8_BOM) :]
+            *complete, rest = (rest + chunk).split(self.separator)
+            for raw in complete:
+                number += 1
+                entry = self._decoded(raw, number)
+                if entry:
+                    yield number, entry
+            self._decoded(rest, number + 1)  # not held whole if it never ends
+        entry = self._decoded(rest, number + 1)
+        if entry:
+            yield number + 1, entry
+
+    def _chunks(self) -> Iterator[bytes]:
         try:
-            file = self.path.open("rb")
+            with self.path.open("rb") as file:
+                size = max(CHUNK_BYTES, len(UTF8_BOM))  # the first holds a whole mark
+                while chunk := file.read(size):
+                    yield chunk
         except OSError as exc:
             raise ConfigurationError(
                 f"cannot read the list {self.name or self.path}: {exc}"
             ) from None
-        with file:
-            number = 0
-            rest = b""
-            while True:
-                try:
-                    chunk = file.read(CHUNK_BYTES)
-                except OSError as exc:
-                    raise ConfigurationError(
-                        f"cannot read the list {self.name or self.path}: {exc}"
-                    ) from None
-                if not chunk:
-                    break
-                *complete, rest = (rest + chunk).split(self.separator)
-                for raw in complete:
-                    number += 1
-                    entry = self._decoded(raw, number)
-                    if entry:
-                        yield number, entry
-                self._decoded(rest, number + 1)  # not held whole if it never ends
-            entry = self._decoded(rest, number + 1)
-            if entry:
-                yield number + 1, entry
 
     def _decoded(self, raw: bytes, number: int) -> str:
         if len(raw) > MAX_ENTRY_BYTES:

@@ -32,6 +32,16 @@ def test_entries_in_lines_carriage_returns_and_no_final_newline(
     assert list(Listing(path).entries()) == [(1, "a/b"), (3, "/abs/c d"), (4, "last")]
 
 
+@pytest.mark.parametrize("chunk", [1, 1024 * 1024])
+def test_a_byte_order_mark_before_the_first_entry_is_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """As a Windows editor or export writes a UTF-8 list."""
+    monkeypatch.setattr(listing_module, "CHUNK_BYTES", chunk)
+    path = written(tmp_path, b"\xef\xbb\xbfscans/IM1\r\nscans/IM2\r\n")
+    assert list(Listing(path).entries()) == [(1, "scans/IM1"), (2, "scans/IM2")]
+
+
 def test_nul_separated_entries_keep_newlines_and_any_bytes(tmp_path: Path) -> None:
     path = written(tmp_path, b"odd\nname\x00\xff\xfe.dcm\x00\x00")
     entries = list(Listing(path, b"\0").entries())
