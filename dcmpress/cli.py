@@ -37,7 +37,14 @@ from dcmpress.console import (
     validation_message,
 )
 from dcmpress.listing import Listing
-from dcmpress.local import count_jobs, files_under, plan_jobs, plan_listed, run_all
+from dcmpress.local import (
+    count_jobs,
+    files_under,
+    plan_jobs,
+    plan_listed,
+    run_all,
+    skip_written,
+)
 from dcmpress.options import build_options, compression_flags
 from dcmpress.views import (
     RateWindow,
@@ -133,6 +140,15 @@ def compress(
         bool,
         typer.Option("--null", "-0", help="--files-from entries end in NUL (find -print0)."),
     ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Skip the inputs whose output is there already and newer than the input "
+            "(run again after an interruption, with the same options): recorded "
+            "skipped/output_exists.",
+        ),
+    ] = False,
     options: CompressionOptions,
 ) -> None:
     """Compress DICOM files on local disk into OUT, verifying every result."""
@@ -144,7 +160,7 @@ def compress(
     if null and files_from is None:
         raise fail("--null applies to --files-from only")
     with _listing(files_from, b"\0" if null else b"\n") as listing:
-        _compress(paths or [], listing, out, processes, jsonl, rules, options)
+        _compress(paths or [], listing, out, processes, jsonl, rules, options, resume)
 
 
 @contextlib.contextmanager
@@ -170,6 +186,7 @@ def _compress(
     jsonl: bool,
     rules: Policy | None,
     options: CompressionOptions,
+    resume: bool,
 ) -> None:
     try:
         # every input checked before any file is written
@@ -202,6 +219,8 @@ def _compress(
         try:
             # the trees are walked again as the run goes, not held in memory
             jobs = plan_listed(listing, out) if listing else plan_jobs(paths, out)
+            if resume:
+                jobs = skip_written(jobs, on_record)
             run_all(jobs, options, workers, on_record, rules)
         except ConfigurationError as exc:  # a tree changed since it was counted
             raise fail(str(exc)) from None

@@ -143,6 +143,36 @@ def plan_listed(listing: Listing, out_dir: Path, outputs: Outputs | None = None)
             yield Job(path, output)
 
 
+def skip_written(jobs: Iterable[Job], on_record: Callable[[dict[str, Any]], None]) -> Iterator[Job]:
+    """``jobs`` but those whose output is there already and newer than the input (an
+    interrupted run, run again with ``--resume``): each of those is recorded
+    ``skipped``/``output_exists`` at once, without going to a pool process.
+
+    Outputs are renamed into place only when complete, so one that exists is whole; a
+    file that failed has none, and is tried again.
+    """
+    for job in jobs:
+        try:
+            source, output = os.stat(job.path), os.stat(job.output)
+        except OSError:  # no output yet (or no input: its job records that)
+            yield job
+            continue
+        if not stat.S_ISREG(output.st_mode) or output.st_mtime_ns < source.st_mtime_ns:
+            yield job  # changed since it was written
+            continue
+        on_record({
+            "path": str(job.path),
+            "output": str(job.output),
+            "outcome": "skipped",
+            "code": "output_exists",
+            "message": "the output is there already, newer than the input (--resume)",
+            "bytes_in": source.st_size,
+            "bytes_out": output.st_size,
+            "ratio": round(source.st_size / output.st_size, 4) if output.st_size else None,
+            "seconds": 0.0,
+        })  # fmt: skip
+
+
 def run_job(job: Job, options: CompressionOptions, policy: Policy | None = None) -> dict[str, Any]:
     """Compress one file and write its output; return the record (runs in a pool)."""
     started = time.perf_counter()

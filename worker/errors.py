@@ -129,6 +129,11 @@ CODES: dict[str, CodeInfo] = {
         "skipped",
         "An element of the source cannot be written in the new transfer syntax (message names it).",
     ),
+    "output_exists": CodeInfo(
+        "skipped",
+        "Local runs with --resume: the output is there already, newer than the input; "
+        "not written again.",
+    ),
     "not_dicom": CodeInfo(
         "skipped", "The object is not a DICOM file: copied unchanged (or failed, see not_dicom)."
     ),

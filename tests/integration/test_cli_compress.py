@@ -149,6 +149,36 @@ def test_files_from_refuses_before_writing_anything(tree: Path, tmp_path: Path) 
     assert not out.exists()
 
 
+def test_resume_compresses_only_what_an_interrupted_run_left(tree: Path, tmp_path: Path) -> None:
+    """A file without output and a file changed since are compressed; the rest are
+    recorded output_exists and left as they were."""
+    out = tmp_path / "out"
+    first = dcmpress("compress", str(tree), "-o", str(out), "--target", "rle")
+    assert first.returncode == 0, first.stderr
+    (out / "study2" / "rgb.dcm").unlink()  # as if the run had stopped before it
+    changed = tree / "study1" / "series1" / "IM0002"
+    changed.write_bytes(to_bytes(make_image(64, 64, bits_stored=12, seed=9)))
+    later = (out / "study1" / "series1" / "IM0002").stat().st_mtime_ns + 10**9
+    os.utime(changed, ns=(later, later))
+    kept = (out / "study1" / "series1" / "ct1.dcm").read_bytes()
+    again = dcmpress("compress", str(tree), "-o", str(out), "--target", "rle", "--resume",
+                     "--jsonl")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    rows = records(again.stdout)
+    codes = {name: (row["outcome"], row["code"]) for name, row in rows.items()}
+    assert codes == {
+        "study1/series1/ct1.dcm": ("skipped", "output_exists"),
+        "study2/plan.dcm": ("skipped", "output_exists"),
+        "study1/series1/IM0002": ("done", "compressed"),
+        "study2/rgb.dcm": ("done", "compressed"),
+    }
+    assert (out / "study1" / "series1" / "ct1.dcm").read_bytes() == kept
+    np.testing.assert_array_equal(
+        independent_decode((out / "study1" / "series1" / "IM0002").read_bytes()),
+        source_pixels(read(changed.read_bytes())),
+    )
+
+
 def test_non_dicom_files_are_copied_by_default(tree: Path, tmp_path: Path) -> None:
     notes = tree / "notes.txt"
     notes.write_text("not an image\n" * 20)

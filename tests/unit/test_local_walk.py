@@ -147,3 +147,28 @@ def test_the_commands_exit_2_naming_a_directory_they_cannot_list(tmp_path: Path)
         assert result.exit_code == 2, (argv, result.output)
         assert "cannot list the directory" in result.output and "Permission denied" in result.output
     assert not (tmp_path / "out").exists()  # checked before anything was written
+
+
+def test_resume_skips_the_outputs_written_already_and_newer(tmp_path: Path) -> None:
+    """Each skipped job is recorded at once; a missing, older or non-file output is
+    compressed again."""
+    jobs = []
+    for name in ("done", "missing", "older", "dir"):
+        source = tmp_path / "in" / name
+        source.parent.mkdir(exist_ok=True)
+        source.write_bytes(b"x" * 100)
+        jobs.append(Job(source, tmp_path / "out" / name))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "done").write_bytes(b"y" * 40)
+    (tmp_path / "out" / "older").write_bytes(b"y" * 40)
+    (tmp_path / "out" / "dir").mkdir()
+    base = (tmp_path / "in" / "done").stat().st_mtime_ns
+    os.utime(tmp_path / "out" / "done", ns=(base + 10**9, base + 10**9))
+    os.utime(tmp_path / "out" / "older", ns=(base - 10**9, base - 10**9))
+    recorded: list[dict[str, Any]] = []
+    left = list(local.skip_written(jobs, recorded.append))
+    assert [job.path.name for job in left] == ["missing", "older", "dir"]
+    (record,) = recorded
+    assert (record["outcome"], record["code"]) == ("skipped", "output_exists")
+    assert (record["bytes_in"], record["bytes_out"], record["ratio"]) == (100, 40, 2.5)
+    assert record["output"] == str(tmp_path / "out" / "done")
