@@ -175,6 +175,31 @@ def test_undeclared_high_bits_are_cleared_and_counted_in_the_record() -> None:
     assert out.BitsStored == 12
 
 
+def test_an_rle_result_with_bits_above_bits_stored_fails_verification(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RLE stores every bit it was given: the check decodes them as stored, so an
+    encoder that sets a bit the source did not have is caught (pydicom's own
+    correction of unused bits would have cleared it before the comparison)."""
+    from pydicom.pixels.encoders.base import RLELosslessEncoder
+
+    from worker.codec.plugins import packbits
+
+    real = RLELosslessEncoder._available[packbits.LABEL]
+
+    def sets_bit_14(src: bytes, runner: Any) -> bytes:
+        words = np.frombuffer(src, "<u2").copy()
+        words[:10] |= 1 << 14
+        return bytes(real(words.tobytes(), runner))
+
+    monkeypatch.setitem(RLELosslessEncoder._available, packbits.LABEL, sets_bit_14)
+    ds = make_image(32, 32, bits_stored=12)
+    result = run(ds, target=["rle"], encoding_plugin=[f"rle={packbits.LABEL}"])
+    assert (result.state, result.code) == ("failed", "verification_failed"), result.message
+    assert result.output is None
+    assert run(ds, target=["rle"], encoding_plugin=["rle=pydicom"]).state == "done"
+
+
 def test_high_bits_keep_leaves_the_object_uncompressed() -> None:
     ds = _with_stray_bits()
     result = run(ds, target=["jpeg-ls"], high_bits="keep")

@@ -51,7 +51,7 @@ from worker.codec.compress import (
 from worker.codec.overlays import HighBits, embedded_overlay_groups
 from worker.codec.plugins.base import Plugin
 from worker.codec.targets import Target
-from worker.codec.verify import Difference, Verification, within_bound
+from worker.codec.verify import Difference, Verification, exact_decoding, within_bound
 from worker.errors import PermanentError, raise_outside_causes
 from worker.settings import CompressionOptions
 
@@ -405,8 +405,10 @@ def verify_output(
     """
     try:
         written = _parsed_output(output)
-        decoder = get_decoder(written.file_meta.TransferSyntaxUID)
-        decoded = decoder.iter_array(written, raw=True, decoding_plugin=target.decoder())
+        syntax = written.file_meta.TransferSyntaxUID
+        decoded = get_decoder(syntax).iter_array(
+            written, raw=True, decoding_plugin=target.decoder(), **exact_decoding(syntax)
+        )
         total = Difference()
         seen = 0
         for first, count in frames.groups():

@@ -11,12 +11,13 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
+from pydicom.uid import RLELossless
 
 from worker.codec.overlays import check_overlays
 from worker.codec.targets import Target
@@ -39,9 +40,22 @@ def decode_raw(data: bytes, plugin: str = "") -> np.ndarray:
     return _decode(dcmread(io.BytesIO(data)), plugin)
 
 
+def exact_decoding(syntax: str) -> dict[str, Any]:
+    """Decoding options that give a result's pixels exactly as it stores them.
+
+    For RLE (byte planes, every bit stored as encoded) pydicom would otherwise shift away
+    the bits above Bits Stored of what it decoded, and so hide an encoder that set them:
+    the source it is compared with has them cleared (or sign-extended) already. JPEG-LS
+    and JPEG 2000 decoders give values of Bits Stored bits and pydicom corrects their
+    sign, which stays.
+    """
+    return {"correct_unused_bits": False} if syntax == RLELossless else {}
+
+
 def _decode(ds: Dataset, plugin: str) -> np.ndarray:
-    decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
-    arr, _ = decoder.as_array(ds, raw=True, decoding_plugin=plugin)
+    syntax = ds.file_meta.TransferSyntaxUID
+    decoder = get_decoder(syntax)
+    arr, _ = decoder.as_array(ds, raw=True, decoding_plugin=plugin, **exact_decoding(syntax))
     return arr
 
 
@@ -95,11 +109,12 @@ def _difference(written: Dataset, plugin: str, source: np.ndarray) -> Difference
     frames = int(written.get("NumberOfFrames", 1) or 1)
     if frames < 2 or source.ndim < 3 or source.shape[0] != frames:
         return Difference.of(source, _decode(written, plugin))
-    decoder = get_decoder(written.file_meta.TransferSyntaxUID)
+    syntax = written.file_meta.TransferSyntaxUID
+    decoder = get_decoder(syntax)
     total = Difference()
     seen = 0
     for index, (frame, _) in enumerate(
-        decoder.iter_array(written, raw=True, decoding_plugin=plugin)
+        decoder.iter_array(written, raw=True, decoding_plugin=plugin, **exact_decoding(syntax))
     ):
         if index >= frames:
             raise PermanentError("verification_failed", f"more than {frames} frames decoded")
