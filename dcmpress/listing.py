@@ -52,7 +52,7 @@ class Listing:
                 entry = self._decoded(raw, number)
                 if entry:
                     yield number, entry
-            self._decoded(rest, number + 1)  # not held whole if it never ends
+            self._check_length(rest, number + 1)  # not held whole if it never ends
         entry = self._decoded(rest, number + 1)
         if entry:
             yield number + 1, entry
@@ -69,15 +69,18 @@ class Listing:
             ) from None
 
     def _decoded(self, raw: bytes, number: int) -> str:
+        self._check_length(raw, number)
+        if self.separator == b"\n" and raw.endswith(b"\r"):
+            raw = raw[:-1]
+        return os.fsdecode(raw)
+
+    def _check_length(self, raw: bytes, number: int) -> None:
         if len(raw) > MAX_ENTRY_BYTES:
             other = "newlines, not --null" if self.separator == b"\0" else "NUL (--null)"
             raise ConfigurationError(
                 f"{self.where(number)} is longer than any path ({MAX_ENTRY_BYTES} bytes): "
                 f"are the entries separated by {other}?"
             )
-        if self.separator == b"\n" and raw.endswith(b"\r"):
-            raw = raw[:-1]
-        return os.fsdecode(raw)
 
     def where(self, number: int) -> str:
         """How an error names an entry."""

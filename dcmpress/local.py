@@ -160,17 +160,13 @@ def skip_written(jobs: Iterable[Job], on_record: Callable[[dict[str, Any]], None
         if not stat.S_ISREG(output.st_mode) or output.st_mtime_ns < source.st_mtime_ns:
             yield job  # changed since it was written
             continue
-        on_record({
-            "path": str(job.path),
-            "output": str(job.output),
-            "outcome": "skipped",
-            "code": "output_exists",
-            "message": "the output is there already, newer than the input (--resume)",
-            "bytes_in": source.st_size,
-            "bytes_out": output.st_size,
-            "ratio": round(source.st_size / output.st_size, 4) if output.st_size else None,
-            "seconds": 0.0,
-        })  # fmt: skip
+        message = "the output is there already, newer than the input (--resume)"
+        on_record(
+            _unprocessed_record(
+                job.path, "skipped", "output_exists", message, source.st_size,
+                output=job.output, bytes_out=output.st_size,
+            )
+        )  # fmt: skip
 
 
 def run_job(job: Job, options: CompressionOptions, policy: Policy | None = None) -> dict[str, Any]:
@@ -242,15 +238,28 @@ def _failure_record(path: Path, code: str, message: str) -> dict[str, Any]:
         size = path.stat().st_size
     except OSError:
         size = 0
+    return _unprocessed_record(path, "failed", code, message, size)
+
+
+def _unprocessed_record(
+    path: Path,
+    outcome: str,
+    code: str,
+    message: str,
+    bytes_in: int,
+    output: Path | None = None,
+    bytes_out: int = 0,
+) -> dict[str, Any]:
+    """The record of a file the engine did not process (no target, no timings)."""
     return {
         "path": str(path),
-        "output": None,
-        "outcome": "failed",
+        "output": str(output) if output else None,
+        "outcome": outcome,
         "code": code,
         "message": one_line(message),
-        "bytes_in": size,
-        "bytes_out": 0,
-        "ratio": None,
+        "bytes_in": bytes_in,
+        "bytes_out": bytes_out,
+        "ratio": round(bytes_in / bytes_out, 4) if bytes_out else None,
         "seconds": 0.0,
     }
 
