@@ -14,6 +14,11 @@ the S3 server, Redis and the enqueueing process. On a small machine the S3 serve
 Redis take cores the workers would use; worker CPU per object against engine CPU per
 object is what a cluster whose storage runs elsewhere pays.
 
+Then, against the same servers and in this one process, where a worker's CPU beyond
+the engine goes (:func:`breakdown`): the pipeline without Celery on the same objects
+(claim, HEAD, GET, engine, PUT, records), and each S3 request and a Redis round trip
+alone. Worker CPU less the pipeline's is Celery's share.
+
 Run: ``python benchmarks/end_to_end.py [--objects 60] [--size 512] [--processes 2]``.
 """
 
@@ -23,8 +28,10 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from dcmpress.stack.cpu import tree_cpu_seconds
@@ -34,8 +41,9 @@ from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages
 from producer.sources import KeyFilter, listing_pages
 from worker.codec.engine import process
 from worker.runtime.app import create_app
-from worker.runtime.contract import BatchSpec, S3Location
+from worker.runtime.contract import BatchSpec, JobMessage, S3Location
 from worker.runtime.ledger import Ledger
+from worker.runtime.pipeline import Job, process_object
 from worker.runtime.storage import Storage
 from worker.settings import CompressionOptions, WorkerSettings
 
@@ -46,6 +54,8 @@ class Measured:
 
     seconds: float
     cpu: dict[str, float] = field(default_factory=dict)
+    # CPU milliseconds, measured in this process (breakdown): per object or per request
+    parts: dict[str, float] = field(default_factory=dict)
 
 
 def _codec_only(data: bytes, target: str) -> float:
@@ -97,7 +107,7 @@ def end_to_end(files: list[bytes], target: str, processes: int, root: Path) -> M
             )  # fmt: skip
             ledger.save_batch(spec)
             enqueuer = Enqueuer(create_app(settings), ledger, spec, settings.queue)
-            before = {name: tree_cpu_seconds(pid) for name, pid in parties.items()}
+            before = {name: tree_cpu_seconds(pid, reaped=True) for name, pid in parties.items()}
             main_before = tree_cpu_seconds(worker.pid, descendants=False)
             own = time.process_time()
             started = time.perf_counter()
@@ -109,7 +119,10 @@ def end_to_end(files: list[bytes], target: str, processes: int, root: Path) -> M
                     break
                 time.sleep(0.05)
             elapsed = time.perf_counter() - started
-            cpu = {name: tree_cpu_seconds(pid) - before[name] for name, pid in parties.items()}
+            cpu = {
+                name: tree_cpu_seconds(pid, reaped=True) - before[name]
+                for name, pid in parties.items()
+            }
             cpu["worker main process"] = (
                 tree_cpu_seconds(worker.pid, descendants=False) - main_before
             )
@@ -122,7 +135,81 @@ def end_to_end(files: list[bytes], target: str, processes: int, root: Path) -> M
             per_object = {name: seconds / len(files) * 1000 for name, seconds in stages.items()}
             print("  worker stage ms per object (wall): " + " ".join(
                 f"{name}={ms:.1f}" for name, ms in per_object.items()))  # fmt: skip
-            return Measured(elapsed, cpu)
+        parts = breakdown(files, spec.model_copy(update={"batch": "bench-in-process"}), ledger)
+        return Measured(elapsed, cpu, parts)
+
+
+def _cpu_ms(calls: Iterable[Callable[[], object]]) -> float:
+    """Mean CPU milliseconds (this process) of running each call once."""
+    started, count = time.process_time(), 0
+    for call in calls:
+        call()
+        count += 1
+    return (time.process_time() - started) / max(1, count) * 1000
+
+
+def _fetch_and_close(storage: Storage, bucket: str, key: str) -> None:
+    storage.fetch(bucket, key).close()
+
+
+def breakdown(files: list[bytes], spec: BatchSpec, ledger: Ledger) -> dict[str, float]:
+    """Where a worker's CPU beyond the engine goes, measured in this process against
+    the running stack: CPU ms per object of the pipeline without Celery (the objects
+    of the run just made, into a destination of their own) and of the engine alone on
+    the same bytes; CPU ms of one HEAD, GET and PUT and of one Redis round trip."""
+    settings = WorkerSettings()
+    storage = Storage(settings)
+    dest = f"{spec.source.bucket}-in-process"
+    storage.client.create_bucket(Bucket=dest)
+    spec = spec.model_copy(update={"dest": S3Location(bucket=dest)})
+    ledger.save_batch(spec)
+    keys = [f"img/{index:05d}.dcm" for index in range(len(files))]
+    etags = [storage.head(spec.source.bucket, key).etag for key in keys]
+
+    def job(key: str, etag: str, size: int) -> Job:
+        message = JobMessage(batch=spec.batch, bucket=spec.source.bucket, key=key,
+                             etag=etag, size=size)  # fmt: skip
+        return Job(message=message, spec=spec, storage=storage, ledger=ledger,
+                   worker="bench", claim_ttl=settings.claim_ttl,
+                   max_attempts=settings.max_attempts)  # fmt: skip
+
+    def run_pipeline(key: str, etag: str, size: int) -> None:
+        summary = process_object(job(key, etag, size))
+        assert summary["outcome"] == "done", summary
+
+    process(files[0], spec.options)  # warm up, as the Celery run and codec_only did
+    pipeline = _cpu_ms(
+        partial(run_pipeline, key, etag, len(data))
+        for key, etag, data in zip(keys, etags, files, strict=True)
+    )
+    engine = _cpu_ms(partial(process, data, spec.options) for data in files)
+    output = storage.fetch(dest, keys[0])
+    try:
+        written = output.data if isinstance(output.data, bytes) else output.data.read()
+    finally:
+        output.close()
+    # the requests alone, each as the pipeline makes it (the PUT of a real output)
+    repeats = max(20, len(files))
+    return {
+        "pipeline": pipeline,
+        "engine": engine,
+        "head": _cpu_ms(
+            partial(storage.output_metadata, dest, keys[index % len(keys)])
+            for index in range(repeats)
+        ),
+        "get": _cpu_ms(
+            partial(_fetch_and_close, storage, spec.source.bucket, keys[index % len(keys)])
+            for index in range(repeats)
+        ),
+        "put": _cpu_ms(
+            partial(storage.put, dest, f"scratch/{index:05d}.dcm", written, {"bench": "1"})
+            for index in range(repeats)
+        ),
+        "redis": _cpu_ms(
+            partial(ledger.get_record, spec.batch, keys[index % len(keys)])
+            for index in range(repeats)
+        ),
+    }
 
 
 def main() -> None:
@@ -154,6 +241,17 @@ def main() -> None:
         f"{name} {seconds / args.objects * 1000:.1f}" for name, seconds in full.cpu.items()
     ))  # fmt: skip
     print(f"engine CPU / worker CPU per object: {engine / (full.cpu['worker'] / args.objects):.2f}")
+    print(describe_parts(full.parts, full.cpu["worker"] / args.objects * 1000))
+
+
+def describe_parts(parts: dict[str, float], worker_ms: float) -> str:
+    """One line: where the worker's CPU per object went, from :func:`breakdown`."""
+    return (
+        f"in this process, CPU ms: pipeline without Celery {parts['pipeline']:.1f} per object "
+        f"(engine {parts['engine']:.1f}); one HEAD {parts['head']:.2f}, GET {parts['get']:.2f}, "
+        f"PUT {parts['put']:.2f}, Redis round trip {parts['redis']:.3f}; Celery's share of the "
+        f"worker (worker less pipeline) {worker_ms - parts['pipeline']:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -199,3 +199,38 @@ def test_files_to_pay_off(
     import run  # benchmarks/run.py
 
     assert run.files_to_pay_off(start_up, per_file, peer_per_file) == expected
+
+
+def test_an_end_to_end_run_reports_where_the_worker_cpu_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One small end-to-end run through the real stack (SeaweedFS, Redis, a Celery
+    worker), in a child process as the benchmark runs it: its numbers, and the tables
+    RESULTS.md shows them in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DCMPRESS_", "AWS_"))}
+    script = (
+        "import json, sys; from pathlib import Path; sys.path.insert(0, 'benchmarks'); "
+        "import run; print(json.dumps(run._end_to_end_run('rle', 128, 4, 1, Path(sys.argv[1]))))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    measured = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (measured["target"], measured["objects"]) == ("rle", 4)
+    _positive(measured, "codec_only_mb_per_s", "end_to_end_mb_per_s", "end_to_end_over_codec_only")
+    stack = measured["stack_cpu_ms_per_object"]
+    # the pool child is counted with the main process
+    assert stack["worker"] > stack["worker main process"] > 0
+    parts = measured["in_process_cpu_ms"]
+    _positive(parts, "pipeline", "engine", "head", "get", "put", "redis")
+    assert parts["pipeline"] > parts["engine"]  # the pipeline runs the engine and more
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import run  # benchmarks/run.py
+
+    throughput, where = run.end_to_end_tables({"processes": 1, "runs": [measured]})
+    assert throughput.rows[0][:3] == ("rle", "128x128 12-bit", "4")
+    assert where.rows[0][0] == "rle" and len(where.rows[0]) == len(where.headers)
+    assert "| rle | 128x128 12-bit |" in where.markdown()
