@@ -14,7 +14,8 @@ and, for each lossless target (``jpeg-ls``, ``rle``, ``j2k``), measures:
 then ``dcmpress compress -j 2`` against ``-j 1`` on the largest multi-file set, the
 fixed cost of one invocation of each command on a tiny file, from it how many files
 of each set's kind a ``dcmpress compress`` run needs to beat a peer run once per file,
-and (unless ``--no-end-to-end``) ``end_to_end.py``'s real stack against the codec alone.
+and (unless ``--no-end-to-end``) for each lossless target ``end_to_end.py``'s real
+stack against the codec alone, with where a worker's CPU beyond the engine goes.
 
 MB/s is megabytes (10^6 bytes) of input file per wall second. Each number is the
 median of up to ``--repeats`` timed runs after an untimed warm-up; repeating stops
