@@ -1142,11 +1142,14 @@ def end_to_end_tables(e2e: dict[str, Any]) -> list[TextTable]:
             run["target"],
             run["image"],
             f"{stack['worker']:.1f}",
+            f"{stack['worker main process']:.1f}",
+            f"{run['engine_cpu_ms_per_object']:.1f}",
             f"{parts['engine']:.1f}",
             f"{requests:.1f}",
             f"{parts['pipeline'] - parts['engine'] - requests:.1f}",
             f"{stack['worker'] - parts['pipeline']:.1f}",
             f"{stack['s3 server']:.1f}",
+            f"{stack['redis']:.1f}",
             f"{parts['redis']:.3f}",
         )
 
@@ -1156,18 +1159,24 @@ def end_to_end_tables(e2e: dict[str, Any]) -> list[TextTable]:
             "target",
             "images",
             "worker",
-            "engine",
+            "its main process",
+            "engine in a pool",
+            "engine alone",
             "HEAD + GET + PUT",
             "rest of the pipeline",
-            "Celery",
+            "worker less pipeline",
             "S3 server",
+            "Redis server",
             "one Redis round trip",
         ),
         tuple(split(run) for run in runs),
-        "worker: the Celery worker's process tree in the stack run (main process and pool); "
-        "engine, the three S3 requests and a Redis round trip: measured alone in one process "
-        "against the same servers; rest of the pipeline: the pipeline run without Celery on "
-        "the same objects less those; Celery: the worker less that pipeline",
+        "worker: the Celery worker's process tree in the stack run (main process and pool), "
+        "beside the S3 server and Redis; engine in a pool: the codec-only run, as many "
+        "processes as the worker; engine alone, the three S3 requests and one Redis round "
+        "trip: measured one after another in one process against the same servers; rest of "
+        "the pipeline: the pipeline run that way without Celery on the same objects, less "
+        "those; worker less pipeline: Celery, and the cost of sharing the cores with the "
+        "other worker processes and the servers",
         text_columns=2,
     )
     return [throughput, where]
@@ -1300,7 +1309,8 @@ def print_tables(results: dict[str, Any], stream: Any) -> None:
 
 
 def write_results(results: dict[str, Any], path: Path) -> None:
-    """(Re)write the Markdown results file."""
+    """(Re)write the Markdown results file, and beside it (``.json``) every number it
+    was made from, for readers that want more than the tables show."""
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         "# dcmpress benchmark results",
@@ -1313,6 +1323,7 @@ def write_results(results: dict[str, Any], path: Path) -> None:
         *[table.markdown() for table in all_tables(results)],
     ]
     path.write_text("\n".join(parts))
+    path.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
 
 
 # --- main ---------------------------------------------------------------------------------

@@ -42,7 +42,9 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
         cwd=ROOT, capture_output=True, text=True, timeout=900, env=env, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(proc.stdout), results_file  # stdout is the JSON and nothing else
+    # stdout is the JSON and nothing else; the same results are saved beside the Markdown
+    assert json.loads(results_file.with_suffix(".json").read_text()) == json.loads(proc.stdout)
+    return json.loads(proc.stdout), results_file
 
 
 def _positive(numbers: dict[str, Any], *keys: str) -> None:
