@@ -188,7 +188,8 @@ def breakdown(files: list[bytes], spec: BatchSpec, ledger: Ledger) -> dict[str, 
         written = output.data if isinstance(output.data, bytes) else output.data.read()
     finally:
         output.close()
-    # the requests alone, each as the pipeline makes it (the PUT of a real output)
+    # the requests alone: the HEAD of an output that exists, the GET of a source, the
+    # PUT of a real output (a first pass's HEAD meets no output: a 404, not timed here)
     repeats = max(20, len(files))
     return {
         "pipeline": pipeline,
