@@ -38,7 +38,7 @@ def test_a_child_that_ended_and_was_waited_for_counts_only_when_reaped_is_asked(
             parent.kill()
 
 
-def test_an_unknown_process_counts_nothing() -> None:
+def test_no_process_counts_nothing_and_this_one_at_least_its_own_cpu() -> None:
     assert tree_cpu_seconds(None) == 0.0
     started = time.process_time()
     assert tree_cpu_seconds(os.getpid()) >= started - 0.05
