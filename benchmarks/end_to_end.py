@@ -17,7 +17,7 @@ object is what a cluster whose storage runs elsewhere pays.
 Then, against the same servers and in this one process, where a worker's CPU beyond
 the engine goes (:func:`breakdown`): the pipeline without Celery on the same objects
 (claim, HEAD, GET, engine, PUT, records), and each S3 request and a Redis round trip
-alone. Worker CPU less the pipeline's is Celery's share.
+alone. Worker CPU less the pipeline's is Celery's, and what sharing the cores costs.
 
 Run: ``python benchmarks/end_to_end.py [--objects 60] [--size 512] [--processes 2]``.
 """
@@ -58,6 +58,11 @@ class Measured:
     parts: dict[str, float] = field(default_factory=dict)
 
 
+def source_key(index: int) -> str:
+    """The key of the ``index``-th file in the source bucket."""
+    return f"img/{index:05d}.dcm"
+
+
 def _codec_only(data: bytes, target: str) -> float:
     started = time.process_time()
     result = process(data, CompressionOptions(target=[target]))
@@ -95,7 +100,7 @@ def end_to_end(files: list[bytes], target: str, processes: int, root: Path) -> M
         client.create_bucket(Bucket="bench-src")
         client.create_bucket(Bucket="bench-dst")
         for index, data in enumerate(files):
-            client.put_object(Bucket="bench-src", Key=f"img/{index:05d}.dcm", Body=data)
+            client.put_object(Bucket="bench-src", Key=source_key(index), Body=data)
         settings = WorkerSettings()
         ledger = Ledger.from_url(settings.redis_url, settings.retention_seconds)
         with CeleryWorker(env, root / "celery", concurrency=processes) as worker:
@@ -163,7 +168,7 @@ def breakdown(files: list[bytes], spec: BatchSpec, ledger: Ledger) -> dict[str, 
     storage.client.create_bucket(Bucket=dest)
     spec = spec.model_copy(update={"dest": S3Location(bucket=dest)})
     ledger.save_batch(spec)
-    keys = [f"img/{index:05d}.dcm" for index in range(len(files))]
+    keys = [source_key(index) for index in range(len(files))]
     etags = [storage.head(spec.source.bucket, key).etag for key in keys]
 
     def job(key: str, etag: str, size: int) -> Job:
@@ -250,8 +255,8 @@ def describe_parts(parts: dict[str, float], worker_ms: float) -> str:
     return (
         f"in this process, CPU ms: pipeline without Celery {parts['pipeline']:.1f} per object "
         f"(engine {parts['engine']:.1f}); one HEAD {parts['head']:.2f}, GET {parts['get']:.2f}, "
-        f"PUT {parts['put']:.2f}, Redis round trip {parts['redis']:.3f}; Celery's share of the "
-        f"worker (worker less pipeline) {worker_ms - parts['pipeline']:.1f}"
+        f"PUT {parts['put']:.2f}, Redis round trip {parts['redis']:.3f}; worker less pipeline "
+        f"(Celery, and sharing the cores) {worker_ms - parts['pipeline']:.1f}"
     )
 
 
