@@ -125,13 +125,67 @@ def worker_tag(name: str) -> str:
     return to_base36(zlib.crc32(name.encode()))
 
 
+# Short, stable tags the stored records use for codes, targets and plugins, so that a
+# finished record stays within Redis's 64-byte listpack value limit
+# (``hash-max-listpack-value``): one longer value turns its whole shard into a hash
+# table, about 190 bytes per object instead of ~110. A tag is never reused for another
+# name; a stored value that is no tag (a record of an older release) is the name itself.
+CODE_TAGS: dict[str, str] = {
+    "compressed": "ok", "already_compressed": "ac", "lossy_source": "ls",
+    "unknown_transfer_syntax": "ut", "media_directory": "md", "not_an_instance": "ni",
+    "no_pixel_data": "np", "no_decoder": "nd", "policy_copy": "pc", "policy_skip": "ps",
+    "own_output": "oo", "cancelled": "ca", "no_gain": "ng",
+    "unsupported_bits_allocated": "ba", "unsupported_bits_stored": "bs",
+    "float_pixel_data": "fp", "unsupported_photometric": "up", "unsupported_samples": "us",
+    "image_too_small": "it", "signed_near_lossless": "sn", "encoder_rejected": "er",
+    "label_data": "ld", "high_bits_set": "hb", "unsupported_high_bit": "uh",
+    "unsupported_overlay": "uo", "unwritable_dataset": "uw", "output_exists": "oe",
+    "not_dicom": "nx", "invalid_dicom": "id", "invalid_pixel_data": "ip",
+    "verification_failed": "vf", "codec_crashed": "cc", "out_of_memory": "om",
+    "io_error": "io", "source_missing": "sm", "source_changed": "sc",
+    "source_unavailable": "su", "access_denied": "ad", "storage_rejected": "sr",
+    "storage_misconfigured": "sx", "retries_exhausted": "re", "worker_lost": "wl",
+    "time_limit": "tl", "unknown_batch": "ub", "invalid_policy": "ix",
+    "quality_guard": "qg", "internal_error": "ie",
+}  # fmt: skip
+TARGET_TAGS: dict[str, str] = {
+    "jpeg-ls": "L", "jpeg-ls-near": "N", "j2k": "J", "j2k-lossy": "K", "rle": "R",
+    "htj2k": "H", "htj2k-rpcl": "P", "jpegxl": "X",
+}  # fmt: skip
+PLUGIN_TAGS: dict[str, str] = {
+    "pyjpegls": "j", "pylibjpeg": "l", "imagecodecs": "i", "pydicom": "d", "gdcm": "g",
+}  # fmt: skip
+_CODE_NAMES = {tag: name for name, tag in CODE_TAGS.items()}
+_TARGET_NAMES = {tag: name for name, tag in TARGET_TAGS.items()}
+_PLUGIN_NAMES = {tag: name for name, tag in PLUGIN_TAGS.items()}
+
+
+def _tagged(tags: dict[str, str], name: str) -> str:
+    return tags.get(name, name)
+
+
+def _named(names: dict[str, str], stored: str) -> str:
+    return names.get(stored, stored)
+
+
+def _number(text: str) -> int:
+    """A base-36 field; empty is 0."""
+    return int(text, 36) if text else 0
+
+
 @dataclass(frozen=True)
 class Record:
     """One object's state, stored as a compact ``|``-separated string.
 
-    Integers are base 36, the code of a done object is implied, the worker is a tag
-    (see :meth:`Ledger.worker_name`), the ETag is cut to 12 characters: a finished
-    record is about 60 bytes, so small shards stay in Redis's compact listpack form.
+    Integers are base 36 (0 is left empty where noted), codes, targets and plugins are
+    short tags (:data:`CODE_TAGS`...), the code of a done object is implied, the worker
+    is a tag (see :meth:`Ledger.worker_name`), the ETag is cut to 12 characters, and
+    empty fields at the end are left out: a finished record is about 55 bytes (60 with a
+    lossy result's quality), so shards stay in Redis's compact listpack form.
+
+    Fields, in order: state, code, bytes in, bytes out, attempts, target, plugin,
+    milliseconds, worker, ETag, updated, lost, modality, rule, max error, PSNR (tenths
+    of a dB), copied (``1``: a failed object whose source was copied unchanged).
     """
 
     state: str
@@ -148,49 +202,60 @@ class Record:
     lost: int = 0  # deliveries that died with their worker
     modality: str = ""  # (0008,0060) of the source, for reports
     rule: int = 0  # the batch policy's rule that decided (1-based); 0: no policy
+    max_error: int | None = None  # a lossy result's largest pixel error
+    psnr: float | None = None  # a lossy result's PSNR in dB (None: identical or lossless)
+    copied: bool = False  # a failed object whose source was copied unchanged
 
     def encode(self) -> str:
         """The stored form."""
-        return "|".join(
-            (
-                _STATE_CHAR[self.state],
-                "" if _IMPLIED_CODE.get(self.state) == self.code else self.code,
-                to_base36(self.bytes_in),
-                to_base36(self.bytes_out),
-                to_base36(self.attempts),
-                self.target,
-                self.plugin,
-                to_base36(self.millis),
-                self.worker,
-                self.etag,
-                to_base36(self.updated),
-                to_base36(self.lost),
-                self.modality,
-                to_base36(self.rule) if self.rule else "",
-            )
-        )
+        fields = [
+            _STATE_CHAR[self.state],
+            "" if _IMPLIED_CODE.get(self.state) == self.code else _tagged(CODE_TAGS, self.code),
+            to_base36(self.bytes_in),
+            to_base36(self.bytes_out),
+            to_base36(self.attempts),
+            _tagged(TARGET_TAGS, self.target),
+            _tagged(PLUGIN_TAGS, self.plugin),
+            to_base36(self.millis),
+            self.worker,
+            self.etag,
+            to_base36(self.updated),
+            to_base36(self.lost) if self.lost else "",
+            self.modality,
+            to_base36(self.rule) if self.rule else "",
+            "" if self.max_error is None else to_base36(self.max_error),
+            "" if self.psnr is None else to_base36(max(0, round(self.psnr * 10))),
+            "1" if self.copied else "",
+        ]
+        while fields and not fields[-1]:
+            fields.pop()
+        return "|".join(fields)
 
     @classmethod
     def decode(cls, raw: str | bytes) -> Record:
-        """Inverse of :meth:`encode`."""
+        """Inverse of :meth:`encode` (and of the longer records of earlier releases)."""
         text = raw.decode() if isinstance(raw, bytes) else raw
         parts = text.split("|")
+        parts += [""] * (17 - len(parts))
         state = _CHAR_STATE[parts[0]]
         return cls(
             state=state,
-            code=parts[1] or _IMPLIED_CODE.get(state, ""),
-            bytes_in=int(parts[2], 36),
-            bytes_out=int(parts[3], 36),
-            attempts=int(parts[4], 36),
-            target=parts[5],
-            plugin=parts[6],
-            millis=int(parts[7], 36),
+            code=_named(_CODE_NAMES, parts[1]) if parts[1] else _IMPLIED_CODE.get(state, ""),
+            bytes_in=_number(parts[2]),
+            bytes_out=_number(parts[3]),
+            attempts=_number(parts[4]),
+            target=_named(_TARGET_NAMES, parts[5]),
+            plugin=_named(_PLUGIN_NAMES, parts[6]),
+            millis=_number(parts[7]),
             worker=parts[8],
             etag=parts[9],
-            updated=int(parts[10], 36),
-            lost=int(parts[11], 36),
-            modality=parts[12] if len(parts) > 12 else "",
-            rule=int(parts[13], 36) if len(parts) > 13 and parts[13] else 0,
+            updated=_number(parts[10]),
+            lost=_number(parts[11]),
+            modality=parts[12],
+            rule=_number(parts[13]),
+            max_error=int(parts[14], 36) if parts[14] else None,
+            psnr=int(parts[15], 36) / 10 if parts[15] else None,
+            copied=parts[16] == "1",
         )
 
     @property
@@ -212,7 +277,11 @@ def short_etag(etag: str | None) -> str:
 # counters exact: the old state's contributions are removed, the new one's added.
 # Lua shared by the scripts below: parse a record, and move one object from its old
 # record to a new one while accumulating the batch counter changes in ``delta``.
-_LUA_RECORDS = """
+_LUA_RECORDS = (
+    "local code_names = {"
+    + ", ".join(f"{tag}='{name}'" for name, tag in CODE_TAGS.items())
+    + "}\n"
+    + """
 local function split(s)
   local out = {}
   for part in (s .. '|'):gmatch('([^|]*)|') do out[#out + 1] = part end
@@ -220,7 +289,10 @@ local function split(s)
 end
 local names = {q='queued', r='running', d='done', s='skipped', f='failed'}
 local function terminal(c) return c == 'd' or c == 's' or c == 'f' end
-local function code(r) if r[2] == '' and r[1] == 'd' then return 'compressed' end return r[2] end
+local function code(r)
+  if r[2] == '' and r[1] == 'd' then return 'compressed' end
+  return code_names[r[2]] or r[2]
+end
 local delta = {}
 local examples = {}
 local finished, started = false, false
@@ -278,6 +350,7 @@ local function flush(counts, batch, now, retention)
   redis.call('EXPIRE', counts, retention)
 end
 """
+)
 
 # Sets records (KEYS: counts, batch, then objects/messages shard per item; ARGV:
 # retention, now, then field/value/message per item), keeping the counters exact and
