@@ -29,7 +29,7 @@ draws the page.
 from __future__ import annotations
 
 import contextlib
-import io
+import logging
 import math
 import random
 import time
@@ -44,9 +44,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 
-from worker.errors import DcmpressError, PermanentError, TransientError
+from worker.codec.parse import HeaderIncomplete
+from worker.codec.parse import read_header as read_header_bytes
+from worker.codec.syntaxes import describe
+from worker.errors import DcmpressError, PermanentError, TransientError, one_line
 from worker.policy import Policy
 from worker.settings import CompressionOptions
 
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     from worker.settings import WorkerSettings
 
 S = TypeVar("S")
+log = logging.getLogger(__name__)
 
 SMALLEST_CLASS = 16 * 1024  # the first size class is everything below 16 KiB
 CLASS_FACTOR = 4  # each class spans a factor 4 of sizes
@@ -86,6 +89,8 @@ PRICES: dict[str, float] = {
 }
 NOT_DICOM = "not DICOM"
 UNREADABLE = "unreadable"
+NOT_AN_INSTANCE = "not an instance"
+_REFUSED_KINDS = {"skipped": NOT_AN_INSTANCE, "failed": UNREADABLE}
 NOT_COMPRESSED = "copy/skip"
 FAILED = "failed"
 
@@ -384,38 +389,6 @@ class Header:
     note: str = ""
 
 
-class HeaderIncomplete(Exception):
-    """The bytes read end before the header does: read more."""
-
-
-def parse_header(data: bytes, whole: bool) -> Dataset:
-    """The data set up to (not including) Pixel Data, from the first bytes of an object.
-
-    ``whole`` says ``data`` is the entire object. Raises :class:`HeaderIncomplete`
-    when the bytes ended inside the header (pydicom stops quietly at the end of the
-    buffer; stopping before Pixel Data leaves the position short of the end),
-    PermanentError ``not_dicom`` or ``invalid_dicom`` otherwise, like the engine.
-    """
-    if len(data) < 8 and whole:
-        raise PermanentError("not_dicom", f"only {len(data)} bytes: too short to be DICOM")
-    from worker.codec.parse import NO_STANDARD_ELEMENT, has_standard_elements, read_part10_or_raw
-
-    file = io.BytesIO(data)
-    try:
-        ds = read_part10_or_raw(file, stop_before_pixels=True)
-    except PermanentError:
-        raise
-    except Exception as exc:  # pydicom raises many types on corrupt or cut-off bytes
-        if not whole:
-            raise HeaderIncomplete(str(exc)) from exc
-        raise PermanentError("invalid_dicom", f"cannot parse: {exc}") from exc
-    if not whole and file.tell() >= len(data):
-        raise HeaderIncomplete("the header goes on past the bytes read")
-    if not has_standard_elements(ds):
-        raise PermanentError("invalid_dicom", NO_STANDARD_ELEMENT)  # as the engine says
-    return ds
-
-
 def _modality(ds: Dataset) -> str:
     from worker.codec.engine import modality_of
 
@@ -423,7 +396,20 @@ def _modality(ds: Dataset) -> str:
 
 
 def read_header(source: Source, entry: Entry, policy: Policy | None) -> Header:
-    """Read ``entry``'s header with as few bytes as it takes (64 KiB, x4 up to 4 MiB)."""
+    """Read ``entry``'s header with as few bytes as it takes (64 KiB, x4 up to 4 MiB).
+
+    No object's content ends an estimate: what the engine would refuse is a kind of its
+    own, and an unexpected error is an unreadable header with the error as its note.
+    """
+    try:
+        return _read_header(source, entry, policy)
+    except Exception as exc:  # a bug of ours or a library's: one header, not the run
+        log.exception("cannot classify the header of %s", entry.key)
+        note = f"internal error: {type(exc).__name__}: {exc}"
+        return Header(entry.key, entry.size, UNREADABLE, note=one_line(note))
+
+
+def _read_header(source: Source, entry: Entry, policy: Policy | None) -> Header:
     length = HEAD_FIRST
     while True:
         try:
@@ -432,7 +418,7 @@ def read_header(source: Source, entry: Entry, policy: Policy | None) -> Header:
             return Header(entry.key, entry.size, UNREADABLE, note=f"cannot read: {exc}")
         whole = len(data) >= entry.size or len(data) < min(length, entry.size)
         try:
-            ds = parse_header(data, whole)
+            ds = read_header_bytes(data, whole)
         except HeaderIncomplete:
             if length >= HEAD_MOST:
                 note = f"no end of header in the first {_binary(HEAD_MOST)}"
@@ -440,12 +426,13 @@ def read_header(source: Source, entry: Entry, policy: Policy | None) -> Header:
             length *= 4
             continue
         except PermanentError as exc:
-            kind = NOT_DICOM if exc.code == "not_dicom" else UNREADABLE
+            kind = _REFUSED_KINDS.get(exc.state, UNREADABLE)
+            kind = NOT_DICOM if exc.code == "not_dicom" else kind
             return Header(entry.key, entry.size, kind, bytes_read=len(data), note=exc.message)
         break
     modality = _modality(ds)
-    syntax = str(getattr(ds.get("file_meta"), "TransferSyntaxUID", "") or "")
-    compressed = bool(syntax) and UID(syntax).is_compressed
+    # the engine's own reading of the syntax (never raises, whatever the UID)
+    compressed = describe(ds.file_meta.get("TransferSyntaxUID", "")).encapsulated
     rule = ""
     if policy is not None:
         try:

@@ -6,12 +6,13 @@ modules each one imitates.
 from __future__ import annotations
 
 import numpy as np
-from pydicom.dataset import Dataset
+from pydicom import dcmwrite
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
-from pydicom.uid import UID, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from dcmpress.stack.samples import make_image
 
@@ -79,6 +80,18 @@ def with_syntax(ds: Dataset, uid: str, implicit: bool = False) -> bytes:
     write_file_meta_info(fp, ds.file_meta, enforce_standard=True)
     fp.is_little_endian, fp.is_implicit_VR = True, implicit
     write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def private_part10(ds: Dataset) -> bytes:
+    """``ds`` (private elements, say) as a Part 10 file with standard file meta: a
+    readable file that is no storable instance."""
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    fp = DicomBytesIO()
+    dcmwrite(fp, ds, enforce_file_format=True)
     return fp.getvalue()
 
 

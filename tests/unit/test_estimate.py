@@ -14,7 +14,6 @@ from dcmpress.estimate import (
     PRICES,
     Entry,
     Header,
-    HeaderIncomplete,
     LocalSource,
     Population,
     Sample,
@@ -22,7 +21,6 @@ from dcmpress.estimate import (
     build_report,
     build_strata,
     money,
-    parse_header,
     price_per_gb_month,
     read_header,
     size_class,
@@ -30,6 +28,8 @@ from dcmpress.estimate import (
 from dcmpress.estimate_html import render_estimate_html
 from dcmpress.stack.samples import make_image, to_bytes
 from producer.sources import KeyFilter
+from worker.codec.parse import HeaderIncomplete
+from worker.codec.parse import read_header as parse_header
 from worker.settings import CompressionOptions
 
 
@@ -273,7 +273,7 @@ def test_a_whole_header_gets_the_code_the_engine_gives_the_object(data: bytes) -
     with pytest.raises(PermanentError) as refused:
         parse_header(data, whole=True)
     assert refused.value.code == engine.code
-    assert engine.code in ("not_dicom", "invalid_dicom")
+    assert engine.code in ("not_dicom", "invalid_dicom", "not_an_instance")
 
 
 def test_a_raw_data_set_header_is_read_without_the_part10_prefix() -> None:

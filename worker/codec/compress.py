@@ -89,6 +89,7 @@ def decode_source(ds: Dataset) -> SourceImage:
     """
     syntax = ds.file_meta.TransferSyntaxUID
     _check_high_bit(ds)
+    declared = declared_frames(ds)
     plugin = source_decoding_plugin(syntax)
 
     def decode() -> tuple[np.ndarray, dict[str, Any]]:
@@ -106,6 +107,7 @@ def decode_source(ds: Dataset) -> SourceImage:
         raise PermanentError(
             "invalid_pixel_data", f"cannot decode the source pixels: {exc}"
         ) from exc
+    _check_decoded_frames(ds, arr, declared)
     high_bits = _split_high_bits(ds, syntax, arr.size, int(meta.get("number_of_frames", 1)))
     dataset = ds  # taken over, not copied (a copy cost 9 % of an RLE engine run)
     for tag in (PIXEL_DATA, EXTENDED_OFFSET_TABLE, EXTENDED_OFFSET_TABLE_LENGTHS):
@@ -162,6 +164,36 @@ def _check_high_bit(ds: Dataset) -> None:
             "unsupported_high_bit",
             f"High Bit {high_bit} with Bits Stored {bits_stored}: the values are not in "
             "the low bits of each word",
+        )
+
+
+def declared_frames(ds: Dataset) -> int:
+    """Number of Frames (1 when absent); raise ``invalid_pixel_data`` for a value that
+    is not a whole number of 1 or more (PS3.3 C.7.6.6), whatever the target: pydicom
+    reads 0 as 1 and then returns as many frames as the Pixel Data holds."""
+    if "NumberOfFrames" not in ds:
+        return 1
+    value = ds.get("NumberOfFrames")
+    try:
+        frames = int(value) if value not in (None, "") else 1
+    except (TypeError, ValueError):
+        frames = 0
+    if frames < 1 or (isinstance(value, float) and not value.is_integer()):
+        raise PermanentError(
+            "invalid_pixel_data", f"Number of Frames {value!r} is invalid: it must be 1 or more"
+        )
+    return frames
+
+
+def _check_decoded_frames(ds: Dataset, arr: np.ndarray, declared: int) -> None:
+    """Raise ``invalid_pixel_data`` if the Pixel Data holds another number of whole
+    frames than Number of Frames says (pydicom returns the extra ones)."""
+    per_frame = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel)
+    decoded = arr.size // per_frame if per_frame else 0
+    if decoded != declared:
+        raise PermanentError(
+            "invalid_pixel_data",
+            f"the Pixel Data holds {decoded} frames, Number of Frames says {declared}",
         )
 
 

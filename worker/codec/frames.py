@@ -241,6 +241,12 @@ def plan(ds: Dataset, source: BinaryIO, above: int = FRAMES_ABOVE) -> Plan | Non
     except (AttributeError, TypeError, ValueError):
         return None  # the whole-object path names what is missing or wrong
     frame_bytes = rows * columns * samples * allocated // 8
+    if frame_bytes > 0 and frames > 0 and length >= (frames + 1) * frame_bytes:
+        # what the whole-object path says too (compress.declared_frames)
+        raise PermanentError(
+            "invalid_pixel_data",
+            f"the Pixel Data holds {length // frame_bytes} frames, Number of Frames says {frames}",
+        )
     if (
         frames < 2
         or allocated not in (8, 16, 32)

@@ -33,6 +33,14 @@ _RAW_DATASET_FIRST_GROUPS = {0x0000, 0x0002, 0x0008}
 # Values at least this long stay in a source file until used (Pixel Data above all)
 DEFER_SIZE = 1024 * 1024
 NO_STANDARD_ELEMENT = "no standard DICOM element could be read"
+ONLY_PRIVATE_ELEMENTS = (
+    "a Part 10 file whose data set holds only private elements: no SOP Class or "
+    "Instance UID, not a storable instance"
+)
+# The first bytes of a Pixel Data element, little and big endian (tag, then the VR of
+# an explicit VR syntax): a file that ends within them lost its pixels
+_PIXEL_DATA_STARTS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
+_LONGEST_HEADER = 12  # tag, VR, two reserved bytes, 4-byte length
 # (is implicit VR, is little endian) of every output: explicit VR little endian
 _WRITTEN_ENCODING = (False, True)
 
@@ -60,15 +68,9 @@ def read_dataset(source: bytes | BinaryIO) -> Dataset:
 
 
 def _read(file: BinaryIO, defer_size: int | None) -> Dataset:
-    try:
-        ds = read_part10_or_raw(file, defer_size=defer_size)
-    except PermanentError:
-        raise
-    except Exception as exc:  # pydicom raises many types on corrupt files
-        raise_outside_causes(exc)
-        raise PermanentError("invalid_dicom", f"cannot parse: {exc}") from exc
-    if not has_standard_elements(ds):
-        raise PermanentError("invalid_dicom", NO_STANDARD_ELEMENT)
+    ds = _parsed(file, defer_size=defer_size)
+    if PIXEL_DATA_TAG not in ds:
+        _refuse_cut_pixel_data(file, _left_over(ds, file))
     try:
         if ds.original_encoding == _WRITTEN_ENCODING:
             # pydicom writes the elements it has not parsed byte for byte, as every
@@ -86,6 +88,107 @@ def _read(file: BinaryIO, defer_size: int | None) -> Dataset:
         raise_outside_causes(exc)
         raise PermanentError("invalid_dicom", f"cannot parse an element: {exc}") from exc
     return ds
+
+
+class HeaderIncomplete(Exception):
+    """The bytes read end before the header does: read more."""
+
+
+def read_header(data: bytes, whole: bool) -> Dataset:
+    """The data set up to (not including) Pixel Data, from the first bytes of an object,
+    decided as :func:`read_dataset` decides (``dcmpress estimate`` reads headers so).
+
+    ``whole`` says ``data`` is the entire object. Raises :class:`HeaderIncomplete`
+    when the bytes ended inside the header (pydicom stops quietly at the end of the
+    buffer; stopping before Pixel Data leaves the position short of the end), and
+    PermanentError ``not_dicom``, ``invalid_dicom`` or ``not_an_instance`` as the engine
+    would for the object.
+    """
+    if len(data) < 8 and whole:
+        raise PermanentError("not_dicom", f"only {len(data)} bytes: too short to be DICOM")
+    file = io.BytesIO(data)
+    ds = _parsed(file, partial=not whole, stop_before_pixels=True)
+    _complete_file_meta(ds)
+    return ds
+
+
+def _parsed(file: BinaryIO, partial: bool = False, **read_options: Any) -> Dataset:
+    """:func:`read_part10_or_raw` of ``file`` with what the engine decides about what it
+    found: unparseable, garbage with a DICM prefix, only private elements. ``partial``:
+    ``file`` holds only the first bytes of the object (HeaderIncomplete when it ends
+    inside the header)."""
+    try:
+        ds = read_part10_or_raw(file, **read_options)
+    except PermanentError:
+        raise
+    except Exception as exc:  # pydicom raises many types on corrupt or cut-off files
+        raise_outside_causes(exc)
+        if partial:
+            raise HeaderIncomplete(str(exc)) from exc
+        _refuse_cut_pixel_data(file, _tail(file))
+        raise PermanentError("invalid_dicom", f"cannot parse: {exc}") from exc
+    if partial and file.tell() >= file.seek(0, io.SEEK_END):
+        raise HeaderIncomplete("the header goes on past the bytes read")
+    if not has_standard_elements(ds):
+        if _is_private_instance(ds):
+            raise PermanentError("not_an_instance", ONLY_PRIVATE_ELEMENTS)
+        raise PermanentError("invalid_dicom", NO_STANDARD_ELEMENT)
+    return ds
+
+
+def _refuse_cut_pixel_data(file: BinaryIO, tail: bytes) -> None:
+    """Raise ``invalid_pixel_data`` if ``tail``, the bytes at the end of ``file`` that
+    no element took, is the start of a Pixel Data element's header: pydicom stops
+    without a word when fewer than 8 bytes are left for an element, so the data set
+    reads as one without Pixel Data (or fails on the missing length)."""
+    for start in range(len(tail)):
+        rest = tail[start:]
+        if any(rest[:4] == tag[: len(rest[:4])] for tag in _PIXEL_DATA_STARTS):
+            if start and len(rest) < 4:
+                continue  # a partial tag is only trusted where the last element ended
+            raise PermanentError(
+                "invalid_pixel_data",
+                f"the file ends {len(rest)} bytes into the Pixel Data element's header: "
+                "its pixels are missing (truncated)",
+            )
+
+
+def _tail(file: BinaryIO) -> bytes:
+    """The last bytes of ``file``, as many as the longest element header less one."""
+    size = file.seek(0, io.SEEK_END)
+    file.seek(max(0, size - (_LONGEST_HEADER - 1)))
+    return file.read()
+
+
+def _left_over(ds: Dataset, file: BinaryIO) -> bytes:
+    """The bytes after the data set's last element that pydicom read no element from
+    (b"" when there are none, or where the last element's end is not known)."""
+    tags = list(ds.keys())
+    if not tags:
+        return b""
+    last = ds.get_item(max(tags), keep_deferred=True)
+    tell, length = getattr(last, "value_tell", None), getattr(last, "length", None)
+    if not isinstance(last, RawDataElement) or tell is None or length in (None, 0xFFFFFFFF):
+        return b""
+    size = file.seek(0, io.SEEK_END)
+    end = int(tell) + int(length)
+    if not 0 < size - end < _LONGEST_HEADER:
+        return b""
+    file.seek(end)
+    return file.read()
+
+
+def _is_private_instance(ds: Dataset) -> bool:
+    """A Part 10 file (preamble, DICM, file meta with a transfer syntax) whose data set
+    parsed into private elements only: readable, but no instance."""
+    meta = ds.get("file_meta")
+    return (
+        getattr(ds, "preamble", None) is not None
+        and meta is not None
+        and "TransferSyntaxUID" in meta
+        and len(ds) > 0
+        and all(tag.is_private for tag in ds.keys())  # noqa: SIM118
+    )
 
 
 def _read_deferred_values(ds: Dataset, file: BinaryIO) -> None:
