@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 from dcmpress.listing import Listing, Outputs, output_root
 from worker.codec.engine import Result, process
 from worker.codec.frames import FRAMES_ABOVE
-from worker.errors import ConfigurationError, one_line
+from worker.errors import ConfigurationError, copied_when_failed, one_line
 from worker.policy import Policy
 from worker.settings import CompressionOptions
 
@@ -148,8 +148,10 @@ def skip_written(jobs: Iterable[Job], on_record: Callable[[dict[str, Any]], None
     interrupted run, run again with ``--resume``): each of those is recorded
     ``skipped``/``output_exists`` at once, without going to a pool process.
 
-    Outputs are renamed into place only when complete, so one that exists is whole; a
-    file that failed has none, and is tried again.
+    Outputs are renamed into place only when complete, so one that exists is whole. A
+    file that failed has the copy of itself as its output (``failed_output=copy``) and
+    is not tried again, as its content would fail the same way; one that failed with
+    nothing written (an I/O error, ``failed_output=none``) has none, and is tried again.
     """
     for job in jobs:
         try:
@@ -223,9 +225,25 @@ def record(path: Path, output: Path | None, result: Result, seconds: float) -> d
     }
 
 
-def crash_record(path: Path, message: str) -> dict[str, Any]:
-    """Record for a file whose processing killed its worker process."""
-    return _failure_record(path, "codec_crashed", message)
+def crash_record(job: Job, message: str, options: CompressionOptions) -> dict[str, Any]:
+    """Record for a file whose processing killed its worker process: copied unchanged,
+    as ``failed_output`` says, like any failure about a file's content."""
+    record_ = _failure_record(job.path, "codec_crashed", message)
+    if options.failed_output != "copy" or not copied_when_failed("codec_crashed"):
+        return record_
+    try:
+        _write_atomically(job.output, None, source=job.path)
+    except OSError as exc:
+        record_["message"] = one_line(f"{message}; not copied: cannot write {job.output}: {exc}")
+        return record_
+    return {
+        **record_,
+        "output": str(job.output),
+        "message": one_line(f"{message}; copied unchanged"),
+        "copied": True,
+        "bytes_out": record_["bytes_in"],
+        "ratio": 1.0 if record_["bytes_in"] else None,
+    }
 
 
 def io_error_record(path: Path, message: str) -> dict[str, Any]:
@@ -260,6 +278,7 @@ def _unprocessed_record(
         "bytes_in": bytes_in,
         "bytes_out": bytes_out,
         "ratio": round(bytes_in / bytes_out, 4) if bytes_out else None,
+        "copied": False,
         "seconds": 0.0,
     }
 
@@ -315,7 +334,8 @@ def run_all(
         for job in suspects:
             lost, _, _ = _run_pool(iter([job]), options, 1, on_record, policy)
             if lost:
-                on_record(crash_record(job.path, "a codec crashed the process (e.g. SIGABRT)"))
+                message = "a codec crashed the process (e.g. SIGABRT)"
+                on_record(crash_record(job, message, options))
         if not broken:
             if errors:
                 raise errors[0]

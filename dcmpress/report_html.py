@@ -34,6 +34,60 @@ RATIO_EDGES = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0)
 # most this many minutes; a longer batch shows only its busy minutes.
 GAP_FILL_MINUTES = 720
 FAILED_LISTED = 50  # failed objects listed by key in the page
+# Upper edges of the PSNR bins of lossy results, dB (the last bin is open)
+PSNR_EDGES = (30.0, 35.0, 40.0, 45.0, 50.0, 55.0, 60.0, 70.0)
+PSNR_STEP = 10  # quality quantiles are read from counts per tenth of a dB
+
+
+class _Quality:
+    """The quality of one modality's lossy results, kept as counts per 0.1 dB (a batch
+    of millions of lossy objects fits in memory) with the largest pixel error."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.objects = 0
+        self.identical = 0  # decoded exactly as the source (no PSNR)
+        self.max_error = 0
+        self.tenths: Counter[int] = Counter()
+
+    def add(self, psnr: float | None, max_error: int | None) -> None:
+        self.objects += 1
+        self.max_error = max(self.max_error, int(max_error or 0))
+        if psnr is None:
+            self.identical += 1
+        else:
+            self.tenths[round(float(psnr) * PSNR_STEP)] += 1
+
+    def quantile(self, share: float) -> float | None:
+        """The PSNR that ``share`` of the results with one stay at or below (nearest
+        rank, to 0.1 dB)."""
+        total = sum(self.tenths.values())
+        if not total:
+            return None
+        rank, seen = max(1, math.ceil(share * total)), 0
+        for tenth in sorted(self.tenths):
+            seen += self.tenths[tenth]
+            if seen >= rank:
+                return tenth / PSNR_STEP
+        raise AssertionError("unreachable")
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "objects": self.objects,
+            "identical": self.identical,
+            "psnr_min": self.quantile(0.0),
+            "psnr_p5": self.quantile(0.05),
+            "psnr_median": self.quantile(0.5),
+            "max_error": self.max_error,
+        }
+
+
+def psnr_labels() -> list[str]:
+    """The fixed labels of the PSNR histogram, lowest bin first."""
+    labels = [f"<{PSNR_EDGES[0]:g} dB"]
+    labels += [f"{low:g}-{high:g}" for low, high in pairwise(PSNR_EDGES)]
+    return [*labels, f">={PSNR_EDGES[-1]:g}", "identical"]
 
 
 def ratio_labels() -> list[str]:
@@ -45,10 +99,14 @@ def ratio_labels() -> list[str]:
 
 def ratio_bin(ratio: float) -> int:
     """Index of the histogram bin of ``ratio`` (bins are closed below, open above)."""
-    for index, edge in enumerate(RATIO_EDGES):
-        if ratio < edge:
+    return _bin(ratio, RATIO_EDGES)
+
+
+def _bin(value: float, edges: tuple[float, ...]) -> int:
+    for index, edge in enumerate(edges):
+        if value < edge:
             return index
-    return len(RATIO_EDGES)
+    return len(edges)
 
 
 def _add_saving(groups: dict[str, dict[str, Any]], label: str, row: dict[str, Any]) -> None:
@@ -105,8 +163,13 @@ def chart_data(rows: Iterable[dict[str, Any]], counts: dict[str, float]) -> dict
     - ``throughput``: ``{label, start, objects, bytes_in}`` of finished objects per
       UTC minute of their last update (``start`` in epoch seconds), in order, idle
       minutes included unless the batch spans more than ``GAP_FILL_MINUTES``;
-    - ``failed_objects``: ``{key, code, message}`` of the first ``FAILED_LISTED``
+    - ``failed_objects``: ``{key, code, message, copied}`` of the first ``FAILED_LISTED``
       failed objects by key;
+    - ``psnr_histogram``: ``{label, count}`` of lossy results' PSNR in fixed bins (and
+      those decoded identically); ``quality_by_modality``: per source Modality, the
+      lossy results' ``objects``, ``identical``, ``psnr_min`` / ``psnr_p5`` /
+      ``psnr_median`` (dB, nearest rank) and the largest ``max_error``; both empty
+      without lossy results;
     - ``totals``: object counts per state and ``bytes_in``/``bytes_out`` of finished
       objects from ``counts`` (as ``dcmpress status`` shows them), and ``saved`` /
       ``ratio`` over the objects that have an output (``written_bytes_in``), so
@@ -117,7 +180,9 @@ def chart_data(rows: Iterable[dict[str, Any]], counts: dict[str, float]) -> dict
     rules: dict[str, dict[str, Any]] = {}
     histogram = [0] * (len(RATIO_EDGES) + 1)
     failures: Counter[str] = Counter()
-    failed: list[tuple[str, str, str]] = []  # the FAILED_LISTED smallest keys, kept sorted
+    failed: list[tuple[str, str, str, bool]] = []  # the FAILED_LISTED smallest keys, sorted
+    quality: dict[str, _Quality] = {}
+    psnr_counts = [0] * (len(PSNR_EDGES) + 2)
     per_minute: Counter[int] = Counter()
     bytes_per_minute: Counter[int] = Counter()
     for row in rows:
@@ -129,10 +194,16 @@ def chart_data(rows: Iterable[dict[str, Any]], counts: dict[str, float]) -> dict
             _add_saving(rules, str(row["rule"]), row)
         if state == "done" and row["ratio"] is not None:
             histogram[ratio_bin(float(row["ratio"]))] += 1
+        if state == "done" and row.get("max_error") is not None:  # a lossy result
+            label = str(row["modality"] or "unknown")
+            quality.setdefault(label, _Quality(label)).add(row["psnr"], row["max_error"])
+            psnr = row["psnr"]
+            psnr_counts[-1 if psnr is None else _bin(float(psnr), PSNR_EDGES)] += 1
         if state == "failed":
             failures[str(row["code"])] += 1
             if len(failed) < FAILED_LISTED or row["key"] < failed[-1][0]:
-                bisect.insort(failed, (row["key"], row["code"], row["message"]))
+                entry = (row["key"], row["code"], row["message"], bool(row.get("copied")))
+                bisect.insort(failed, entry)
                 del failed[FAILED_LISTED:]
         if state in TERMINAL and row["updated"] > 0:
             minute = int(row["updated"]) // 60 * 60
@@ -168,7 +239,18 @@ def chart_data(rows: Iterable[dict[str, Any]], counts: dict[str, float]) -> dict
         ],
         "throughput": _throughput(per_minute, bytes_per_minute),
         "failed_objects": [
-            {"key": key, "code": code, "message": message} for key, code, message in failed
+            {"key": key, "code": code, "message": message, "copied": copied}
+            for key, code, message, copied in failed
+        ],
+        "psnr_histogram": [
+            {"label": label, "count": count}
+            for label, count in zip(psnr_labels(), psnr_counts, strict=True)
+        ]
+        if quality
+        else [],
+        "quality_by_modality": [
+            quality[label].row()
+            for label in sorted(quality, key=lambda name: (-quality[name].objects, name))
         ],
         "totals": totals,
     }
@@ -201,7 +283,10 @@ CHARTS = (
     Chart("ratio_histogram", "Compression ratio distribution", "count", "count", "#7b4fb3",
           False, "Compressed objects per ratio (bytes in / bytes out)."),
     Chart("failures_by_code", "Failures by code", "count", "count", "#c0392b", True,
-          "Failed objects per outcome code; nothing was written for them."),
+          "Failed objects per outcome code; copied unchanged unless storage refused them "
+          "(or failed_output is none)."),
+    Chart("psnr_histogram", "Quality of lossy results", "count", "count", "#8a5a1f", False,
+          "Lossy results per PSNR (dB, peak 2^Bits Stored - 1); 'identical' decoded exactly."),
     Chart("throughput", "Throughput over time", "objects", "count", "#d27b1a", False,
           "Objects finished per minute (UTC, by the time of their last update).", wide=True),
 )  # fmt: skip
@@ -469,11 +554,37 @@ def _totals_html(totals: dict[str, Any]) -> str:
     return f'<div class="totals">{tile_html}</div><table class="totals-table">{table}</table>'
 
 
+def _quality_html(rows: list[dict[str, Any]]) -> str:
+    """The distribution of lossy results' quality per modality (nothing without any)."""
+    if not rows:
+        return ""
+
+    def db(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    body = "".join(
+        f'<tr><td>{_esc(item["label"])}</td><td class="num">{item["objects"]:,}</td>'
+        f'<td class="num">{item["identical"]:,}</td><td class="num">{db(item["psnr_min"])}</td>'
+        f'<td class="num">{db(item["psnr_p5"])}</td><td class="num">{db(item["psnr_median"])}</td>'
+        f'<td class="num">{item["max_error"]:,}</td></tr>'
+        for item in rows
+    )
+    return (
+        '<section class="card wide" id="quality"><h2>Quality of lossy results by modality</h2>'
+        '<p class="note">PSNR in dB against the largest value Bits Stored holds; 5 % of '
+        "the results are at or below the p5 column; max error in stored pixel values.</p>"
+        "<table><thead><tr><th>modality</th><th>objects</th><th>identical</th>"
+        "<th>PSNR min</th><th>PSNR p5</th><th>PSNR median</th><th>largest max error</th>"
+        f"</tr></thead><tbody>{body}</tbody></table></section>"
+    )
+
+
 def _failed_html(failed: list[dict[str, Any]], total: int) -> str:
     if not failed:
         return ""
     rows = "".join(
         f'<tr><td class="key">{_esc(item["key"])}</td><td>{_esc(item["code"])}</td>'
+        f"<td>{'copied' if item.get('copied') else '-'}</td>"
         f"<td>{_esc(item['message'])}</td></tr>"
         for item in failed
     )
@@ -481,7 +592,7 @@ def _failed_html(failed: list[dict[str, Any]], total: int) -> str:
     return (
         f'<section class="card wide"><h2>Failed objects{_esc(more)}</h2>'
         '<p class="note">Full list: <code>dcmpress report BATCH --format csv</code>.</p>'
-        "<table><thead><tr><th>key</th><th>code</th><th>message</th></tr></thead>"
+        "<table><thead><tr><th>key</th><th>code</th><th>output</th><th>message</th></tr></thead>"
         f"<tbody>{rows}</tbody></table></section>"
     )
 
@@ -499,7 +610,8 @@ def render_html(batch: str, data: dict[str, Any]) -> str:
         f'<h2>{_esc(chart.title)}</h2><p class="note">{_esc(chart.note)}</p>'
         f"{chart_svg(chart, data[chart.name])}</section>"
         for chart in CHARTS
-        if chart.name != "by_rule" or data[chart.name]  # only with a policy
+        # by rule only with a policy, quality only with lossy results
+        if chart.name not in ("by_rule", "psnr_histogram") or data[chart.name]
     )
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     title = f"dcmpress report \u2014 {batch}"
@@ -514,6 +626,7 @@ def render_html(batch: str, data: dict[str, Any]) -> str:
         f'<section class="card wide" id="totals"><h2>Totals</h2>'
         f"{_totals_html(data['totals'])}</section>"
         f'<div class="grid" style="margin-top:18px">{charts}'
+        f"{_quality_html(data['quality_by_modality'])}"
         f"{_failed_html(data['failed_objects'], data['totals']['failed'])}</div>"
         "<footer>Self-contained page: no JavaScript, no external resources. The chart "
         "data is embedded as JSON in <code>script#chart-data</code>.</footer>"

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 REPORT_FIELDS = (
     "key", "state", "code", "message", "bytes_in", "bytes_out", "ratio", "target",
     "plugin", "attempts", "seconds", "worker", "etag", "updated", "modality", "rule",
+    "copied", "max_error", "psnr",
 )  # fmt: skip
 
 
@@ -46,6 +47,11 @@ def report_rows(ledger: Ledger, batch: str) -> Iterator[dict[str, Any]]:
             "modality": record.modality,
             # the name of the batch policy's rule that decided ("" without a policy)
             "rule": (spec.rule_name(record.rule) if spec else None) or "",
+            # the output is the source unchanged (a skipped or failed object)
+            "copied": record.copied,
+            # a lossy result's largest pixel error and PSNR (dB); empty for lossless ones
+            "max_error": record.max_error,
+            "psnr": record.psnr,
         }
 
 

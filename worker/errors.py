@@ -204,6 +204,26 @@ CODES: dict[str, CodeInfo] = {
 }
 
 
+# Failures about storage or the batch, not about what the object contains: the source is
+# gone, refused or unreachable, or no destination is known. They never have an output.
+# Every other failure (invalid_dicom, verification_failed, codec_crashed, worker_lost,
+# time_limit...) copies the source unchanged by default (``failed_output``), so the
+# destination is a complete archive; the record stays failed, with its code.
+NOT_COPIED_WHEN_FAILED = frozenset(
+    {
+        "io_error", "source_missing", "source_changed", "source_unavailable",
+        "access_denied", "storage_rejected", "storage_misconfigured", "retries_exhausted",
+        "unknown_batch", "invalid_policy",
+    }
+)  # fmt: skip
+
+
+def copied_when_failed(code: str) -> bool:
+    """True if an object failed with ``code`` is copied unchanged (with
+    ``failed_output=copy``, the default): the failure is about its content."""
+    return code not in NOT_COPIED_WHEN_FAILED
+
+
 def one_line(text: str, limit: int = 1000) -> str:
     """``text`` on one line: every run of whitespace (newlines too) becomes one space.
 

@@ -109,6 +109,13 @@ class CompressionOptions(BaseModel):
         description="Objects that are not DICOM: copy unchanged (`skipped/not_dicom`), so "
         "the destination stays a complete copy of the source, or record `failed`.",
     )
+    failed_output: Literal["copy", "none"] = Field(
+        default="copy",
+        description="Objects that fail because of what they contain (invalid_dicom, "
+        "verification_failed, codec_crashed, worker_lost, time_limit...): `copy` the source "
+        "unchanged to the destination (the record stays failed and says so), so it is a "
+        "complete archive; `none` writes nothing. Storage failures never have an output.",
+    )
     high_bits: Literal["clear", "keep"] = Field(
         default="clear",
         description="Bits set above High Bit that no overlay declares (not part of the "

@@ -10,12 +10,14 @@ from typing import Any
 import numpy as np
 import pytest
 from pydicom import examples
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from dcmpress.stack.samples import make_image, to_bytes
 from dcmpress.stack.services import SeaweedS3
 from tests.conftest import run_cli, wait_for_batch
 from tests.support import independent_decode, read, source_pixels
-from tests.synthetic import mr_with_embedded_overlays, with_syntax
+from tests.synthetic import mr_with_embedded_overlays, private_part10, with_syntax
 from worker.codec.frames import FRAMES_ABOVE
 from worker.runtime import contract
 from worker.runtime.ledger import Ledger
@@ -111,6 +113,14 @@ def test_a_large_volume_end_to_end_with_the_defaults(
     np.testing.assert_array_equal(independent_decode(output), source_pixels(ds))
 
 
+def _private_only() -> bytes:
+    item = Dataset()
+    item.add_new(Tag(0x0009, 0x1002), "LO", "x")
+    ds = Dataset()
+    ds.add_new(Tag(0x0009, 0x1001), "SQ", [item])
+    return private_part10(ds)
+
+
 def test_mixed_bucket_ends_with_every_object_in_one_terminal_state(
     stack_env: dict[str, str],
     s3_server: SeaweedS3,
@@ -131,6 +141,7 @@ def test_mixed_bucket_ends_with_every_object_in_one_terminal_state(
         "d/overlay-mr.dcm": to_bytes(mr_with_embedded_overlays((12, 15))[0]),
         "d/DICOMDIR": to_bytes(examples.dicomdir),
         "d/private-syntax.dcm": with_syntax(make_image(32, 32), "1.2.840.113619.5.2"),
+        "e/private-only.dcm": _private_only(),
     }
     upload(s3_server, source, objects)
     report = enqueue(stack_env, f"s3://{source}/", "--dest", f"s3://{dest}/", "--target", "jpeg-ls")
@@ -151,23 +162,32 @@ def test_mixed_bucket_ends_with_every_object_in_one_terminal_state(
         "d/overlay-mr.dcm": ("done", "compressed"),
         "d/DICOMDIR": ("skipped", "media_directory"),
         "d/private-syntax.dcm": ("skipped", "unknown_transfer_syntax"),
+        "e/private-only.dcm": ("skipped", "not_an_instance"),
     }
     assert states["b/truncated.dcm"][1] in ("invalid_dicom", "invalid_pixel_data")
     assert rows["b/notes.txt"]["message"]
     # a done object's notices are kept in its record
     assert "moved to Overlay Data" in rows["d/overlay-mr.dcm"]["message"]
     client = s3_server.client()
-    # skipped objects are copied unchanged, with the source's syntax; failed ones are not
+    # skipped objects are copied unchanged, with the source's syntax; so are failed ones
+    # (failed_output=copy): the destination is a complete archive
     copied = client.get_object(Bucket=dest, Key="a/already.dcm")
     assert copied["Body"].read() == objects["a/already.dcm"]
     assert copied["Metadata"][contract.META_OUTCOME] == "skipped/already_compressed"
     assert copied["Metadata"][contract.META_TRANSFER_SYNTAX] == "1.2.840.10008.1.2.4.90"
-    for key in ("b/notes.txt", "d/DICOMDIR", "d/private-syntax.dcm", "b/one-bit.dcm"):
+    assert copied["Metadata"][contract.META_COPIED] == "1"
+    for key in ("b/notes.txt", "d/DICOMDIR", "d/private-syntax.dcm", "b/one-bit.dcm",
+                "e/private-only.dcm", "b/truncated.dcm"):  # fmt: skip
         body = client.get_object(Bucket=dest, Key=key)["Body"].read()
         assert body == objects[key], key
+        assert rows[key]["copied"] in (True, "True"), key
+    failed = client.head_object(Bucket=dest, Key="b/truncated.dcm")["Metadata"]
+    assert failed[contract.META_OUTCOME] == "failed/" + states["b/truncated.dcm"][1]
+    assert failed[contract.META_COPIED] == "1"
+    assert rows["b/truncated.dcm"]["message"].endswith("copied unchanged")
     listed = {o["Key"] for o in client.list_objects_v2(Bucket=dest).get("Contents", [])}
-    assert "b/truncated.dcm" not in listed
-    assert "c/ünïcode key+plus.dcm" in listed
+    assert listed == set(objects)  # every source object, compressed or copied
+    assert rows["a/good.dcm"]["copied"] in (False, "False")
     compressed = client.get_object(Bucket=dest, Key="d/overlay-mr.dcm")
     assert compressed["Metadata"][contract.META_TRANSFER_SYNTAX] == "1.2.840.10008.1.2.4.80"
 

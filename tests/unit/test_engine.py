@@ -54,10 +54,8 @@ def test_preamble_without_dicom_data_is_invalid() -> None:
     result = run(b"\0" * 128 + b"DICM" + b"\xff" * 40)
     assert result.code in ("invalid_dicom", "not_dicom")
     assert result.output is None
-    if result.code == "invalid_dicom":
-        assert (result.state, result.copy_source) == ("failed", False)
-    else:
-        assert (result.state, result.copy_source) == ("skipped", True)
+    # failed (copied unchanged by default: the destination stays complete) or skipped
+    assert (result.state, result.copy_source) in (("failed", True), ("skipped", True))
 
 
 def test_truncated_pixel_data_is_a_specific_failure() -> None:
@@ -65,7 +63,11 @@ def test_truncated_pixel_data_is_a_specific_failure() -> None:
     result = run(data[: len(data) - 3000])
     assert result.state == "failed"
     assert result.code in ("invalid_pixel_data", "invalid_dicom")
-    assert result.output is None and not result.copy_source
+    assert result.output is None and result.copied  # the source, unchanged
+    assert result.message.endswith("; copied unchanged")
+    kept_out = run(data[: len(data) - 3000], failed_output="none")
+    assert (kept_out.state, kept_out.code) == (result.state, result.code)
+    assert not kept_out.copy_source and kept_out.bytes_out == 0
 
 
 def test_raw_dataset_without_sop_class_is_copied_unchanged() -> None:
@@ -127,7 +129,9 @@ def test_verification_mismatch_fails_and_discards_the_output(
     monkeypatch.setattr(verify_module, "_decode", corrupt)
     result = run(make_image(40, 40), target=["jpeg-ls"])
     assert (result.state, result.code) == ("failed", "verification_failed")
-    assert result.output is None and not result.copy_source
+    # the result that did not verify is never written; the source is, unchanged
+    assert result.output is None and result.copy_source
+    assert result.bytes_out == result.bytes_in
     assert "differs from the source by up to 1" in result.message
 
 
@@ -389,7 +393,7 @@ def test_memory_errors_are_recorded_out_of_memory_at_any_stage(
     _break(where, MemoryError("cannot allocate 2.1 GiB"), monkeypatch)
     result = run(make_image(40, 40), target=["jpeg-ls", "rle"])
     assert (result.state, result.code) == ("failed", "out_of_memory")
-    assert "2.1 GiB" in result.message and not result.copy_source
+    assert "2.1 GiB" in result.message and result.copied
 
 
 def test_the_decoded_source_does_not_carry_the_source_file_along() -> None:

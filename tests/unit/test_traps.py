@@ -65,7 +65,13 @@ def test_fallback_target_takes_what_the_first_cannot() -> None:
 def test_unsupported_fail_policy_records_a_failure() -> None:
     result = run(make_image(16, 16), target=["j2k"], unsupported="fail")
     assert (result.state, result.code) == ("failed", "image_too_small")
-    assert not result.copy_source
+    assert result.copy_source  # failed, and the source copied unchanged (failed_output)
+    nothing = run(make_image(16, 16), target=["j2k"], unsupported="fail", failed_output="none")
+    assert (nothing.state, nothing.code, nothing.copy_source) == (
+        "failed",
+        "image_too_small",
+        False,
+    )
 
 
 def _one_bit_image() -> Dataset:

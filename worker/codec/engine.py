@@ -42,7 +42,7 @@ from worker.codec.frames import (
 from worker.codec.isolation import CodecCrashed
 from worker.codec.parse import read_dataset
 from worker.codec.syntaxes import describe
-from worker.codec.targets import Plugin, Target, plugin_status, resolve_plugin
+from worker.codec.targets import TARGETS, Plugin, Target, plugin_status, resolve_plugin
 from worker.codec.verify import Verification, verify
 from worker.errors import (
     CODES,
@@ -52,6 +52,7 @@ from worker.errors import (
     TransientError,
     UnsupportedImage,
     check_interrupted,
+    copied_when_failed,
     one_line,
     raise_outside_causes,
 )
@@ -62,6 +63,7 @@ from worker.timing import StageTimer
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+LOSSY_TARGETS = frozenset(name for name, target in TARGETS.items() if target.lossy)
 
 
 @dataclass
@@ -102,6 +104,16 @@ class Result:
             self.output_size = size_of(self.output)
 
     @property
+    def lossy(self) -> bool:
+        """The result was made by a lossy target (its quality is in max_error, psnr)."""
+        return self.target is not None and self.target in LOSSY_TARGETS
+
+    @property
+    def copied(self) -> bool:
+        """The source is what is written, unchanged (a skipped or failed object)."""
+        return self.output is None and self.copy_source
+
+    @property
     def bytes_out(self) -> int:
         """Size of what is written: the result, the copied source, or nothing."""
         if self.output is not None:
@@ -130,6 +142,7 @@ class Result:
             "target": self.target,
             "plugin": self.plugin,
             "transfer_syntax": self.transfer_syntax,
+            "copied": self.copied,
             "max_error": self.max_error,
             "psnr": None if self.psnr is None else round(self.psnr, 2),
             "modality": self.modality,
@@ -211,7 +224,7 @@ def _process_recording_errors(
     try:
         return _recorded(data, size, options, stages, frames_above, decider)
     except MemoryError as exc:  # raised as itself wherever it struck (raise_outside_causes)
-        return Result("failed", "out_of_memory", f"out of memory: {exc!r}", size)
+        return failure("out_of_memory", f"out of memory: {exc!r}", size, options)
 
 
 def _recorded(
@@ -232,19 +245,31 @@ def _recorded(
     except Exception as exc:  # a bug of ours or a library's: record it, keep going
         raise_outside_causes(exc)  # a time limit is the task's to record
         log.exception("internal error while compressing an object")
-        result = Result("failed", "internal_error", f"{type(exc).__name__}: {exc}", size)
+        result = failure("internal_error", f"{type(exc).__name__}: {exc}", size, options)
     return result
 
 
 def _refused(error: PermanentError, bytes_in: int, options: CompressionOptions) -> Result:
-    """The record of an object the engine stopped on; non-DICOM is copied by default."""
+    """The record of an object the engine stopped on: skipped ones are copied, failed
+    ones as ``failed_output`` says, non-DICOM as ``not_dicom`` says."""
     if error.code == "not_dicom" and options.not_dicom == "copy":
         return Result(
             "skipped", "not_dicom", f"{error.message}; copied", bytes_in, copy_source=True
         )
-    if error.code == "not_dicom":
+    if error.code == "not_dicom":  # --not-dicom fail: a bucket that should hold only DICOM
         return Result("failed", "not_dicom", error.message, bytes_in)
-    return Result(error.state, error.code, error.message, bytes_in)
+    if error.state == "skipped":
+        return Result("skipped", error.code, f"{error.message}; copied unchanged", bytes_in,
+                      copy_source=True)  # fmt: skip
+    return failure(error.code, error.message, bytes_in, options)
+
+
+def failure(code: str, message: str, bytes_in: int, options: CompressionOptions) -> Result:
+    """A failed object's result: its source copied unchanged when the failure is about
+    its content and ``failed_output`` is ``copy`` (the default), else nothing written."""
+    if options.failed_output == "copy" and copied_when_failed(code):
+        return Result("failed", code, f"{message}; copied unchanged", bytes_in, copy_source=True)
+    return Result("failed", code, message, bytes_in)
 
 
 def _process(
@@ -575,8 +600,9 @@ def _finish(
     common: dict[str, Any] = {
         "target": target.name,
         "plugin": plugin.name,
-        "max_error": checked.max_error,
-        "psnr": checked.psnr,
+        # unknown without verification: never claimed
+        "max_error": checked.max_error if options.verify else None,
+        "psnr": checked.psnr if options.verify else None,
     }
     if options.min_ratio and ratio < options.min_ratio:
         if not isinstance(output, bytes):
@@ -616,5 +642,5 @@ def _unsupported(
     first = refusals[0]
     reasons = "; ".join(exc.message for exc in refusals)
     if options.unsupported == "fail":
-        return Result("failed", first.code, reasons, bytes_in)
+        return failure(first.code, reasons, bytes_in, options)
     return Result("skipped", first.code, f"{reasons}; copied unchanged", bytes_in, copy_source=True)

@@ -7,11 +7,12 @@ stored once, as a :class:`BatchSpec`, in the ledger.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,6 +43,63 @@ META_OPTIONS = "dcmpress-options"
 OWN_OUTPUT_MESSAGE = "a dcmpress output; not processed again"
 META_RULE = "dcmpress-rule"  # the number of the batch policy's rule that decided
 META_WRITE_ID = "dcmpress-write-id"  # one write: tells a stored write whose answer was lost
+META_COPIED = "dcmpress-copied"  # "1": the source unchanged (a skipped or failed object)
+META_MAX_ERROR = "dcmpress-max-error"  # a lossy output's largest pixel error
+META_PSNR = "dcmpress-psnr"  # a lossy output's PSNR in dB (absent: identical pixels)
+
+
+def output_metadata(
+    *,
+    source_etag: str,
+    source_key: str,
+    bytes_in: int,
+    bytes_out: int,
+    outcome: str,
+    options_digest: str,
+    rule: int = 0,
+    transfer_syntax: str | None = None,
+    codec: str = "",
+    modality: str = "",
+    copied: bool = False,
+    max_error: int | None = None,
+    psnr: float | None = None,
+) -> dict[str, str]:
+    """The metadata of an output (compressed or copied): what its record says, so that
+    the object alone tells where it came from and how it was made."""
+    metadata = {
+        META_MARKER: "1",
+        META_SOURCE_ETAG: source_etag,
+        META_SOURCE_KEY: quote(source_key, safe="/"),  # metadata must be ASCII
+        META_BYTES_IN: str(bytes_in),
+        META_BYTES_OUT: str(bytes_out),
+        META_OUTCOME: outcome,
+        META_OPTIONS: options_digest,
+    }
+    if rule:
+        metadata[META_RULE] = str(rule)
+    if transfer_syntax:
+        metadata[META_TRANSFER_SYNTAX] = transfer_syntax
+    if codec:
+        metadata[META_CODEC] = codec
+    if modality and modality.isascii() and modality.isprintable():
+        metadata[META_MODALITY] = modality[:16]
+    if copied:
+        metadata[META_COPIED] = "1"
+    if max_error is not None:
+        metadata[META_MAX_ERROR] = str(max_error)
+    if psnr is not None:
+        metadata[META_PSNR] = f"{psnr:.2f}"
+    return metadata
+
+
+def quality_from_metadata(metadata: dict[str, str]) -> dict[str, Any]:
+    """``max_error`` and ``psnr`` of an output's metadata (a record's fields)."""
+    quality: dict[str, Any] = {}
+    if metadata.get(META_MAX_ERROR, "").isdigit():
+        quality["max_error"] = int(metadata[META_MAX_ERROR])
+    with contextlib.suppress(KeyError, ValueError):
+        quality["psnr"] = float(metadata[META_PSNR])
+    return quality
 
 
 def options_digest(options: CompressionOptions, policy: str | None = None) -> str:

@@ -14,10 +14,16 @@ import threading
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import quote
 
 from worker.codec.engine import Result, process
-from worker.errors import TERMINAL, DcmpressError, PermanentError, TransientError, check_interrupted
+from worker.errors import (
+    TERMINAL,
+    DcmpressError,
+    PermanentError,
+    TransientError,
+    check_interrupted,
+    copied_when_failed,
+)
 from worker.runtime import contract
 from worker.runtime.contract import BatchSpec, JobMessage
 from worker.runtime.ledger import Ledger, Record, short_etag
@@ -324,6 +330,8 @@ def _finish_written(job: Job, running: Record, metadata: dict[str, str]) -> dict
         etag=short_etag(source_etag),
         modality=metadata.get(contract.META_MODALITY, ""),
         rule=number(contract.META_RULE),
+        copied=metadata.get(contract.META_COPIED) == "1",
+        **contract.quality_from_metadata(metadata),
     )
     message = (
         f"{state}/{code}: the output of this source (ETag {short_etag(source_etag)}) with "
@@ -350,24 +358,20 @@ def _write(job: Job, fetched: Fetched, result: Result) -> str | None:
     """Upload the result or copy the source as the result says; return the output URL."""
     spec = job.spec
     bucket, key = spec.output_key(job.key)
-    metadata = {
-        contract.META_MARKER: "1",
-        contract.META_SOURCE_ETAG: fetched.etag,
-        contract.META_SOURCE_KEY: quote(job.key, safe="/"),  # metadata must be ASCII
-        contract.META_BYTES_IN: str(result.bytes_in),
-        contract.META_BYTES_OUT: str(result.bytes_out),
-        contract.META_OUTCOME: f"{result.state}/{result.code}",
-        contract.META_OPTIONS: spec.digest(),
-    }
-    rule = spec.rule_number(result.rule)
-    if rule:
-        metadata[contract.META_RULE] = str(rule)
-    if result.transfer_syntax:  # the output's, or the copied source's own
-        metadata[contract.META_TRANSFER_SYNTAX] = result.transfer_syntax
-    if result.target and result.plugin:
-        metadata[contract.META_CODEC] = f"{result.target}/{result.plugin}"
-    if result.modality and result.modality.isascii() and result.modality.isprintable():
-        metadata[contract.META_MODALITY] = result.modality[:16]
+    metadata = contract.output_metadata(
+        source_etag=fetched.etag,
+        source_key=job.key,
+        bytes_in=result.bytes_in,
+        bytes_out=result.bytes_out,
+        outcome=f"{result.state}/{result.code}",
+        options_digest=spec.digest(),
+        rule=spec.rule_number(result.rule),
+        transfer_syntax=result.transfer_syntax,  # the output's, or the copied source's own
+        codec=f"{result.target}/{result.plugin}" if result.target and result.plugin else "",
+        modality=result.modality,
+        copied=result.copied,
+        **_quality(result),
+    )
     if result.output is not None:
         if_match = fetched.etag if spec.in_place else None
         job.storage.put(bucket, key, result.output, metadata, if_match=if_match)
@@ -392,6 +396,8 @@ def _finish(
         etag=short_etag(fetched.etag),
         modality=result.modality,
         rule=job.spec.rule_number(result.rule),
+        copied=bool(output_url) and result.copied,
+        **_quality(result),
     )
     # a done object's message is derived from its record, unless it carries notices
     message = "" if result.state == "done" and not result.notices else result.message
@@ -409,20 +415,68 @@ def _finish(
     return summary
 
 
+def _quality(result: Result) -> dict[str, Any]:
+    """The max error and PSNR a record keeps: a lossy result's (its PSNR is None when
+    the pixels came out identical); lossless results are identical by definition."""
+    if result.output is None or not result.lossy:
+        return {}
+    return {"max_error": result.max_error, "psnr": result.psnr}
+
+
 def finish_failure(job: Job, error: PermanentError, previous: Record | None) -> dict[str, Any]:
-    """Record a permanent failure (no output is written) and return the outcome."""
+    """Record a permanent failure and return the outcome. A failure about the object's
+    content (a lost worker, a time limit) copies the source unchanged first, as the
+    batch's ``failed_output`` says; storage failures have no output."""
     base = previous or Record(state="running")
+    message, copied_bytes, output_url = error.message, 0, None
+    if _copies_failures(job, error.code):
+        try:
+            output_url, copied_bytes = _copy_failed(job, error)
+            message = f"{message}; copied unchanged"
+        except DcmpressError as exc:
+            # storage refuses the copy (or is away, after botocore's own retries): the
+            # failure is recorded without an output; `dcmpress retry` copies it later
+            message = f"{message}; not copied: {exc}"
     final = base.stamped(
         state="failed",
         code=error.code,
-        bytes_in=job.message.size or 0,
-        bytes_out=0,
+        bytes_in=copied_bytes or job.message.size or 0,
+        bytes_out=copied_bytes,
+        copied=output_url is not None,
         millis=int(sum(job.stage.seconds.values()) * 1000),
     )
-    job.ledger.transition(job.batch, job.key, final, error.message)
-    summary = outcome(job, final, error.message)
+    job.ledger.transition(job.batch, job.key, final, message)
+    summary = outcome(job, final, message)
+    summary["output"] = output_url
     log.warning("object failed", extra={"dcmpress": {**summary, "stage": job.stage.current}})
     return summary
+
+
+def _copies_failures(job: Job, code: str) -> bool:
+    return (
+        job.spec.options.failed_output == "copy"
+        and copied_when_failed(code)
+        and not job.spec.in_place
+        and job.spec.dest is not None
+    )
+
+
+def _copy_failed(job: Job, error: PermanentError) -> tuple[str, int]:
+    """Copy the source of an object that failed outside the engine (a lost worker, a
+    time limit) unchanged to its output key; return the URL and the bytes copied."""
+    source = job.storage.head(job.message.bucket, job.key, job.message.version_id)
+    bucket, key = job.spec.output_key(job.key)
+    metadata = contract.output_metadata(
+        source_etag=source.etag,
+        source_key=job.key,
+        bytes_in=source.size,
+        bytes_out=source.size,
+        outcome=f"failed/{error.code}",
+        options_digest=job.spec.digest(),
+        copied=True,
+    )
+    job.storage.copy(job.message.bucket, job.key, job.message.version_id, bucket, key, metadata)
+    return f"s3://{bucket}/{key}", source.size
 
 
 def outcome(job: Job, record: Record, message: str) -> dict[str, Any]:
@@ -438,6 +492,9 @@ def outcome(job: Job, record: Record, message: str) -> dict[str, Any]:
         "bytes_out": record.bytes_out,
         "ratio": ratio,
         "target": record.target or None,
+        "copied": record.copied,
+        "max_error": record.max_error,
+        "psnr": record.psnr,
         "rule": job.spec.rule_name(record.rule),
         "attempts": record.attempts,
         "seconds": round(record.millis / 1000, 3),
