@@ -79,13 +79,13 @@ COLOUR_TRANSFORM_SYNTAXES = {
 # YBR_ICT, JPEG-LS RGB; and YBR_FULL needs Planar Configuration 1, C.8.5.6.1.16, which
 # the JPEG family forbids, PS3.5 8.2) and SC Multi-frame True Color (A.8.5.4).
 YBR_FULL_ONLY_RLE = {
-    "1.2.840.10008.5.1.4.1.1.6.1": "US Image",
-    "1.2.840.10008.5.1.4.1.1.3.1": "US Multi-frame Image",
-    "1.2.840.10008.5.1.4.1.1.6": "US Image (retired)",
-    "1.2.840.10008.5.1.4.1.1.3": "US Multi-frame Image (retired)",
-    "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color SC Image",
+    "1.2.840.10008.5.1.4.1.1.6.1": ("US Image", "PS3.3 C.8.5.6.1.2"),
+    "1.2.840.10008.5.1.4.1.1.3.1": ("US Multi-frame Image", "PS3.3 C.8.5.6.1.2"),
+    "1.2.840.10008.5.1.4.1.1.6": ("US Image (retired)", "PS3.3 C.8.5.6.1.2"),
+    "1.2.840.10008.5.1.4.1.1.3": ("US Multi-frame Image (retired)", "PS3.3 C.8.5.6.1.2"),
+    "1.2.840.10008.5.1.4.1.1.7.4": ("Multi-frame True Color SC Image", "PS3.3 A.8.5.4"),
 }
-US_SOP_CLASSES = {uid for uid, name in YBR_FULL_ONLY_RLE.items() if name.startswith("US")}
+US_SOP_CLASSES = {uid for uid, (name, _) in YBR_FULL_ONLY_RLE.items() if name.startswith("US")}
 # IODs whose enumerated Photometric Interpretations have no YBR_FULL at all.
 YBR_FULL_NEVER = {
     "1.2.840.10008.5.1.4.1.1.77.1.1": "VL Endoscopic Image",  # C.8.12.1.1.1
@@ -285,12 +285,12 @@ def _refuse_ybr_full_outside_iod(ds: Dataset, target: Target) -> None:
             f"{target.name}: the {iod} IOD allows no YBR_FULL Photometric Interpretation, "
             "and YBR samples do not become RGB without loss",
         )
-    iod = YBR_FULL_ONLY_RLE.get(sop_class)
-    if iod and target.uid != RLELossless:
+    only_rle = YBR_FULL_ONLY_RLE.get(sop_class)
+    if only_rle and target.uid != RLELossless:
         raise UnsupportedImage(
             "unsupported_photometric",
-            f"{target.name}: the {iod} IOD allows YBR_FULL only under RLE (PS3.3 "
-            f"C.8.5.6.1.2, A.8.5.4), and YBR samples do not become RGB without loss",
+            f"{target.name}: the {only_rle[0]} IOD allows YBR_FULL only under RLE "
+            f"({only_rle[1]}), and YBR samples do not become RGB without loss",
         )
 
 
