@@ -19,6 +19,8 @@ from dcmpress.stack.samples import make_image
 MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")
 ENHANCED_CT_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2.1")
 WHOLE_SLIDE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.77.1.6")
+ENHANCED_MR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4.1")
+US_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.6.1")
 SEGMENTATION_STORAGE = UID("1.2.840.10008.5.1.4.1.1.66.4")
 LABEL_MAP_SEGMENTATION_STORAGE = UID("1.2.840.10008.5.1.4.1.1.66.7")
 
@@ -235,4 +237,209 @@ def segmentation(sop_class: UID = SEGMENTATION_STORAGE, kind: str = "FRACTIONAL"
     )
     segment.SegmentedPropertyTypeCodeSequence = Sequence([_code("10200004", "SCT", "Liver")])
     ds.SegmentSequence = Sequence([segment])
+    return ds
+
+
+def _equipment_and_study(ds: Dataset) -> None:
+    """General Study, Series, Equipment and Acquisition attributes every IOD asks for."""
+    ds.StudyDate, ds.StudyTime = "20260101", "120000"
+    ds.ContentDate, ds.ContentTime = "20260101", "120000"
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = "1"
+    ds.AccessionNumber = ""
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.Laterality = ""
+    ds.PatientOrientation = ""
+    ds.Manufacturer = "dcmpress tests"
+    ds.ManufacturerModelName = "synthetic"
+    ds.DeviceSerialNumber = "1"
+    ds.SoftwareVersions = "1"
+
+
+def ultrasound(photometric: str = "RGB", rows: int = 64, cols: int = 64, seed: int = 9) -> Dataset:
+    """An 8-bit colour Ultrasound Image (PS3.3 A.6) with its US Image module (C.8.5.6).
+
+    ``photometric`` RGB keeps the pattern's samples; YBR_FULL_422 stores them as the
+    uncompressed 4:2:2 layout of PS3.3 C.7.6.3.1.2 (Y1 Y2 CB CR per pixel pair, one
+    chrominance pair per two pixels, ``cols`` even).
+    """
+    ds = make_image(rows, cols, bits_allocated=8, samples=3, seed=seed,
+                    sop_class=US_IMAGE_STORAGE)  # fmt: skip
+    ds.Modality = "US"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "ABDOMINAL", "0001"]
+    ds.LossyImageCompression = "00"
+    ds.BurnedInAnnotation = "NO"
+    _equipment_and_study(ds)
+    if photometric == "YBR_FULL_422":
+        rgb = np.frombuffer(ds.PixelData, np.uint8).reshape(rows, cols, 3).astype(float)
+        r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+        y = 0.299 * r + 0.587 * g + 0.114 * b  # PS3.3 C.7.6.3.1.2 YBR_FULL equations
+        cb = -0.1687 * r - 0.3313 * g + 0.5 * b + 128
+        cr = 0.5 * r - 0.4187 * g - 0.0813 * b + 128
+        pairs = cols // 2
+        packed = np.empty((rows, pairs, 4), np.uint8)
+        packed[..., 0] = np.clip(np.rint(y[:, 0::2]), 0, 255)
+        packed[..., 1] = np.clip(np.rint(y[:, 1::2]), 0, 255)
+        packed[..., 2] = np.clip(np.rint((cb[:, 0::2] + cb[:, 1::2]) / 2), 0, 255)
+        packed[..., 3] = np.clip(np.rint((cr[:, 0::2] + cr[:, 1::2]) / 2), 0, 255)
+        ds.PhotometricInterpretation = "YBR_FULL_422"
+        ds.PixelData = packed.tobytes()
+    elif photometric != "RGB":
+        raise ValueError(f"no synthetic US image in {photometric}")
+    return ds
+
+
+def enhanced_mr(frames: int = 3, rows: int = 64, cols: int = 64) -> Dataset:
+    """An Enhanced MR Image (PS3.3 A.36.2) with the MR Pulse Sequence module (C.8.13.4),
+    which the IOD requires of an ORIGINAL image and allows otherwise."""
+    ds = make_image(rows, cols, frames=frames, bits_stored=12, sop_class=ENHANCED_MR_STORAGE)
+    ds.Modality = "MR"
+    image_type = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    ds.ImageType = image_type
+    for keyword in ("RescaleIntercept", "RescaleSlope"):
+        delattr(ds, keyword)  # MR frames carry no rescale here (C.8.13.1.1.3)
+    _equipment_and_study(ds)
+    del ds.Laterality, ds.PatientOrientation  # in the Frame Anatomy group instead
+    ds.AcquisitionDateTime = "20260101120000"
+    ds.AcquisitionNumber = 1
+    ds.AcquisitionDuration = 60.0
+    ds.PresentationLUTShape = "IDENTITY"
+    ds.BurnedInAnnotation = "NO"
+    ds.ContentQualification = "RESEARCH"
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.PositionReferenceIndicator = ""
+    ds.PixelPresentation = "MONOCHROME"
+    ds.VolumetricProperties = "VOLUME"
+    ds.VolumeBasedCalculationTechnique = "NONE"
+    ds.ComplexImageComponent = "MAGNITUDE"
+    ds.AcquisitionContrast = "T1"
+    ds.ResonantNucleus = "1H"
+    ds.KSpaceFiltering = "NONE"
+    ds.MagneticFieldStrength = 1.5
+    ds.ApplicableSafetyStandardAgency = "IEC"
+    ds.ImageComments = "synthetic"
+    ds.LossyImageCompression = "00"
+    ds.PatientPosition = "HFS"
+    ds.AcquisitionContextSequence = Sequence()
+    # MR Pulse Sequence module: Type 1C, required while Image Type value 1 is ORIGINAL
+    ds.PulseSequenceName = "SYNTHETIC"
+    ds.MRAcquisitionType = "3D"
+    ds.EchoPulseSequence = "GRADIENT"
+    ds.MultiPlanarExcitation = "NO"
+    ds.PhaseContrast = "NO"
+    ds.TimeOfFlightContrast = "NO"
+    ds.SteadyStatePulseSequence = "NONE"
+    ds.EchoPlanarPulseSequence = "NO"
+    ds.SaturationRecovery = "NO"
+    ds.SpectrallySelectedSuppression = "NONE"
+    ds.OversamplingPhase = "NONE"
+    ds.GeometryOfKSpaceTraversal = "RECTILINEAR"
+    ds.RectilinearPhaseEncodeReordering = "LINEAR"
+    ds.SegmentedKSpaceTraversal = "SINGLE"
+    ds.CoverageOfKSpace = "FULL"
+    ds.NumberOfKSpaceTrajectories = 1
+    dimension = Dataset()
+    dimension.DimensionOrganizationUID = generate_uid()
+    ds.DimensionOrganizationSequence = Sequence([dimension])
+    index = Dataset()
+    index.DimensionOrganizationUID = dimension.DimensionOrganizationUID
+    index.DimensionIndexPointer = 0x00209057  # In-Stack Position Number
+    index.FunctionalGroupPointer = 0x00209111  # Frame Content Sequence
+    stack = Dataset()
+    stack.DimensionOrganizationUID = dimension.DimensionOrganizationUID
+    stack.DimensionIndexPointer = 0x00209056  # Stack ID
+    stack.FunctionalGroupPointer = 0x00209111
+    ds.DimensionIndexSequence = Sequence([stack, index])
+
+    shared = Dataset()
+    frame_type = Dataset()
+    frame_type.FrameType = image_type
+    for keyword in ("PixelPresentation", "VolumetricProperties",
+                    "VolumeBasedCalculationTechnique", "ComplexImageComponent",
+                    "AcquisitionContrast"):  # fmt: skip
+        setattr(frame_type, keyword, ds.get(keyword))
+    shared.MRImageFrameTypeSequence = Sequence([frame_type])
+    measures = Dataset()
+    measures.PixelSpacing = [0.5, 0.5]
+    measures.SliceThickness = 1.0
+    shared.PixelMeasuresSequence = Sequence([measures])
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PlaneOrientationSequence = Sequence([orientation])
+    timing = Dataset()
+    timing.RepetitionTime = 10.0
+    timing.FlipAngle = 15.0
+    timing.EchoTrainLength = 1
+    timing.RFEchoTrainLength = 1
+    timing.GradientEchoTrainLength = 1
+    timing.GradientOutputType = "DB_DT"
+    timing.GradientOutput = 10.0
+    mode = Dataset()
+    mode.OperatingModeType, mode.OperatingMode = "STATIC FIELD", "IEC_NORMAL"
+    timing.OperatingModeSequence = Sequence([mode])
+    sar = Dataset()
+    sar.SpecificAbsorptionRateDefinition, sar.SpecificAbsorptionRateValue = "IEC_WHOLE_BODY", 0.1
+    timing.SpecificAbsorptionRateSequence = Sequence([sar])
+    shared.MRTimingAndRelatedParametersSequence = Sequence([timing])
+    echo = Dataset()
+    echo.EffectiveEchoTime = 5.0
+    shared.MREchoSequence = Sequence([echo])
+    anatomy = Dataset()
+    anatomy.FrameLaterality = "U"
+    anatomy.AnatomicRegionSequence = Sequence([_code("12738006", "SCT", "Brain")])
+    shared.FrameAnatomySequence = Sequence([anatomy])
+    averages = Dataset()
+    averages.NumberOfAverages = 1
+    shared.MRAveragesSequence = Sequence([averages])
+    fov = Dataset()
+    fov.InPlanePhaseEncodingDirection = "ROW"
+    fov.MRAcquisitionFrequencyEncodingSteps = cols
+    fov.MRAcquisitionPhaseEncodingStepsInPlane = rows
+    fov.MRAcquisitionPhaseEncodingStepsOutOfPlane = frames
+    fov.PercentSampling = 100.0
+    fov.PercentPhaseFieldOfView = 100.0
+    shared.MRFOVGeometrySequence = Sequence([fov])
+    imaging = Dataset()
+    imaging.PixelBandwidth = 200.0
+    imaging.MagnetizationTransfer = "NONE"
+    imaging.BloodSignalNulling = "NO"
+    imaging.Tagging = "NONE"
+    imaging.TransmitterFrequency = 63.9
+    shared.MRImagingModifierSequence = Sequence([imaging])
+    modifier = Dataset()
+    modifier.InversionRecovery = "NO"
+    modifier.FlowCompensation = "NONE"
+    modifier.Spoiling = "RF"
+    modifier.T2Preparation = "NO"
+    modifier.SpectrallySelectedExcitation = "NONE"
+    modifier.SpatialPresaturation = "NONE"
+    modifier.PartialFourier = "NO"
+    modifier.ParallelAcquisition = "NO"
+    shared.MRModifierSequence = Sequence([modifier])
+    receive = Dataset()
+    receive.ReceiveCoilName, receive.ReceiveCoilType = "HEAD", "VOLUME"
+    receive.QuadratureReceiveCoil = "YES"
+    receive.ReceiveCoilManufacturerName = ""
+    shared.MRReceiveCoilSequence = Sequence([receive])
+    transmit = Dataset()
+    transmit.TransmitCoilName, transmit.TransmitCoilType = "BODY", "VOLUME"
+    transmit.TransmitCoilManufacturerName = ""
+    shared.MRTransmitCoilSequence = Sequence([transmit])
+    transformation = Dataset()
+    transformation.RescaleIntercept, transformation.RescaleSlope = 0, 1
+    transformation.RescaleType = "US"
+    shared.PixelValueTransformationSequence = Sequence([transformation])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame = []
+    for number in range(1, frames + 1):
+        item = Dataset()
+        item.FrameContentSequence = Sequence([_frame_content(number)])
+        position = Dataset()
+        position.ImagePositionPatient = [0.0, 0.0, float(number)]
+        item.PlanePositionSequence = Sequence([position])
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
     return ds

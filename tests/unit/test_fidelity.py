@@ -36,6 +36,7 @@ from tests.synthetic import (
 )
 from worker.codec import compress as compress_module
 from worker.codec.engine import process
+from worker.codec.lossy import derived
 from worker.codec.targets import source_decoding_plugin
 from worker.errors import PermanentError, one_line
 from worker.settings import CompressionOptions
@@ -344,12 +345,40 @@ def test_implicit_vr_curve_and_overlay_data_are_written_as_ow() -> None:
 # -- lossy results carry correct DICOM -----------------------------------------------
 
 
-def test_single_string_image_type_is_never_split_into_characters() -> None:
+def test_single_string_image_type_gets_value_1_exactly_derived() -> None:
+    # "ORIGINAL PRIMARY" as one value (real CR): value 1 of the result is DERIVED, not
+    # "DERIVED PRIMARY" that software testing value 1 misses; never split into letters
     ds = make_image(64, 64, bits_stored=12)
     ds.ImageType = "ORIGINAL PRIMARY"
     out = read(run(ds, target=["jpeg-ls-near"]).output or b"")
-    assert out.ImageType == "DERIVED PRIMARY"
-    assert out["ImageType"].VM == 1
+    assert out["ImageType"].VM == 2
+    assert list(out.ImageType) == ["DERIVED", "PRIMARY"]
+
+
+def test_single_string_frame_type_gets_value_1_exactly_derived() -> None:
+    ds = enhanced_ct(frames=2)
+    frame_type = ds.SharedFunctionalGroupsSequence[0].CTImageFrameTypeSequence[0]
+    frame_type.FrameType = "ORIGINAL PRIMARY"
+    result = run(ds, target=["jpeg-ls-near"])
+    assert result.state == "done", result.message
+    out = read(result.output or b"")
+    shared = out.SharedFunctionalGroupsSequence[0]
+    assert list(shared.CTImageFrameTypeSequence[0].FrameType) == ["DERIVED", "PRIMARY"]
+
+
+@pytest.mark.parametrize(
+    ("image_type", "expected"),
+    [
+        ("ORIGINAL PRIMARY", ["DERIVED", "PRIMARY"]),
+        (["ORIGINAL", "PRIMARY", "AXIAL"], ["DERIVED", "PRIMARY", "AXIAL"]),
+        (["DERIVED", "SECONDARY"], ["DERIVED", "SECONDARY"]),
+        ("MIXED", ["DERIVED"]),
+        (["", "PRIMARY"], ["DERIVED", "PRIMARY"]),
+        ("PRIMARY", ["DERIVED", "PRIMARY"]),  # not a value 1 term: kept, not lost
+    ],
+)
+def test_derived_image_type_values(image_type: object, expected: list[str]) -> None:
+    assert derived(image_type) == expected
 
 
 def test_general_image_lossy_derivation_is_recorded_at_the_top_level() -> None:

@@ -64,9 +64,15 @@ def test_every_target_and_plugin_round_trips(target: str, plugin: str, kind: str
     assert out.file_meta.TransferSyntaxUID == spec.uid
     assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
     assert out.file_meta.MediaStorageSOPClassUID == out.SOPClassUID
-    # HTJ2K codes RGB with the reversible colour transform, which says YBR_RCT (PS3.5 8.2.4)
-    rct = target.startswith("htj2k") and ds.PhotometricInterpretation == "RGB"
-    assert out.PhotometricInterpretation == ("YBR_RCT" if rct else ds.PhotometricInterpretation)
+    # every JPEG 2000 syntax codes RGB with the colour transform, which says YBR_RCT
+    # (reversible) or YBR_ICT (irreversible, JPEG 2000 lossy) (PS3.5 8.2.4)
+    transform = {"j2k-lossy": "YBR_ICT", "j2k": "YBR_RCT", "htj2k": "YBR_RCT"}.get(
+        target.replace("-rpcl", ""), ""
+    )
+    rgb = ds.PhotometricInterpretation == "RGB"
+    assert out.PhotometricInterpretation == (
+        transform if rgb and transform else ds.PhotometricInterpretation
+    )
     if not spec.lossy:
         assert_lossless(result, source)
         assert out.SOPInstanceUID == ds.SOPInstanceUID

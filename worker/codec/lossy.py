@@ -104,21 +104,20 @@ def mark_lossy(
         _add_top_level_derivation(ds, description, source)
 
 
-def derived(value: object) -> object:
-    """Image Type / Frame Type with value 1 DERIVED and the value count kept.
+def derived(value: object) -> list[str]:
+    """Image Type / Frame Type with value 1 exactly ``DERIVED``, the other values kept.
 
-    A single value holding spaces (``ORIGINAL PRIMARY``, seen in real CR) stays one
-    value: only its first word changes.
+    A single value holding spaces (``ORIGINAL PRIMARY``, seen in real CR) is one value
+    that software testing value 1 for ``DERIVED`` would miss: its words become the
+    values (``DERIVED\\PRIMARY``). A value 1 that is not a defined term of value 1
+    (PS3.3 C.7.6.1.1.2), nor empty, is kept as value 2 rather than lost.
     """
-    if isinstance(value, str):
-        words = value.split()
-        if words and words[0].upper() in _VALUE_1_TERMS:
-            words[0] = "DERIVED"
-        else:
-            words.insert(0, "DERIVED")
-        return " ".join(words)
     values = [str(v) for v in _as_list(value)]
-    return ["DERIVED", *values[1:]] if values else ["DERIVED"]
+    if values and len(values[0].split()) > 1:
+        values = [*values[0].split(), *values[1:]]
+    if values and values[0].strip().upper() in {*_VALUE_1_TERMS, ""}:
+        values = values[1:]  # an empty value 1 is replaced too
+    return ["DERIVED", *values]
 
 
 def _derive_frames(ds: Dataset) -> None:

@@ -10,8 +10,9 @@ decomposition levels for the lowest resolution to be at most 64 pixels a side.
 Colour (PS3.5 8.2.4, which Table 8.2.4-1 also applies to the HTJ2K syntaxes, like
 pydicom's J2K encoder): the reversible colour transform (RCT) is used exactly when the
 data set says ``YBR_RCT``; ``RGB`` and ``YBR_FULL`` are coded without a multiple
-component transform, as the standard allows for RGB only then. dcmpress itself asks
-for the RCT (:class:`Htj2kQuirks`): photographs and slides shrink about 2x more.
+component transform, as the standard allows for them only then. dcmpress itself asks
+for the RCT on RGB, as for every JPEG 2000 syntax (``worker.codec.compress``):
+photographs and slides shrink about 2x more, and the colour IODs require it.
 The codestream's precision is the sample container's (8, 16 or 32 bits) with the
 signedness of Pixel Representation: OpenJPH through imagecodecs takes no precision, and
 a 12-bit value is exact in a 16-bit component.
@@ -24,11 +25,9 @@ HTJ2K Lossless (.201) and HTJ2K Lossless RPCL (.202) (:func:`register`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from pydicom.dataset import Dataset
 from pydicom.pixels.encoders.base import ENCODING_PROFILES
 from pydicom.uid import UID, JPEG2000Lossless
 
@@ -114,13 +113,4 @@ def register() -> None:
         extend.add_plugin(encoder, LABEL, __name__, "encode_frame")
 
 
-class Htj2kQuirks(Quirks):
-    """Ask for the reversible colour transform on RGB: the result says ``YBR_RCT``."""
-
-    def prepare(self, ds: Dataset) -> Callable[[Dataset], None]:
-        if str(ds.PhotometricInterpretation) == "RGB" and int(ds.SamplesPerPixel) == 3:
-            ds.PhotometricInterpretation = "YBR_RCT"  # kept: it describes the result
-        return super().prepare(ds)
-
-
-IMAGECODECS_HTJ2K = Plugin(LABEL, ("imagecodecs",), quirks=Htj2kQuirks())
+IMAGECODECS_HTJ2K = Plugin(LABEL, ("imagecodecs",), quirks=Quirks())
