@@ -52,10 +52,16 @@ def sparse_frame(index: int, rows: int, cols: int) -> np.ndarray:
 
 
 def write_deflated_volume(
-    file: Any, rows: int, cols: int, frames: int, wbits: int = -zlib.MAX_WBITS
+    file: Any,
+    rows: int,
+    cols: int,
+    frames: int,
+    wbits: int = -zlib.MAX_WBITS,
+    gzip_trailer: bool = False,
 ) -> None:
     """A Deflated Explicit VR Little Endian CT of ``frames`` :func:`sparse_frame` frames,
-    deflated a frame at a time (never whole in memory) into ``file``."""
+    deflated a frame at a time (never whole in memory) into ``file``; with
+    ``gzip_trailer``, the data set's CRC-32 and size after the stream, as DCTOOL writes."""
     ds = make_image(rows, cols, bits_stored=12)
     del ds.PixelData
     ds.NumberOfFrames = frames
@@ -67,21 +73,24 @@ def write_deflated_volume(
     body = DicomBytesIO()
     body.is_little_endian, body.is_implicit_VR = True, False
     write_dataset(body, ds)
-    deflater = zlib.compressobj(6, zlib.DEFLATED, wbits)
     size = rows * cols * 2 * frames
-    written = file.write(
-        deflater.compress(body.getvalue() + _PIXEL_DATA_OW + struct.pack("<L", size))
-    )
-    for index in range(frames):
-        written += file.write(deflater.compress(sparse_frame(index, rows, cols).tobytes()))
+    parts = [body.getvalue() + _PIXEL_DATA_OW + struct.pack("<L", size)]
+    deflater = zlib.compressobj(6, zlib.DEFLATED, wbits)
+    crc, inflated, written = 0, 0, 0
+    for index in range(-1, frames):
+        part = parts[0] if index < 0 else sparse_frame(index, rows, cols).tobytes()
+        crc, inflated = zlib.crc32(part, crc), inflated + len(part)
+        written += file.write(deflater.compress(part))
     written += file.write(deflater.flush())
+    if gzip_trailer:
+        written += file.write(struct.pack("<LL", crc, inflated))
     if written % 2:
         file.write(b"\0")  # PS3.5 A.5
 
 
-def deflated_volume(rows: int, cols: int, frames: int, wbits: int = -zlib.MAX_WBITS) -> bytes:
+def deflated_volume(rows: int, cols: int, frames: int, **options: Any) -> bytes:
     buffer = io.BytesIO()
-    write_deflated_volume(buffer, rows, cols, frames, wbits)
+    write_deflated_volume(buffer, rows, cols, frames, **options)
     return buffer.getvalue()
 
 
@@ -316,6 +325,23 @@ def test_a_single_null_after_an_odd_stream_is_its_padding() -> None:
     result = process(data, CompressionOptions(min_ratio=0))
     assert result.state == "done" and result.warnings == []
     assert_frames_equal(result.output, 64, 64, frames)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("frames", [3, 4])  # either parity: padded or not
+def test_a_gzip_trailer_after_the_stream_is_checked(frames: int) -> None:
+    """DCTOOL writes the data set's CRC-32 and size after the stream (pydicom's
+    image_dfl.dcm): a match is silent, a mismatch proves the stream corrupt."""
+    data = deflated_volume(64, 64, frames, gzip_trailer=True)
+    result = process(data, CompressionOptions(min_ratio=0))
+    assert result.state == "done" and result.warnings == [], result.message
+    assert_frames_equal(result.output, 64, 64, frames)  # type: ignore[arg-type]
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflater.decompress(data[meta_end(data) :])
+    trailer = len(data) - len(inflater.unused_data)  # the offset of the CRC
+    damaged = data[:trailer] + bytes([data[trailer] ^ 1]) + data[trailer + 1 :]
+    result = process(damaged, CompressionOptions())
+    assert (result.state, result.code) == ("failed", "invalid_dicom")
+    assert "does not match the CRC-32" in result.message
 
 
 def test_a_data_set_not_deflated_after_all_is_read_as_it_is() -> None:

@@ -20,6 +20,7 @@ import copy
 import functools
 import io
 import os
+import struct
 import tempfile
 import warnings
 import zlib
@@ -66,6 +67,8 @@ _PADDING = b"\0"
 # 300 bytes unless the values before it are absurdly long (read as pydicom reads them)
 _META_BYTES = 4096
 _DEFLATED_UID = DeflatedExplicitVRLittleEndian.encode()
+# What some writers (DCTOOL) put after the stream: CRC-32 and size of the inflated data
+_GZIP_TRAILER = struct.Struct("<LL")
 # Deflated bytes enough to tell a deflate stream from a data set that is not one
 _PROBE_BYTES = 64
 
@@ -244,6 +247,16 @@ class _Spool:
         self.file.seek(0)
         return self.file
 
+    def crc32(self, start: int) -> int:
+        """The CRC-32 of what was written from ``start`` on (the end stays the end)."""
+        end = self.file.tell()
+        self.file.seek(start)
+        crc = 0
+        while chunk := self.file.read(min(OUTPUT_BYTES, end - self.file.tell())):
+            crc = zlib.crc32(chunk, crc)
+        self.file.seek(end)
+        return crc
+
     def close(self) -> None:
         self.file.close()
 
@@ -265,6 +278,7 @@ def _inflate(file: BinaryIO, found: _Deflated, limit: int, spool: _Spool) -> Non
             "invalid_dicom", "the file meta names Deflated Explicit VR Little Endian, but no "
             "data set follows it",
         )  # fmt: skip
+    start = spool.file.tell()  # of the data set in the spool
     try:
         trailing = _inflate_stream(file, head, -zlib.MAX_WBITS, found, limit, spool)
     except _DoesNotInflate as raw:
@@ -290,10 +304,28 @@ def _inflate(file: BinaryIO, found: _Deflated, limit: int, spool: _Spool) -> Non
             return
         else:
             raise _corrupt(raw) from raw
-    if trailing and not (trailing == 1 and file.read(1) == _PADDING):
-        warnings.warn(
-            f"{trailing} bytes after the end of the deflated data set ignored", stacklevel=2
-        )
+    if trailing:
+        _after_the_stream(file.read(min(trailing, _GZIP_TRAILER.size + 1)), trailing, spool, start)
+
+
+def _after_the_stream(tail: bytes, trailing: int, spool: _Spool, start: int) -> None:
+    """Check what follows the deflated stream (``trailing`` bytes, ``tail`` their first):
+    the null padding, or a gzip trailer (the CRC-32 and size of the inflated data set,
+    as DCTOOL writes) that must match what was inflated; warn of anything else."""
+    if tail == _PADDING:
+        return
+    inflated = spool.file.tell() - start
+    if trailing - _GZIP_TRAILER.size in (0, 1) and tail[_GZIP_TRAILER.size :] in (b"", _PADDING):
+        crc, size = _GZIP_TRAILER.unpack(tail[: _GZIP_TRAILER.size])
+        if size == inflated % 2**32:
+            if crc != spool.crc32(start):
+                raise PermanentError(
+                    "invalid_dicom",
+                    "the inflated data set does not match the CRC-32 written after the "
+                    "deflated stream (a gzip trailer): the stream is corrupt",
+                )
+            return
+    warnings.warn(f"{trailing} bytes after the end of the deflated data set ignored", stacklevel=3)
 
 
 def _inflate_stream(
