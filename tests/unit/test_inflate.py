@@ -85,7 +85,7 @@ def write_deflated_volume(
     if gzip_trailer:
         written += file.write(struct.pack("<LL", crc, inflated))
     if written % 2:
-        file.write(b"\0")  # PS3.5 A.5
+        file.write(b"\0")  # as pydicom pads an odd stream
 
 
 def deflated_volume(rows: int, cols: int, frames: int, **options: Any) -> bytes:
@@ -119,6 +119,12 @@ def assert_frames_equal(written: bytes, rows: int, cols: int, frames: int) -> No
         np.testing.assert_array_equal(frame, sparse_frame(index, rows, cols))
         count += 1
     assert count == frames
+
+
+def open_descriptors() -> set[str]:
+    """This process's open file descriptors (Linux), or nothing to compare elsewhere."""
+    fds = Path("/proc/self/fd")
+    return set(os.listdir(fds)) if fds.exists() else set()
 
 
 CHILD = """
@@ -187,12 +193,13 @@ def test_an_object_inflating_past_the_limit_is_stopped_there(
     mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """64 MiB of Pixel Data in 130 KB, 8 MiB allowed: refused with its own code, having
-    held little more than a read and the in-memory part of the spool; no temporary
-    file is left."""
+    held little more than a read and the in-memory part of the spool; the spool is
+    closed (with O_TMPFILE it has no name to look for: its descriptor is counted)."""
     data = deflated_volume(512, 512, 128)
     assert len(data) < MIB
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     options = CompressionOptions(max_inflated_mb=8)
+    descriptors = open_descriptors()
     tracemalloc.start()
     try:
         if mode == "bytes":
@@ -210,6 +217,7 @@ def test_an_object_inflating_past_the_limit_is_stopped_there(
     assert not result.copy_source and result.output is None
     assert peak - len(data) < 12 * MIB, f"peak {peak / MIB:.1f} MiB"
     assert list(tmp_path.iterdir()) == []
+    assert open_descriptors() == descriptors
 
 
 def test_the_limit_counts_the_inflated_data_set_not_the_file() -> None:
@@ -243,6 +251,7 @@ def test_a_small_deflated_object_compresses_losslessly(case: dict[str, Any], tar
 def test_a_deflated_multi_frame_object_takes_the_frame_path(deferred: None) -> None:
     ds = make_image(40, 48, frames=5, bits_stored=12)
     expected = source_pixels(ds)
+    descriptors = open_descriptors()
     result, written = from_file(deflated(ds), CompressionOptions(target="jpeg-ls", min_ratio=0))
     np.testing.assert_array_equal(independent_decode(written), expected)
     assert result.state == "done"
@@ -252,6 +261,7 @@ def test_a_deflated_multi_frame_object_takes_the_frame_path(deferred: None) -> N
     result.output.seek(0)
     np.testing.assert_array_equal(independent_decode(result.output.read()), expected)
     result.close()
+    assert open_descriptors() == descriptors  # the spools and outputs are closed
 
 
 def _first_block_corrupt(ds: Dataset) -> bytes:

@@ -60,8 +60,8 @@ WHOLE_OBJECT_FACTOR = 8
 # The default limit where the memory is not known
 UNKNOWN_MEMORY_LIMIT_MB = 1024
 _SETTING = "max_inflated_mb (DCMPRESS_MAX_INFLATED_MB, --max-inflated-mb)"
-# PS3.5 A.5: a deflated stream of odd length is followed by one null byte, for an even
-# file length
+# Writers (pydicom, DCMTK) follow a deflated stream of odd length with one null byte,
+# for an even file length
 _PADDING = b"\0"
 # The Transfer Syntax UID is the fourth element of the file meta, within its first
 # 300 bytes unless the values before it are absurdly long (read as pydicom reads them)
