@@ -144,6 +144,11 @@ CODES: dict[str, CodeInfo] = {
         "Pixel Data length or Image Pixel attributes are inconsistent, so the pixels "
         "cannot be decoded.",
     ),
+    "inflated_too_large": CodeInfo(
+        "failed",
+        "A Deflated Explicit VR Little Endian data set inflates past max_inflated_mb; "
+        "inflation stopped there (a deflate bomb fills neither memory nor disk).",
+    ),
     "verification_failed": CodeInfo(
         "failed",
         "The compressed result did not decode to the source pixels (or beyond the allowed "

@@ -128,6 +128,17 @@ class CompressionOptions(BaseModel):
         description="Keep the source unchanged (`skipped/no_gain`) unless the result is "
         "at least this many times smaller. 0 keeps every result.",
     )
+    max_inflated_mb: int | None = Field(
+        default=None,
+        ge=1,
+        description="Deflated sources (Deflated Explicit VR Little Endian) are inflated "
+        "into a temporary file; one whose data set inflates past this many MiB is "
+        "stopped there and recorded `failed/inflated_too_large`, so a deflate bomb "
+        "fills neither memory nor disk. Unset: sized on each worker from its memory "
+        "(physical, or the cgroup limit) divided by its worker processes and by 8, as an "
+        "object read whole costs about 6 times its size (a large multi-frame one, "
+        "read frame group by frame group, far less).",
+    )
 
     _split = field_validator(
         "target", "auto_candidates", "encoding_plugin", "j2k_cr", "j2k_psnr", mode="before"

@@ -39,6 +39,7 @@ from worker.codec.frames import (
     verify_output,
     write_output,
 )
+from worker.codec.inflate import native_source
 from worker.codec.isolation import CodecCrashed
 from worker.codec.parse import read_dataset
 from worker.codec.syntaxes import describe
@@ -236,7 +237,8 @@ def _recorded(
     decider: _Decider,
 ) -> Result:
     try:
-        result = _process(data, size, options, stages, frames_above, decider)
+        with native_source(data, options, frames_above, stages) as source:
+            result = _process(source, size, options, stages, frames_above, decider)
     except PermanentError as exc:
         raise_outside_causes(exc)
         result = _refused(exc, size, options)
