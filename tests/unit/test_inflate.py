@@ -214,7 +214,7 @@ def test_an_object_inflating_past_the_limit_is_stopped_there(
         tracemalloc.stop()
     assert (result.state, result.code) == ("failed", "inflated_too_large")
     assert "more than 8 MiB" in result.message and "max_inflated_mb" in result.message
-    assert not result.copy_source and result.output is None
+    assert result.copied and result.output is None  # the source, unchanged
     assert peak - len(data) < 12 * MIB, f"peak {peak / MIB:.1f} MiB"
     assert list(tmp_path.iterdir()) == []
     assert open_descriptors() == descriptors

@@ -64,6 +64,7 @@ from worker.timing import StageTimer
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian (read inflated)
 LOSSY_TARGETS = frozenset(name for name, target in TARGETS.items() if target.lossy)
 
 
@@ -239,6 +240,8 @@ def _recorded(
     try:
         with native_source(data, options, frames_above, stages) as source:
             result = _process(source, size, options, stages, frames_above, decider)
+        if source is not data and result.copy_source:
+            result.transfer_syntax = DEFLATED  # the copy is the deflated source itself
     except PermanentError as exc:
         raise_outside_causes(exc)
         result = _refused(exc, size, options)
