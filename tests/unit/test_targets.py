@@ -51,7 +51,8 @@ def image(kind: str):  # type: ignore[no-untyped-def]
 def test_every_target_and_plugin_round_trips(target: str, plugin: str, kind: str) -> None:
     ds = image(kind)
     source = source_pixels(ds)
-    result = run(ds, target=[target], encoding_plugin=[plugin], min_ratio=0)
+    # the quality guard off: noise at the default ratio is what it refuses (tested apart)
+    result = run(ds, target=[target], encoding_plugin=[plugin], min_ratio=0, min_psnr=0)
     spec = TARGETS[target]
     if (target, kind) in UNDEFINED:
         assert (result.state, result.code) == ("skipped", "encoder_rejected"), result.message

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -354,7 +355,7 @@ def encode_pixels(
         if options.j2k_psnr:
             kwargs["j2k_psnr"] = list(options.j2k_psnr)
         else:
-            kwargs["j2k_cr"] = list(options.j2k_cr or DEFAULT_J2K_CR)
+            kwargs["j2k_cr"] = openjpeg_ratios(options.j2k_cr or DEFAULT_J2K_CR, source.dataset)
 
     wanted_transform = _ask_colour_transform(ds, target)
     restore = quirks.prepare(ds)
@@ -433,6 +434,15 @@ def _describe_colour(ds: Dataset, source: Dataset, target: Target, wanted: str) 
             f"{transform or 'none'}",
         )
     ds.PhotometricInterpretation = transform or str(source.PhotometricInterpretation)
+
+
+def openjpeg_ratios(ratios: Iterable[float], ds: Dataset) -> list[float]:
+    """``ratios`` against the stored pixel bytes (Bits Allocated), as the output's Lossy
+    Image Compression Ratio states them, in OpenJPEG's terms: it counts a ratio against
+    the samples' precision (Bits Stored), so 10 on 12-bit values in 16-bit words gave
+    13.3 of the stored bytes."""
+    scale = int(ds.BitsStored) / int(ds.BitsAllocated)
+    return [max(1.0, float(ratio) * scale) for ratio in ratios]
 
 
 # Element values that are never changed in place: shared by a copy and its original

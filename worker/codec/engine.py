@@ -380,7 +380,7 @@ def quality_refusal(
     if options.max_error is not None and checked.max_error > options.max_error:
         reasons.append(f"max error {checked.max_error} above max_error {options.max_error}")
     psnr = checked.psnr  # None: identical
-    if options.min_psnr is not None and psnr is not None and psnr < options.min_psnr:
+    if options.min_psnr and psnr is not None and psnr < options.min_psnr:
         reasons.append(f"PSNR {psnr:.1f} dB below min_psnr {options.min_psnr:g}")
     if not reasons:
         return None

@@ -59,18 +59,21 @@ def _decode(ds: Dataset, plugin: str) -> np.ndarray:
     return arr
 
 
-def compare(source: np.ndarray, decoded: np.ndarray, bits_stored: int) -> Verification:
+def compare(source: np.ndarray, decoded: np.ndarray) -> Verification:
     """Maximum absolute error and PSNR of ``decoded`` against ``source``."""
-    return Difference.of(source, decoded).verification(bits_stored)
+    return Difference.of(source, decoded).verification()
 
 
 @dataclass
 class Difference:
-    """Maximum absolute error and squared error sum, added up frame by frame."""
+    """Maximum absolute error and squared error sum, added up frame by frame, with the
+    source's lowest and highest value (its range is the PSNR's peak)."""
 
     max_error: int = 0
     squared: float = 0.0
     count: int = 0
+    lowest: float = math.inf
+    highest: float = -math.inf
 
     @classmethod
     def of(cls, source: np.ndarray, decoded: np.ndarray) -> Difference:
@@ -87,17 +90,26 @@ class Difference:
         else:
             diff = np.abs(source.astype(np.int64) - decoded.astype(np.int64))
         max_error = int(diff.max()) if diff.size else 0
-        return cls(max_error, float(np.sum(diff.astype(np.float64) ** 2)), diff.size)
+        squared = float(np.sum(diff.astype(np.float64) ** 2))
+        return cls(max_error, squared, diff.size, float(source.min()), float(source.max()))
 
     def add(self, other: Difference) -> None:
         self.max_error = max(self.max_error, other.max_error)
         self.squared += other.squared
         self.count += other.count
+        self.lowest = min(self.lowest, other.lowest)
+        self.highest = max(self.highest, other.highest)
 
-    def verification(self, bits_stored: int) -> Verification:
+    def verification(self) -> Verification:
+        """Max error and PSNR. The PSNR's peak is the source's value range (highest -
+        lowest, at least 1), not 2^Bits Stored - 1: 12-bit CT values stored with Bits
+        Stored 16 would read 24 dB better than they are, and a guard on it would pass a
+        ruined image. (A frame group that decoded identically adds no range: only the
+        frames with an error have one, and their range is what the error is measured
+        against.)"""
         if self.max_error == 0 or not self.count:
             return Verification(0, None)
-        peak = float(2**bits_stored - 1)
+        peak = max(1.0, self.highest - self.lowest)
         return Verification(
             self.max_error, 10.0 * math.log10(peak * peak * self.count / self.squared)
         )
@@ -149,7 +161,7 @@ def within_bound(
 ) -> Verification:
     """The verification of ``difference``; ``verification_failed`` if it exceeds the
     error ``target`` allows."""
-    result = difference.verification(source.bits_stored)
+    result = difference.verification()
     allowed = target.allowed_error(jls_error)
     if allowed is not None and result.max_error > allowed:
         raise PermanentError(
