@@ -46,3 +46,8 @@ def test_a_soft_time_limit_during_encoding_is_recorded_time_limit(
     )  # fmt: skip
     assert "task_soft_time_limit=1s" in ledger.get_message(batch, "big.dcm")
     assert (record.attempts, record.lost) == (1, 0), record  # one delivery, which lived
+    # failed because of what it is (too big to compress in time): copied unchanged
+    assert record.copied and record.bytes_out == len(big)
+    copied = s3_server.client().get_object(Bucket=dest, Key="big.dcm")
+    assert copied["Body"].read() == big
+    assert copied["Metadata"]["dcmpress-outcome"] == "failed/time_limit"

@@ -102,6 +102,29 @@ def test_a_failed_file_makes_the_exit_status_non_zero(tree: Path, tmp_path: Path
     assert not (out / "notes.txt").exists()
 
 
+def test_a_failed_file_is_copied_unchanged_unless_failed_output_is_none(
+    tree: Path, tmp_path: Path
+) -> None:
+    """The output tree is a complete archive: a file that cannot be compressed because
+    of what it holds is copied as it is, and its record stays failed and says so."""
+    image = to_bytes(make_image(64, 64, bits_stored=12))
+    (tree / "cut.dcm").write_bytes(image[: len(image) - 1000])
+    out = tmp_path / "out"
+    proc = dcmpress("compress", str(tree), "-o", str(out), "--jsonl")
+    assert proc.returncode == 1  # a failure, as before
+    row = records(proc.stdout)["cut.dcm"]
+    assert (row["outcome"], row["code"], row["copied"]) == ("failed", "invalid_pixel_data", True)
+    assert row["output"] == str(out / "cut.dcm") and row["message"].endswith("copied unchanged")
+    assert (out / "cut.dcm").read_bytes() == (tree / "cut.dcm").read_bytes()
+    assert row["bytes_out"] == row["bytes_in"]
+    assert records(proc.stdout)["study2/plan.dcm"]["copied"] is True  # skipped: copied too
+    bare = tmp_path / "bare"
+    proc = dcmpress("compress", str(tree), "-o", str(bare), "--jsonl", "--failed-output", "none")
+    row = records(proc.stdout)["cut.dcm"]
+    assert (row["outcome"], row["output"], row["copied"]) == ("failed", None, False)
+    assert not (bare / "cut.dcm").exists()
+
+
 def files_from(stdin: bytes, *args: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
     """The real command line reading its inputs from standard input."""
     return subprocess.run(
@@ -206,11 +229,13 @@ def test_fallback_targets_and_lossy_options_from_the_command_line(tmp_path: Path
     proc = dcmpress(
         "compress", str(small.parent), "-o", str(tmp_path / "out"),
         "--target", "j2k-lossy,rle", "--j2k-cr", "12", "--jsonl", "--min-ratio", "0",
+        "--min-psnr", "0",  # noise at 12:1: the default guard would refuse it
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     rows = records(proc.stdout)
     assert rows["small.dcm"]["target"] == "rle"
-    assert rows["big.dcm"]["target"] == "j2k-lossy" and rows["big.dcm"]["psnr"] > 20
+    assert rows["big.dcm"]["target"] == "j2k-lossy" and rows["big.dcm"]["psnr"] > 10
+    assert rows["big.dcm"]["max_error"] > 0 and rows["small.dcm"]["psnr"] is None
     assert read(Path(rows["big.dcm"]["output"]).read_bytes()).LossyImageCompression == "01"
 
 
@@ -285,6 +310,10 @@ def test_a_pool_process_crash_is_recorded_and_the_rest_still_complete(
     assert len(seen) == len(by_name) == 7  # exactly one record per file
     assert by_name["crash.dcm"]["code"] == "codec_crashed"
     assert all(by_name[f"ok{i}.dcm"]["outcome"] == "done" for i in range(6))
+    # the crash is about the file's content: it is copied unchanged (failed_output=copy)
+    crashed = by_name["crash.dcm"]
+    assert crashed["copied"] is True and crashed["message"].endswith("copied unchanged")
+    assert Path(crashed["output"]).read_bytes() == (source / "crash.dcm").read_bytes()
 
 
 def test_outputs_are_created_as_the_users_umask_says(tree: Path, tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from producer.sources import KeyFilter, ObjectRef, listing_pages
 from tests.support import independent_decode, read, source_pixels
 from worker.codec.frames import FRAMES_ABOVE
 from worker.errors import TransientError
+from worker.runtime import contract
 from worker.runtime.app import create_app
 from worker.runtime.contract import BatchSpec, JobMessage, S3Location
 from worker.runtime.ledger import Keys, Ledger, Record
@@ -113,18 +114,41 @@ def test_transient_fetch_errors_leave_the_object_queued_for_retry(
     assert ledger.claim_owner(source, "k.dcm") is None
 
 
+@pytest.mark.parametrize("failed_output", ["copy", "none"])
 def test_an_object_whose_worker_keeps_dying_is_recorded_worker_lost(
-    ledger: Ledger, storage: Storage, s3_server: SeaweedS3, bucket_pair: tuple[str, str]
-) -> None:
+    ledger: Ledger, storage: Storage, s3_server: SeaweedS3, bucket_pair: tuple[str, str],
+    failed_output: str,
+) -> None:  # fmt: skip
     source, dest = bucket_pair
-    s3_server.client().put_object(Bucket=source, Key="k.dcm", Body=to_bytes(make_image(40, 40)))
-    job = make_job(ledger, storage, spec_for(source, dest), "k.dcm", max_attempts=2)
+    body = to_bytes(make_image(40, 40))
+    s3_server.client().put_object(Bucket=source, Key="k.dcm", Body=body)
+    spec = spec_for(source, dest, failed_output=failed_output)
+    job = make_job(ledger, storage, spec, "k.dcm", max_attempts=2)
     # two earlier deliveries started and never finished (their workers were killed)
     ledger.transition(job.batch, "k.dcm", Record(state="running", attempts=2, lost=1).stamped())
     result = process_object(job)
     assert (result["outcome"], result["code"]) == ("failed", "worker_lost")
     counts = ledger.counts(job.batch)
     assert (counts.get("running"), counts.get("failed")) == (0, 1)
+    # by default the source is copied unchanged (the archive stays complete), and the
+    # record, the report's row and the copy's metadata say so
+    record = ledger.get_record(job.batch, "k.dcm")
+    assert record is not None
+    client = s3_server.client()
+    if failed_output == "none":
+        assert not record.copied and record.bytes_out == 0
+        assert "Contents" not in client.list_objects_v2(Bucket=dest)
+        return
+    assert record.copied and record.bytes_out == len(body) == record.bytes_in
+    copied = client.get_object(Bucket=dest, Key="out/k.dcm")
+    assert copied["Body"].read() == body
+    assert copied["Metadata"][contract.META_OUTCOME] == "failed/worker_lost"
+    assert copied["Metadata"][contract.META_COPIED] == "1"
+    assert ledger.get_message(job.batch, "k.dcm").endswith("; copied unchanged")
+    assert result["copied"] is True and result["output"] == f"s3://{dest}/out/k.dcm"
+    # a delivery of the same object afterwards is a duplicate: nothing copied again
+    again = process_object(make_job(ledger, storage, spec, "k.dcm", max_attempts=2))
+    assert again.get("duplicate") is True
 
 
 def test_missing_source_is_a_permanent_failure(
@@ -133,6 +157,8 @@ def test_missing_source_is_a_permanent_failure(
     source, dest = bucket_pair
     result = process_object(make_job(ledger, storage, spec_for(source, dest), "gone.dcm"))
     assert (result["outcome"], result["code"]) == ("failed", "source_missing")
+    # a storage failure has nothing to copy: no output, whatever failed_output says
+    assert result["copied"] is False and result.get("output") is None
 
 
 def test_in_place_replaces_the_source_only_if_unchanged(
