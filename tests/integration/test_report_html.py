@@ -105,8 +105,9 @@ def check_bars(page: str, data: dict[str, Any]) -> Bars:
     bars = Bars()
     bars.feed(page)
     bars.close()
-    assert sorted(bars.charts) == sorted(BAR_VALUE)
-    for chart, field in BAR_VALUE.items():
+    drawn = {**BAR_VALUE, **({"psnr_histogram": "count"} if data["psnr_histogram"] else {})}
+    assert sorted(bars.charts) == sorted(drawn)
+    for chart, field in drawn.items():
         expected = [(str(item["label"]), str(item[field])) for item in data[chart]]
         assert bars.charts[chart] == expected, chart
     return bars
@@ -276,3 +277,39 @@ def test_hostile_text_cannot_break_out_of_the_page() -> None:
     assert [item["label"] for item in data["throughput"]] == ["22:13", "22:14"]
     assert data["ratio_histogram"][4] == {"label": "2.5-3.0", "count": 0}
     assert data["ratio_histogram"][5] == {"label": "3.0-4.0", "count": 1}
+
+
+def _lossy_row(key: str, modality: str, psnr: float | None, max_error: int) -> dict[str, Any]:
+    return {
+        "key": key, "state": "done", "code": "compressed", "message": "", "bytes_in": 500,
+        "bytes_out": 100, "ratio": 5.0, "target": "j2k-lossy", "plugin": "pylibjpeg",
+        "attempts": 1, "seconds": 0.1, "worker": "w", "etag": "", "updated": 1_700_000_000,
+        "modality": modality, "rule": "", "copied": False, "max_error": max_error, "psnr": psnr,
+    }  # fmt: skip
+
+
+def test_lossy_quality_is_shown_as_a_distribution_per_modality() -> None:
+    """The HTML report of lossy results: a PSNR histogram and, per modality, the lowest,
+    5th-percentile and median PSNR and the largest error (from the records' quality)."""
+    rows = [_lossy_row(f"ct/{n}.dcm", "CT", 40.0 + n, n) for n in range(20)]
+    rows += [_lossy_row("mr/a.dcm", "<b>MR</b>", 52.34, 3), _lossy_row("mr/b.dcm", "<b>MR</b>",
+             None, 0)]  # fmt: skip
+    rows.append({**_lossy_row("lossless.dcm", "CT", None, 0), "max_error": None,
+                 "target": "jpeg-ls"})  # fmt: skip
+    counts = {"done": 23.0, "bytes_in": 23 * 500.0, "bytes_out": 23 * 100.0}
+    data = chart_data(rows, counts)
+    ct, mr = data["quality_by_modality"]
+    assert ct == {"label": "CT", "objects": 20, "identical": 0, "psnr_min": 40.0,
+                  "psnr_p5": 40.0, "psnr_median": 49.0, "max_error": 19}  # fmt: skip
+    assert mr == {"label": "<b>MR</b>", "objects": 2, "identical": 1, "psnr_min": 52.3,
+                  "psnr_p5": 52.3, "psnr_median": 52.3, "max_error": 3}  # fmt: skip
+    histogram = {item["label"]: item["count"] for item in data["psnr_histogram"]}
+    assert histogram["40-45"] == 5 and histogram["55-60"] == 5 and histogram["identical"] == 1
+    assert sum(histogram.values()) == 22  # the lossless object is not a lossy result
+    page = render_html("b", data)
+    check_bars(page, data)
+    assert "<b>MR</b>" not in page and "&lt;b&gt;MR&lt;/b&gt;" in page
+    assert 'id="quality"' in page and "PSNR p5" in page
+    plain = chart_data(rows[-1:], {"done": 1.0})
+    assert plain["psnr_histogram"] == plain["quality_by_modality"] == []
+    assert 'id="quality"' not in render_html("b", plain)
