@@ -377,7 +377,7 @@ def estimate_tables(report: dict[str, Any]) -> list[Table]:
         ("destination size", human_bytes(saving["bytes_written"]),
          f"{human_bytes(saving['bytes_written_low'])} - "
          f"{human_bytes(saving['bytes_written_high'])}"),
-        ("not written (skip, failed without a copy)", human_bytes(saving["not_written"]), ""),
+        ("not written (no output)", human_bytes(saving["not_written"]), ""),
         ("ratio of written objects", ratio, ""),
         ("CPU core-hours", f"{cpu['core_hours']:,.4g}",
          f"{cpu['low']:,.4g} - {cpu['high']:,.4g} ({level})"),
