@@ -419,3 +419,19 @@ def test_the_cgroup_memory_limit_caps_the_memory(tmp_path: Path) -> None:
     (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
     assert cgroup_memory_limit(v1) is None  # v1's "no limit"
     assert cgroup_memory_limit(tmp_path / "none") is None
+
+
+def test_the_estimate_reads_the_header_of_a_large_deflated_object(tmp_path: Path) -> None:
+    """A deflated stream cut short cannot be inflated whole (as pydicom tries, in the
+    estimate's ranged header reads), but its start inflates: the header of a 9 MB
+    deflated object that deflates little is read from its first 64 KiB, as the engine
+    reads the object (inflated, native), not given up as unreadable after 4 MiB."""
+    from dcmpress.estimate import HEAD_FIRST, HEAD_MOST, Entry, LocalSource, read_header
+    from producer.sources import KeyFilter
+
+    data = deflated(make_image(512, 512, frames=20, bits_stored=12))
+    assert len(data) > HEAD_MOST
+    path = tmp_path / "deflated.dcm"
+    path.write_bytes(data)
+    header = read_header(LocalSource([tmp_path], KeyFilter()), Entry(str(path), len(data)), None)
+    assert (header.kind, header.modality, header.bytes_read) == ("CT", "CT", HEAD_FIRST)

@@ -108,6 +108,26 @@ def native_source(
         spool.close()
 
 
+def inflated_head(data: bytes, most: int) -> tuple[bytes, bool] | None:
+    """The first bytes of an object (``data``) as a native Part 10 file's first bytes,
+    if its data set is deflated: the stream inflated as far as those bytes reach (at
+    most ``most`` bytes), and whether that is the whole data set. None for anything
+    else, a deflated stream that does not inflate included (the parser names it).
+
+    ``dcmpress estimate`` reads headers so: a deflated stream cut short cannot be
+    inflated whole, as pydicom tries to, but its start inflates as any other.
+    """
+    found = _deflated(io.BytesIO(data))
+    if found is None:
+        return None
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        body = inflater.decompress(data[found.start :], most)
+    except zlib.error:
+        return None
+    return found.native_prefix() + body, inflater.eof
+
+
 def limit_bytes(options: CompressionOptions) -> int:
     """How many bytes a deflated data set may inflate to: ``max_inflated_mb``, else the
     default sized from this worker's memory."""

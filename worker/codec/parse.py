@@ -41,6 +41,8 @@ ONLY_PRIVATE_ELEMENTS = (
 # an explicit VR syntax): a file that ends within them lost its pixels
 _PIXEL_DATA_STARTS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
 _LONGEST_HEADER = 12  # tag, VR, two reserved bytes, 4-byte length
+# The most of a deflated data set read_header inflates: any header ends well before
+HEADER_INFLATED_MOST = 16 * 1024 * 1024
 # (is implicit VR, is little endian) of every output: explicit VR little endian
 _WRITTEN_ENCODING = (False, True)
 
@@ -106,6 +108,11 @@ def read_header(data: bytes, whole: bool) -> Dataset:
     """
     if len(data) < 8 and whole:
         raise PermanentError("not_dicom", f"only {len(data)} bytes: too short to be DICOM")
+    from worker.codec.inflate import inflated_head  # it reads headers with this module
+
+    inflated = inflated_head(data, HEADER_INFLATED_MOST)
+    if inflated is not None:  # read as the engine reads it: inflated, native
+        data, whole = inflated[0], whole and inflated[1]
     file = io.BytesIO(data)
     ds = _parsed(file, partial=not whole, stop_before_pixels=True)
     _complete_file_meta(ds)
