@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from pydicom.tag import Tag
 from dcmpress.stack.samples import make_image, to_bytes
 from tests.support import independent_decode, run, source_pixels
 from tests.synthetic import enhanced_ct, mr_with_embedded_overlays, private_part10, with_syntax
+from worker.codec.engine import process
 from worker.settings import CompressionOptions
 
 Mutation = Callable[[Dataset], None]
@@ -300,3 +302,16 @@ def test_damaged_pixel_data_is_invalid_pixel_data_under_every_target(data: bytes
         assert (result.state, result.code) == ("failed", "invalid_pixel_data"), (
             target, result.message)  # fmt: skip
         assert result.copied and result.message.endswith("copied unchanged")
+
+
+@pytest.mark.parametrize("declared", [0, 2], ids=["frames-0-of-3", "frames-2-of-3"])
+def test_frame_counts_are_refused_alike_on_the_frame_path(declared: int, deferred: None) -> None:
+    """Read from a file frame group by frame group (worker/codec/frames.py), the same
+    object gets the same code and message as from bytes."""
+    data = _frames_declared(declared)
+    whole = run(data, target=["jpeg-ls"])
+    with tempfile.TemporaryFile() as file:
+        file.write(data)
+        framed = process(file, CompressionOptions(target=["jpeg-ls"]), frames_above=1)
+    assert (framed.state, framed.code, framed.message) == (
+        "failed", "invalid_pixel_data", whole.message)  # fmt: skip

@@ -238,10 +238,14 @@ def _check_decoded_frames(ds: Dataset, arr: np.ndarray, declared: int) -> None:
     per_frame = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel)
     decoded = arr.size // per_frame if per_frame else 0
     if decoded != declared:
-        raise PermanentError(
-            "invalid_pixel_data",
-            f"the Pixel Data holds {decoded} frames, Number of Frames says {declared}",
-        )
+        raise frame_count_refusal(decoded, declared)
+
+
+def frame_count_refusal(held: int, declared: int) -> PermanentError:
+    """The ``invalid_pixel_data`` of Pixel Data holding ``held`` whole frames where
+    Number of Frames says ``declared`` (both paths: decoded, or counted in the file)."""
+    message = f"the Pixel Data holds {held} frames, Number of Frames says {declared}"
+    return PermanentError("invalid_pixel_data", message)
 
 
 def _split_high_bits(ds: Dataset, syntax: UID, words_count: int, frames: int) -> HighBits:

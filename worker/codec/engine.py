@@ -17,6 +17,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from worker.codec import auto
 from worker.codec.compress import (
@@ -64,7 +65,6 @@ from worker.timing import StageTimer
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian (read inflated)
 LOSSY_TARGETS = frozenset(name for name, target in TARGETS.items() if target.lossy)
 
 
@@ -241,7 +241,8 @@ def _recorded(
         with native_source(data, options, frames_above, stages) as source:
             result = _process(source, size, options, stages, frames_above, decider)
         if source is not data and result.copy_source:
-            result.transfer_syntax = DEFLATED  # the copy is the deflated source itself
+            # the copy is the deflated source itself, not the spool it was read from
+            result.transfer_syntax = str(DeflatedExplicitVRLittleEndian)
     except PermanentError as exc:
         raise_outside_causes(exc)
         result = _refused(exc, size, options)

@@ -42,9 +42,11 @@ from worker.codec.compress import (
     EXTENDED_OFFSET_TABLE_LENGTHS,
     PIXEL_DATA,
     SourceImage,
+    declared_frames,
     decode_source,
     describe_result,
     encode_pixels,
+    frame_count_refusal,
     refuse_kept_high_bits,
     serialize,
 )
@@ -232,8 +234,8 @@ def plan(ds: Dataset, source: BinaryIO, above: int = FRAMES_ABOVE) -> Plan | Non
     length = int(raw.length)
     if length == 0xFFFFFFFF or length < above:
         return None
+    frames = declared_frames(ds)  # invalid_pixel_data for 0, as the whole-object path
     try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
         rows, columns = int(ds.Rows), int(ds.Columns)
         samples = int(ds.SamplesPerPixel)
         allocated = int(ds.BitsAllocated)
@@ -241,12 +243,8 @@ def plan(ds: Dataset, source: BinaryIO, above: int = FRAMES_ABOVE) -> Plan | Non
     except (AttributeError, TypeError, ValueError):
         return None  # the whole-object path names what is missing or wrong
     frame_bytes = rows * columns * samples * allocated // 8
-    if frame_bytes > 0 and frames > 0 and length >= (frames + 1) * frame_bytes:
-        # what the whole-object path says too (compress.declared_frames)
-        raise PermanentError(
-            "invalid_pixel_data",
-            f"the Pixel Data holds {length // frame_bytes} frames, Number of Frames says {frames}",
-        )
+    if frame_bytes > 0 and length >= (frames + 1) * frame_bytes:
+        raise frame_count_refusal(length // frame_bytes, frames)
     if (
         frames < 2
         or allocated not in (8, 16, 32)

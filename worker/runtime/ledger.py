@@ -161,14 +161,6 @@ _TARGET_NAMES = {tag: name for name, tag in TARGET_TAGS.items()}
 _PLUGIN_NAMES = {tag: name for name, tag in PLUGIN_TAGS.items()}
 
 
-def _tagged(tags: dict[str, str], name: str) -> str:
-    return tags.get(name, name)
-
-
-def _named(names: dict[str, str], stored: str) -> str:
-    return names.get(stored, stored)
-
-
 def _number(text: str) -> int:
     """A base-36 field; empty is 0."""
     return int(text, 36) if text else 0
@@ -186,7 +178,8 @@ class Record:
 
     Fields, in order: state, code, bytes in, bytes out, attempts, target, plugin,
     milliseconds, worker, ETag, updated, lost, modality, rule, max error, PSNR (tenths
-    of a dB), copied (``1``: a failed object whose source was copied unchanged).
+    of a dB), copied (``1``: the output is the source unchanged, a skipped or failed
+    object's copy).
     """
 
     state: str
@@ -205,18 +198,19 @@ class Record:
     rule: int = 0  # the batch policy's rule that decided (1-based); 0: no policy
     max_error: int | None = None  # a lossy result's largest pixel error
     psnr: float | None = None  # a lossy result's PSNR in dB (None: identical or lossless)
-    copied: bool = False  # a failed object whose source was copied unchanged
+    copied: bool = False  # the output is the source unchanged (skipped or failed)
 
     def encode(self) -> str:
         """The stored form."""
+        implied = _IMPLIED_CODE.get(self.state) == self.code
         fields = [
             _STATE_CHAR[self.state],
-            "" if _IMPLIED_CODE.get(self.state) == self.code else _tagged(CODE_TAGS, self.code),
+            "" if implied else CODE_TAGS.get(self.code, self.code),
             to_base36(self.bytes_in),
             to_base36(self.bytes_out),
             to_base36(self.attempts),
-            _tagged(TARGET_TAGS, self.target),
-            _tagged(PLUGIN_TAGS, self.plugin),
+            TARGET_TAGS.get(self.target, self.target),
+            PLUGIN_TAGS.get(self.plugin, self.plugin),
             to_base36(self.millis),
             self.worker,
             self.etag,
@@ -241,12 +235,12 @@ class Record:
         state = _CHAR_STATE[parts[0]]
         return cls(
             state=state,
-            code=_named(_CODE_NAMES, parts[1]) if parts[1] else _IMPLIED_CODE.get(state, ""),
+            code=_CODE_NAMES.get(parts[1], parts[1]) if parts[1] else _IMPLIED_CODE.get(state, ""),
             bytes_in=_number(parts[2]),
             bytes_out=_number(parts[3]),
             attempts=_number(parts[4]),
-            target=_named(_TARGET_NAMES, parts[5]),
-            plugin=_named(_PLUGIN_NAMES, parts[6]),
+            target=_TARGET_NAMES.get(parts[5], parts[5]),
+            plugin=_PLUGIN_NAMES.get(parts[6], parts[6]),
             millis=_number(parts[7]),
             worker=parts[8],
             etag=parts[9],
