@@ -122,41 +122,12 @@ def enhanced_ct(frames: int = 3, rows: int = 64, cols: int = 64) -> Dataset:
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
     for keyword in ("RescaleIntercept", "RescaleSlope"):
         delattr(ds, keyword)  # in the Pixel Value Transformation group instead
-    ds.InstanceNumber = 1
-    ds.ContentDate, ds.ContentTime = "20260101", "120000"
-    ds.AcquisitionDateTime = "20260101120000"
-    ds.AcquisitionNumber = 1
-    ds.PresentationLUTShape = "IDENTITY"
-    ds.BurnedInAnnotation = "NO"
-    ds.ContentQualification = "RESEARCH"
-    ds.ImageComments = "synthetic"
-    ds.FrameOfReferenceUID = generate_uid()
-    ds.PositionReferenceIndicator = ""
-    ds.Manufacturer = "dcmpress tests"
-    ds.ManufacturerModelName = "synthetic"
-    ds.DeviceSerialNumber = "1"
-    ds.SoftwareVersions = "1"
-    ds.SeriesNumber = 1
-    ds.StudyDate, ds.StudyTime = "20260101", "120000"
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = "1"
-    ds.AccessionNumber = ""
-    ds.PatientBirthDate = ""
-    ds.PatientSex = ""
-    ds.ContentDate = "20260101"
+    _equipment_and_study(ds)
+    del ds.Laterality, ds.PatientOrientation  # in the Frame Anatomy group instead
+    _enhanced_image(ds)
     ds.PixelSpacing = [0.5, 0.5]
     ds.SliceThickness = 1.0
-    dimension = Dataset()
-    dimension.DimensionOrganizationUID = generate_uid()
-    ds.DimensionOrganizationSequence = Sequence([dimension])
-    indices = []
-    for pointer, group in ((0x00209056, 0x00209111), (0x00209057, 0x00209111)):
-        index = Dataset()
-        index.DimensionOrganizationUID = dimension.DimensionOrganizationUID
-        index.DimensionIndexPointer = pointer
-        index.FunctionalGroupPointer = group
-        indices.append(index)
-    ds.DimensionIndexSequence = Sequence(indices)
+    _stack_dimensions(ds)
 
     shared = Dataset()
     frame_type = Dataset()
@@ -169,23 +140,9 @@ def enhanced_ct(frames: int = 3, rows: int = 64, cols: int = 64) -> Dataset:
     transformation.RescaleIntercept, transformation.RescaleSlope = -1024, 1
     transformation.RescaleType = "HU"
     shared.PixelValueTransformationSequence = Sequence([transformation])
-    measures = Dataset()
-    measures.PixelSpacing = [0.5, 0.5]
-    measures.SliceThickness = 1.0
-    shared.PixelMeasuresSequence = Sequence([measures])
-    orientation = Dataset()
-    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    shared.PlaneOrientationSequence = Sequence([orientation])
+    _axial_plane(shared)
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
-    per_frame = []
-    for number in range(1, frames + 1):
-        item = Dataset()
-        item.FrameContentSequence = Sequence([_frame_content(number)])
-        position = Dataset()
-        position.ImagePositionPatient = [0.0, 0.0, float(number)]
-        item.PlanePositionSequence = Sequence([position])
-        per_frame.append(item)
-    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    ds.PerFrameFunctionalGroupsSequence = _stacked_frames(frames)
     return ds
 
 
@@ -238,6 +195,59 @@ def segmentation(sop_class: UID = SEGMENTATION_STORAGE, kind: str = "FRACTIONAL"
     segment.SegmentedPropertyTypeCodeSequence = Sequence([_code("10200004", "SCT", "Liver")])
     ds.SegmentSequence = Sequence([segment])
     return ds
+
+
+def _enhanced_image(ds: Dataset) -> None:
+    """The Enhanced image module attributes (PS3.3 C.8.13.1, C.8.15.2...) both enhanced
+    builders share: acquisition, presentation, frame of reference, comments."""
+    ds.AcquisitionDateTime = "20260101120000"
+    ds.AcquisitionNumber = 1
+    ds.PresentationLUTShape = "IDENTITY"
+    ds.BurnedInAnnotation = "NO"
+    ds.ContentQualification = "RESEARCH"
+    ds.ImageComments = "synthetic"
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.PositionReferenceIndicator = ""
+
+
+def _axial_plane(shared: Dataset) -> None:
+    """Shared Pixel Measures and Plane Orientation groups: 0.5 mm axial slices, 1 mm thick."""
+    measures = Dataset()
+    measures.PixelSpacing = [0.5, 0.5]
+    measures.SliceThickness = 1.0
+    shared.PixelMeasuresSequence = Sequence([measures])
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PlaneOrientationSequence = Sequence([orientation])
+
+
+def _stacked_frames(frames: int) -> Sequence:
+    """Per-frame groups of a stack: Frame Content and Plane Position, one slice apart."""
+    per_frame = []
+    for number in range(1, frames + 1):
+        item = Dataset()
+        item.FrameContentSequence = Sequence([_frame_content(number)])
+        position = Dataset()
+        position.ImagePositionPatient = [0.0, 0.0, float(number)]
+        item.PlanePositionSequence = Sequence([position])
+        per_frame.append(item)
+    return Sequence(per_frame)
+
+
+def _stack_dimensions(ds: Dataset) -> None:
+    """Multi-frame Dimension module: one organization, indexed by Stack ID and In-Stack
+    Position Number, both in the Frame Content Sequence."""
+    dimension = Dataset()
+    dimension.DimensionOrganizationUID = generate_uid()
+    ds.DimensionOrganizationSequence = Sequence([dimension])
+    indices = []
+    for pointer in (0x00209056, 0x00209057):  # Stack ID, In-Stack Position Number
+        index = Dataset()
+        index.DimensionOrganizationUID = dimension.DimensionOrganizationUID
+        index.DimensionIndexPointer = pointer
+        index.FunctionalGroupPointer = 0x00209111  # Frame Content Sequence
+        indices.append(index)
+    ds.DimensionIndexSequence = Sequence(indices)
 
 
 def _equipment_and_study(ds: Dataset) -> None:
@@ -303,14 +313,8 @@ def enhanced_mr(frames: int = 3, rows: int = 64, cols: int = 64) -> Dataset:
         delattr(ds, keyword)  # MR frames carry no rescale here (C.8.13.1.1.3)
     _equipment_and_study(ds)
     del ds.Laterality, ds.PatientOrientation  # in the Frame Anatomy group instead
-    ds.AcquisitionDateTime = "20260101120000"
-    ds.AcquisitionNumber = 1
+    _enhanced_image(ds)
     ds.AcquisitionDuration = 60.0
-    ds.PresentationLUTShape = "IDENTITY"
-    ds.BurnedInAnnotation = "NO"
-    ds.ContentQualification = "RESEARCH"
-    ds.FrameOfReferenceUID = generate_uid()
-    ds.PositionReferenceIndicator = ""
     ds.PixelPresentation = "MONOCHROME"
     ds.VolumetricProperties = "VOLUME"
     ds.VolumeBasedCalculationTechnique = "NONE"
@@ -320,7 +324,6 @@ def enhanced_mr(frames: int = 3, rows: int = 64, cols: int = 64) -> Dataset:
     ds.KSpaceFiltering = "NONE"
     ds.MagneticFieldStrength = 1.5
     ds.ApplicableSafetyStandardAgency = "IEC"
-    ds.ImageComments = "synthetic"
     ds.LossyImageCompression = "00"
     ds.PatientPosition = "HFS"
     ds.AcquisitionContextSequence = Sequence()
@@ -341,18 +344,7 @@ def enhanced_mr(frames: int = 3, rows: int = 64, cols: int = 64) -> Dataset:
     ds.SegmentedKSpaceTraversal = "SINGLE"
     ds.CoverageOfKSpace = "FULL"
     ds.NumberOfKSpaceTrajectories = 1
-    dimension = Dataset()
-    dimension.DimensionOrganizationUID = generate_uid()
-    ds.DimensionOrganizationSequence = Sequence([dimension])
-    index = Dataset()
-    index.DimensionOrganizationUID = dimension.DimensionOrganizationUID
-    index.DimensionIndexPointer = 0x00209057  # In-Stack Position Number
-    index.FunctionalGroupPointer = 0x00209111  # Frame Content Sequence
-    stack = Dataset()
-    stack.DimensionOrganizationUID = dimension.DimensionOrganizationUID
-    stack.DimensionIndexPointer = 0x00209056  # Stack ID
-    stack.FunctionalGroupPointer = 0x00209111
-    ds.DimensionIndexSequence = Sequence([stack, index])
+    _stack_dimensions(ds)
 
     shared = Dataset()
     frame_type = Dataset()
@@ -362,13 +354,7 @@ def enhanced_mr(frames: int = 3, rows: int = 64, cols: int = 64) -> Dataset:
                     "AcquisitionContrast"):  # fmt: skip
         setattr(frame_type, keyword, ds.get(keyword))
     shared.MRImageFrameTypeSequence = Sequence([frame_type])
-    measures = Dataset()
-    measures.PixelSpacing = [0.5, 0.5]
-    measures.SliceThickness = 1.0
-    shared.PixelMeasuresSequence = Sequence([measures])
-    orientation = Dataset()
-    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    shared.PlaneOrientationSequence = Sequence([orientation])
+    _axial_plane(shared)
     timing = Dataset()
     timing.RepetitionTime = 10.0
     timing.FlipAngle = 15.0
@@ -433,13 +419,5 @@ def enhanced_mr(frames: int = 3, rows: int = 64, cols: int = 64) -> Dataset:
     transformation.RescaleType = "US"
     shared.PixelValueTransformationSequence = Sequence([transformation])
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
-    per_frame = []
-    for number in range(1, frames + 1):
-        item = Dataset()
-        item.FrameContentSequence = Sequence([_frame_content(number)])
-        position = Dataset()
-        position.ImagePositionPatient = [0.0, 0.0, float(number)]
-        item.PlanePositionSequence = Sequence([position])
-        per_frame.append(item)
-    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    ds.PerFrameFunctionalGroupsSequence = _stacked_frames(frames)
     return ds
