@@ -316,6 +316,19 @@ def test_a_pool_process_crash_is_recorded_and_the_rest_still_complete(
     assert Path(crashed["output"]).read_bytes() == (source / "crash.dcm").read_bytes()
 
 
+def test_a_crashed_file_that_cannot_be_copied_is_still_recorded(tmp_path: Path) -> None:
+    """The copy after a crash can fail too (the output's directory is a file here): the
+    record stays codec_crashed, says why it has no output, and writes nothing."""
+    source = tmp_path / "crash.dcm"
+    source.write_bytes(to_bytes(make_image(40, 40)))
+    (tmp_path / "out").write_text("a file where the output directory should be")
+    job = local.Job(source, tmp_path / "out" / "crash.dcm")
+    row = local.crash_record(job, "a codec crashed the process", CompressionOptions())
+    assert (row["outcome"], row["code"], row["copied"], row["output"]) == (
+        "failed", "codec_crashed", False, None)  # fmt: skip
+    assert "not copied: cannot write" in row["message"] and row["bytes_out"] == 0
+
+
 def test_outputs_are_created_as_the_users_umask_says(tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.run(

@@ -23,7 +23,7 @@ from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages
 from producer.sources import KeyFilter, ObjectRef, listing_pages
 from tests.support import independent_decode, read, source_pixels
 from worker.codec.frames import FRAMES_ABOVE
-from worker.errors import TransientError
+from worker.errors import PermanentError, TransientError
 from worker.runtime import contract
 from worker.runtime.app import create_app
 from worker.runtime.contract import BatchSpec, JobMessage, S3Location
@@ -123,9 +123,12 @@ def test_an_object_whose_worker_keeps_dying_is_recorded_worker_lost(
     body = to_bytes(make_image(40, 40))
     s3_server.client().put_object(Bucket=source, Key="k.dcm", Body=body)
     spec = spec_for(source, dest, failed_output=failed_output)
-    job = make_job(ledger, storage, spec, "k.dcm", max_attempts=2)
-    # two earlier deliveries started and never finished (their workers were killed)
-    ledger.transition(job.batch, "k.dcm", Record(state="running", attempts=2, lost=1).stamped())
+    attempts = WorkerSettings().max_attempts  # the default users get (3)
+    job = make_job(ledger, storage, spec, "k.dcm", max_attempts=attempts)
+    # every earlier delivery started and never finished (their workers were killed): the
+    # record says so for all but the last, whose claim lapsed without a record
+    dead = Record(state="running", attempts=attempts, lost=attempts - 1).stamped()
+    ledger.transition(job.batch, "k.dcm", dead)
     result = process_object(job)
     assert (result["outcome"], result["code"]) == ("failed", "worker_lost")
     counts = ledger.counts(job.batch)
@@ -147,8 +150,35 @@ def test_an_object_whose_worker_keeps_dying_is_recorded_worker_lost(
     assert ledger.get_message(job.batch, "k.dcm").endswith("; copied unchanged")
     assert result["copied"] is True and result["output"] == f"s3://{dest}/out/k.dcm"
     # a delivery of the same object afterwards is a duplicate: nothing copied again
-    again = process_object(make_job(ledger, storage, spec, "k.dcm", max_attempts=2))
+    again = process_object(make_job(ledger, storage, spec, "k.dcm", max_attempts=attempts))
     assert again.get("duplicate") is True
+
+
+def test_a_lost_worker_s_object_whose_copy_storage_refuses_is_still_recorded(
+    ledger: Ledger, storage: Storage, s3_server: SeaweedS3, bucket_pair: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The copy of a failed object is made after the failure is known; if storage refuses
+    it then, the object still ends failed with its own code, says it was not copied and
+    why, and has no output (`dcmpress retry` tries it again)."""
+    source, dest = bucket_pair
+    s3_server.client().put_object(Bucket=source, Key="k.dcm", Body=to_bytes(make_image(40, 40)))
+    attempts = WorkerSettings().max_attempts
+    job = make_job(ledger, storage, spec_for(source, dest), "k.dcm", max_attempts=attempts)
+    dead = Record(state="running", attempts=attempts, lost=attempts - 1).stamped()
+    ledger.transition(job.batch, "k.dcm", dead)
+
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise PermanentError("access_denied", "copy: AccessDenied (injected)")
+
+    monkeypatch.setattr(storage, "copy", refused)
+    result = process_object(job)
+    assert (result["outcome"], result["code"], result["copied"]) == ("failed", "worker_lost", False)
+    record = ledger.get_record(job.batch, "k.dcm")
+    assert record is not None and record.terminal and record.bytes_out == 0
+    assert "not copied: copy: AccessDenied (injected)" in ledger.get_message(job.batch, "k.dcm")
+    assert ledger.counts(job.batch).get("running") == 0
+    assert "Contents" not in s3_server.client().list_objects_v2(Bucket=dest)
 
 
 def test_missing_source_is_a_permanent_failure(
