@@ -53,7 +53,7 @@ from worker.codec.compress import (
 from worker.codec.overlays import HighBits, embedded_overlay_groups
 from worker.codec.plugins.base import Plugin
 from worker.codec.targets import Target
-from worker.codec.verify import Difference, Verification, exact_decoding, within_bound
+from worker.codec.verify import EXACT_DECODING, Difference, Verification, within_bound
 from worker.errors import PermanentError, raise_outside_causes
 from worker.settings import CompressionOptions
 
@@ -411,7 +411,7 @@ def verify_output(
         written = _parsed_output(output)
         syntax = written.file_meta.TransferSyntaxUID
         decoded = get_decoder(syntax).iter_array(
-            written, raw=True, decoding_plugin=target.decoder(), **exact_decoding(syntax)
+            written, raw=True, decoding_plugin=target.decoder(), **EXACT_DECODING
         )
         total = Difference()
         seen = 0

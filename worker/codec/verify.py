@@ -17,7 +17,6 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
-from pydicom.uid import RLELossless
 
 from worker.codec.overlays import check_overlays
 from worker.codec.targets import Target
@@ -40,22 +39,24 @@ def decode_raw(data: bytes, plugin: str = "") -> np.ndarray:
     return _decode(dcmread(io.BytesIO(data)), plugin)
 
 
-def exact_decoding(syntax: str) -> dict[str, Any]:
-    """Decoding options that give a result's pixels exactly as it stores them.
-
-    For RLE (byte planes, every bit stored as encoded) pydicom would otherwise shift away
-    the bits above Bits Stored of what it decoded, and so hide an encoder that set them:
-    the source it is compared with has them cleared (or sign-extended) already. JPEG-LS
-    and JPEG 2000 decoders give values of Bits Stored bits and pydicom corrects their
-    sign, which stays.
-    """
-    return {"correct_unused_bits": False} if syntax == RLELossless else {}
+# Decoding options that give a result's pixels exactly as its decoder returns them.
+# pydicom corrects decoded words from the data set: it shifts away the bits above Bits
+# Stored, sign-extends JPEG-LS samples from Bits Stored, and gives a JPEG 2000 stream the
+# sign Pixel Representation says. A viewer or a PACS that takes the decoded words as the
+# values does none of that, so a result is compared with the source as its decoder gives
+# it: a signed JPEG-LS coded with P = Bits Stored, an RLE encoder that set high bits, a
+# JPEG 2000 stream of the wrong sign all differ.
+EXACT_DECODING: dict[str, Any] = {
+    "correct_unused_bits": False,
+    "apply_jls_sign_correction": False,
+    "apply_j2k_sign_correction": False,
+}
 
 
 def _decode(ds: Dataset, plugin: str) -> np.ndarray:
     syntax = ds.file_meta.TransferSyntaxUID
     decoder = get_decoder(syntax)
-    arr, _ = decoder.as_array(ds, raw=True, decoding_plugin=plugin, **exact_decoding(syntax))
+    arr, _ = decoder.as_array(ds, raw=True, decoding_plugin=plugin, **EXACT_DECODING)
     return arr
 
 
@@ -126,7 +127,7 @@ def _difference(written: Dataset, plugin: str, source: np.ndarray) -> Difference
     total = Difference()
     seen = 0
     for index, (frame, _) in enumerate(
-        decoder.iter_array(written, raw=True, decoding_plugin=plugin, **exact_decoding(syntax))
+        decoder.iter_array(written, raw=True, decoding_plugin=plugin, **EXACT_DECODING)
     ):
         if index >= frames:
             raise PermanentError("verification_failed", f"more than {frames} frames decoded")

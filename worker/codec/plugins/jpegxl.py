@@ -12,10 +12,10 @@ for (decoders read both forms). At effort
 less, 5 ~5 MB/s).
 
 * The codestream's bit depth is Bits Stored, its samples the raw values (no scaling).
-* JPEG XL has no signed samples: signed pixels are coded as their Bits Stored-bit
-  two's complement pattern, as JPEG-LS codes them, and a decoder's DICOM layer
-  sign-extends them from High Bit (PS3.5 8.1.1). pydicom does: verification reads them
-  back through it.
+* JPEG XL has no signed samples: signed pixels are coded as whole sign-extended words,
+  bit depth Bits Allocated, as signed JPEG-LS is (worker/codec/plugins/pyjpegls.py): the
+  decoded words are the values, for readers that sign-extend from High Bit and those
+  that do not. Verification reads the words as the decoder gives them.
 * Colour: RGB stays RGB (JPEG XL's lossless colour transforms are inside the
   codestream). Other photometric interpretations are outside :data:`PROFILE`.
 
@@ -69,9 +69,10 @@ def encode_frame(src: bytes, runner: Any) -> bytes:
     if bits_stored > 16:
         raise ValueError(f"JPEG XL Lossless takes at most 16 bits stored, not {bits_stored}")
     arr = frame_array(src, runner)
+    if arr.dtype.kind == "i":  # whole sign-extended words
+        bits_stored = max(8, int(runner.bits_allocated))
+        arr = arr.astype(f"<i{bits_stored // 8}")
     unsigned = arr.view(arr.dtype.str.replace("i", "u"))  # two's complement as is
-    if arr.dtype.kind == "i":
-        unsigned = unsigned & np.array((1 << bits_stored) - 1, dtype=unsigned.dtype)
     effort = int(runner.get_option("jpegxl_effort", DEFAULT_EFFORT))
     return bytes(
         imagecodecs.jpegxl_encode(

@@ -1,14 +1,27 @@
 """pyjpegls (CharLS): JPEG-LS lossless and near-lossless.
 
 * Tiny images: CharLS refuses some images of a few pixels.
-* Signed near-lossless: pyjpegls codes signed samples as their two's-complement bit
-  pattern, so the reconstruction of a value within ``jls_error`` of the Bits Stored
-  limits can wrap to the other end of the range (an error of 2**BitsStored - 1).
+* Signed samples with Bits Stored < Bits Allocated: JPEG-LS knows no sign (ISO/IEC
+  14495-1 codes unsigned samples of precision P), and PS3.5 8.2.3 asks only that the
+  data set be consistent with the stream. Coded with P = Bits Stored, a negative value
+  becomes its Bits Stored-bit two's complement pattern, and a reader that takes the
+  decoded 16-bit word as the value (Orthanc, DCMTK-based viewers) shows -1 as
+  2**BitsStored - 1; pydicom hides it (it sign-extends from Bits Stored). So signed
+  samples are coded as whole sign-extended words, P = Bits Allocated, as DCMTK's
+  ``dcmcjpls`` and dcm4che (``bitsCompressed=-16``) write them: the decoded words are
+  the values for every reader, and those that mask to Bits Stored get them too (PS3.5
+  8.1.1: receivers assume nothing of the unused bits). It costs about 1 % in size.
+* Signed near-lossless: a reconstruction within ``jls_error`` of the Bits Stored limits
+  can leave the Bits Stored range (P = Bits Allocated) or wrap to its other end (P =
+  Bits Stored = Bits Allocated): such images are refused.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from pydicom.dataset import Dataset
 
 from worker.codec.plugins.base import Plugin, TinyImagesQuirks
 from worker.errors import UnsupportedImage
@@ -25,6 +38,18 @@ class PyjpeglsQuirks(TinyImagesQuirks):
     def refuse(self, source: SourceImage, target: Target, options: CompressionOptions) -> None:
         if "jls_error" in target.options and int(source.dataset.PixelRepresentation) == 1:
             _refuse_wrapping_signed_values(source, options.jls_error)
+
+    def prepare(self, ds: Dataset) -> Callable[[Dataset], None]:
+        bits_stored, bits_allocated = int(ds.BitsStored), int(ds.BitsAllocated)
+        if int(ds.PixelRepresentation) != 1 or bits_stored >= bits_allocated:
+            return super().prepare(ds)
+        # the source array holds the values sign-extended: coded whole, P = Bits Allocated
+        ds.BitsStored, ds.HighBit = bits_allocated, bits_allocated - 1
+
+        def restore(result: Dataset) -> None:
+            result.BitsStored, result.HighBit = bits_stored, bits_stored - 1
+
+        return restore
 
 
 def _refuse_wrapping_signed_values(source: SourceImage, jls_error: int) -> None:
