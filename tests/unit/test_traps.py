@@ -325,3 +325,14 @@ def test_one_bit_images_are_refused_by_j2k_and_taken_by_the_fallback() -> None:
     taken = run(ds, target=["j2k", "rle"], min_ratio=0)
     assert_lossless(taken, source_pixels(ds))
     assert taken.target == "rle"
+
+
+@pytest.mark.parametrize("target", ["jpeg-ls", "j2k", "htj2k", "rle", "jpegxl"])
+def test_planar_configuration_is_not_kept_on_one_sample(target: str) -> None:
+    """Type 1C, with more than one sample only (PS3.3 C.7.6.3.1.3): a palette source's
+    stray Planar Configuration 1 is not carried into a single-sample output."""
+    ds = make_image(40, 40, bits_allocated=8, photometric="PALETTE COLOR", seed=2)
+    ds.PlanarConfiguration = 1
+    result = run(ds, target=[target, "rle"], min_ratio=0)
+    out = assert_lossless(result, source_pixels(ds))
+    assert "PlanarConfiguration" not in out

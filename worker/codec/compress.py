@@ -178,6 +178,10 @@ def decode_source(ds: Dataset) -> SourceImage:
     )
     if int(dataset.SamplesPerPixel) > 1:
         dataset.PlanarConfiguration = 0
+    elif "PlanarConfiguration" in dataset:
+        # Type 1C, only with more than one sample (PS3.3 C.7.6.3.1.3); a stray 1 makes
+        # some readers de-interleave a single-sample image
+        del dataset.PlanarConfiguration
     pixel_bytes = int(arr.nbytes)
     if int(dataset.BitsAllocated) == 32 and int(dataset.BitsStored) <= 16:
         # Values fit a 16-bit container exactly; then RLE and JPEG-LS can take them.
