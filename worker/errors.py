@@ -105,6 +105,11 @@ CODES: dict[str, CodeInfo] = {
     "encoder_rejected": CodeInfo(
         "skipped", "Every requested target's encoder refused the image (message says why)."
     ),
+    "viewer_unsafe": CodeInfo(
+        "skipped",
+        "Every requested target's output would be valid but shown wrong by OHIF's loader "
+        "(16-bit RGB under RLE, YBR_FULL under HTJ2K...), and viewer_safe is on.",
+    ),
     "label_data": CodeInfo(
         "skipped",
         "A Segmentation (or other label data) under a lossy target: labels are never "

@@ -128,6 +128,13 @@ class CompressionOptions(BaseModel):
         description="Objects that are not DICOM: copy unchanged (`skipped/not_dicom`), so "
         "the destination stays a complete copy of the source, or record `failed`.",
     )
+    viewer_safe: bool = Field(
+        default=True,
+        description="Refuse outputs that are valid but that OHIF's loader shows wrong "
+        "(16-bit RGB under RLE, YBR_FULL under HTJ2K, 16-bit colour with a JPEG 2000 colour "
+        "transform): the next target takes the image, else it is copied "
+        "(`skipped/viewer_unsafe`); `auto` never picks them. false writes them.",
+    )
     failed_output: Literal["copy", "none"] = Field(
         default="copy",
         description="Objects that fail because of what they contain (invalid_dicom, "

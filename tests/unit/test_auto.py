@@ -21,7 +21,7 @@ from worker.codec.targets import TARGETS
 from worker.errors import PermanentError
 from worker.settings import CompressionOptions
 
-DEFAULT_CANDIDATES = ["jpeg-ls", "j2k", "rle", "htj2k", "htj2k-rpcl"]
+DEFAULT_CANDIDATES = ["jpeg-ls", "j2k", "rle", "htj2k"]
 
 
 def with_pixels(arr: np.ndarray, **kwargs: Any) -> Dataset:

@@ -3,6 +3,8 @@ allows (PS3.5 8.2.4; PS3.3 C.7.6.3.1.2, C.8.5.6.1.2, C.8.5.6.1.16, C.8.12.4.1.5)
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydicom.encaps import generate_frames
 
@@ -10,6 +12,8 @@ from dcmpress.stack.samples import make_image
 from tests.support import assert_lossless, read, run, source_pixels
 from tests.synthetic import WHOLE_SLIDE_STORAGE, ultrasound
 from worker.codec.plugins.j2k import Coding, coding
+
+OPHTHALMIC_16_BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.2"
 
 # SOC, SIZ (length 41: 2 + 36 + 3 bytes for one component), COD, SOT
 _SIZ = b"\xff\x51" + (41).to_bytes(2, "big") + bytes(39)
@@ -39,8 +43,10 @@ def test_a_codestream_without_cod_is_refused() -> None:
 def test_ybr_full_of_a_general_iod_is_coded_as_it_is(target: str) -> None:
     # Secondary Capture: the Image Pixel module allows YBR_FULL under JPEG 2000 without
     # a colour transform (PS3.5 Table 8.2.4-1), and the samples stay exact
+    # (HTJ2K's is refused by default as OHIF's loader shows it wrong: written when asked)
     ds = make_image(40, 48, bits_allocated=8, samples=3, photometric="YBR_FULL", seed=3)
-    result = run(ds, target=[target], min_ratio=0, min_psnr=0)  # noise: no guard
+    viewer_safe = not target.startswith("htj2k")
+    result = run(ds, target=[target], min_ratio=0, min_psnr=0, viewer_safe=viewer_safe)
     assert result.state == "done", result.message
     out = read(result.output or b"")
     assert out.PhotometricInterpretation == "YBR_FULL"
@@ -66,3 +72,48 @@ def test_a_us_ybr_full_422_source_goes_to_rle_with_planar_configuration_1() -> N
     out = assert_lossless(result, source_pixels(ds))
     assert result.target == "rle"
     assert (out.PhotometricInterpretation, out.PlanarConfiguration) == ("YBR_FULL", 1)
+
+
+@pytest.mark.parametrize(
+    ("image", "target", "fallback"),
+    [
+        ({"bits_allocated": 16, "samples": 3}, "rle", "jpeg-ls"),
+        ({"bits_allocated": 8, "samples": 3, "photometric": "YBR_FULL"}, "htj2k", "j2k"),
+        ({"bits_allocated": 16, "samples": 3}, "htj2k", "jpeg-ls"),
+        (
+            {"bits_allocated": 16, "samples": 3, "sop_class": OPHTHALMIC_16_BIT},
+            "j2k",
+            "jpeg-ls",
+        ),
+    ],
+)
+def test_outputs_the_viewer_shows_wrong_go_to_the_next_target(
+    image: dict[str, Any], target: str, fallback: str
+) -> None:
+    ds = make_image(48, 48, seed=4, **image)
+    alone = run(ds, target=[target], min_ratio=0)
+    assert (alone.state, alone.code, alone.copy_source) == ("skipped", "viewer_unsafe", True)
+    assert "OHIF" in alone.message and "viewer_safe false" in alone.message
+    result = run(ds, target=[target, fallback], min_ratio=0)
+    assert_lossless(result, source_pixels(ds))
+    assert result.target == fallback
+    auto = run(ds, target=["auto"], auto_candidates=[target, fallback], min_ratio=0)
+    assert auto.target == fallback
+    forced = run(ds, target=[target], min_ratio=0, viewer_safe=False)
+    assert_lossless(forced, source_pixels(ds))
+    assert forced.target == target
+
+
+@pytest.mark.parametrize("target", ["j2k", "j2k-lossy", "htj2k"])
+def test_16_bit_rgb_stays_rgb_without_a_colour_transform(target: str) -> None:
+    """OHIF's loader turns YBR_RCT / YBR_ICT into 8-bit samples: 16-bit colour is
+    written RGB, no MCT, in every JPEG 2000 syntax; 8-bit RGB keeps the transform.
+    (HTJ2K colour without the transform is refused by default: the loader scrambles it.)"""
+    for bits, transform in ((16, ""), (8, "YBR_ICT" if target == "j2k-lossy" else "YBR_RCT")):
+        ds = make_image(48, 48, bits_allocated=bits, samples=3, seed=5)
+        result = run(ds, target=[target], min_ratio=0, min_psnr=0, viewer_safe=False)
+        assert result.state == "done", result.message
+        out = read(result.output or b"")
+        frame = next(generate_frames(out.PixelData, number_of_frames=1))
+        assert coding(frame).transform == transform
+        assert out.PhotometricInterpretation == (transform or "RGB")

@@ -97,7 +97,9 @@ def pick(
     Raises the first candidate's PermanentError when none made a result (all crashed)
     or none of the results verified.
     """
-    trials = [_whole_trial(source, target, stage, encode_with) for target in options.targets()]
+    trials = [
+        _whole_trial(source, target, options, stage, encode_with) for target in options.targets()
+    ]
     order = ranked(trials, options.prefer_speed)
     if not order:
         refusals = [trial.refusal for trial in trials if trial.refusal is not None]
@@ -124,11 +126,15 @@ def pick(
 
 
 def _whole_trial(
-    source: SourceImage, target: Target, stage: StageTimer, encode_with: EncodeWith
+    source: SourceImage,
+    target: Target,
+    options: CompressionOptions,
+    stage: StageTimer,
+    encode_with: EncodeWith,
 ) -> Trial:
     check_interrupted()
     try:
-        check_supported(source, target)
+        check_supported(source, target, options)
         started = time.perf_counter()
         with stage("encode"):
             encoded, plugin, note = encode_with(target)
@@ -187,7 +193,7 @@ def _sample_trial(
     try:
         plugin = resolve_plugin(target, options.plugin_for(target))
         for sample in samples:
-            check_supported(sample, target)
+            check_supported(sample, target, options)
             started = time.perf_counter()
             with stage("encode"):
                 encoded = encode_pixels(sample, target, plugin, options)

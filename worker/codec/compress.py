@@ -23,19 +23,21 @@ import numpy as np
 from pydicom import dcmwrite
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileDataset
-from pydicom.encaps import generate_frames
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.encoders.base import ENCODING_PROFILES
 from pydicom.pixels.utils import compress as pydicom_compress
 from pydicom.uid import (
-    JPEG2000,
     UID,
     ExplicitVRBigEndian,
-    JPEG2000Lossless,
-    RLELossless,
     generate_uid,
 )
 
+from worker.codec.colour import (
+    ask_colour_transform,
+    describe_colour,
+    refuse_outside_iod,
+    refuse_viewer_failures,
+)
 from worker.codec.isolation import CodecCrashed
 from worker.codec.lossy import mark_lossy, refuse_lossy
 from worker.codec.overlays import (
@@ -46,8 +48,6 @@ from worker.codec.overlays import (
     write_overlay_data,
 )
 from worker.codec.plugins.gdcm import contained
-from worker.codec.plugins.htj2k import HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL
-from worker.codec.plugins.j2k import coding
 from worker.codec.repair import resolve_ambiguous_vrs, swap_words_to_little_endian
 from worker.codec.targets import Plugin, Target, source_decoding_plugin
 from worker.errors import PermanentError, UnsupportedImage, raise_outside_causes
@@ -62,42 +62,6 @@ EXTENDED_OFFSET_TABLE_LENGTHS = 0x7FE00002
 
 # PS3.3 C.7.6.1.1.5.1: Lossy Image Compression Method defined terms.
 LOSSY_METHODS = {"jpeg-ls-near": "ISO_14495_1", "j2k-lossy": "ISO_15444_1"}
-
-# JPEG 2000 family syntaxes: RGB is coded with the multiple component transformation
-# (reversible RCT in the lossless-only syntaxes, irreversible ICT in JPEG 2000 lossy),
-# and the result says YBR_RCT / YBR_ICT (PS3.5 8.2.4). The colour IODs allow nothing
-# else under JPEG 2000 (US PS3.3 C.8.5.6.1.2, VL C.8.12.1.1.1, Whole Slide C.8.12.4.1.5,
-# Ophthalmic Photography, Enhanced MR Color, SC Multi-frame True Color A.8.5.4); the
-# Image Pixel module allows both (C.7.6.3.1.2), and the transform compresses better.
-COLOUR_TRANSFORM_SYNTAXES = {
-    JPEG2000Lossless: "YBR_RCT",
-    JPEG2000: "YBR_ICT",
-    HTJ2K_LOSSLESS: "YBR_RCT",
-    HTJ2K_LOSSLESS_RPCL: "YBR_RCT",
-}
-# IODs whose Photometric Interpretation rules let YBR_FULL (what a YBR_FULL_422 source
-# decodes to) be written only under RLE: US (PS3.3 C.8.5.6.1.2: JPEG 2000 YBR_RCT or
-# YBR_ICT, JPEG-LS RGB; and YBR_FULL needs Planar Configuration 1, C.8.5.6.1.16, which
-# the JPEG family forbids, PS3.5 8.2) and SC Multi-frame True Color (A.8.5.4).
-YBR_FULL_ONLY_RLE = {
-    "1.2.840.10008.5.1.4.1.1.6.1": ("US Image", "PS3.3 C.8.5.6.1.2"),
-    "1.2.840.10008.5.1.4.1.1.3.1": ("US Multi-frame Image", "PS3.3 C.8.5.6.1.2"),
-    "1.2.840.10008.5.1.4.1.1.6": ("US Image (retired)", "PS3.3 C.8.5.6.1.2"),
-    "1.2.840.10008.5.1.4.1.1.3": ("US Multi-frame Image (retired)", "PS3.3 C.8.5.6.1.2"),
-    "1.2.840.10008.5.1.4.1.1.7.4": ("Multi-frame True Color SC Image", "PS3.3 A.8.5.4"),
-}
-US_SOP_CLASSES = {uid for uid, (name, _) in YBR_FULL_ONLY_RLE.items() if name.startswith("US")}
-# IODs whose enumerated Photometric Interpretations have no YBR_FULL at all.
-YBR_FULL_NEVER = {
-    "1.2.840.10008.5.1.4.1.1.77.1.1": "VL Endoscopic Image",  # C.8.12.1.1.1
-    "1.2.840.10008.5.1.4.1.1.77.1.2": "VL Microscopic Image",
-    "1.2.840.10008.5.1.4.1.1.77.1.3": "VL Slide-Coordinates Microscopic Image",
-    "1.2.840.10008.5.1.4.1.1.77.1.4": "VL Photographic Image",
-    "1.2.840.10008.5.1.4.1.1.77.1.5.1": "Ophthalmic Photography 8 Bit Image",
-    "1.2.840.10008.5.1.4.1.1.77.1.5.2": "Ophthalmic Photography 16 Bit Image",
-    "1.2.840.10008.5.1.4.1.1.77.1.6": "VL Whole Slide Microscopy Image",  # C.8.12.4.1.5
-    "1.2.840.10008.5.1.4.1.1.4.3": "Enhanced MR Color Image",
-}
 
 
 @dataclass
@@ -275,7 +239,7 @@ def _split_high_bits(ds: Dataset, syntax: UID, words_count: int, frames: int) ->
     return split_high_bits(ds, words, frames)
 
 
-def check_supported(source: SourceImage, target: Target) -> None:
+def check_supported(source: SourceImage, target: Target, options: CompressionOptions) -> None:
     """Raise UnsupportedImage if ``target`` cannot take this image.
 
     What one plugin cannot take is its quirks' business (see :func:`encode`).
@@ -304,35 +268,11 @@ def check_supported(source: SourceImage, target: Target) -> None:
         )
     if samples not in (1, 3):
         raise UnsupportedImage("unsupported_samples", f"Samples per Pixel {samples}")
-    _refuse_ybr_full_outside_iod(ds, target)
+    refuse_outside_iod(ds, target)
+    if options.viewer_safe:
+        refuse_viewer_failures(ds, target)
     if target.lossy:
         refuse_lossy(ds, target)
-
-
-def _refuse_ybr_full_outside_iod(ds: Dataset, target: Target) -> None:
-    """Raise ``unsupported_photometric`` where the IOD forbids YBR_FULL under ``target``.
-
-    YBR_FULL samples (a YBR_FULL_422 source once upsampled) cannot become RGB, nor go
-    through the colour transform, without loss: such an image is left to a target (RLE)
-    that may carry it, or copied as it is.
-    """
-    if str(ds.get("PhotometricInterpretation", "")) != "YBR_FULL":
-        return
-    sop_class = str(ds.get("SOPClassUID", ""))
-    iod = YBR_FULL_NEVER.get(sop_class)
-    if iod:
-        raise UnsupportedImage(
-            "unsupported_photometric",
-            f"{target.name}: the {iod} IOD allows no YBR_FULL Photometric Interpretation, "
-            "and YBR samples do not become RGB without loss",
-        )
-    only_rle = YBR_FULL_ONLY_RLE.get(sop_class)
-    if only_rle and target.uid != RLELossless:
-        raise UnsupportedImage(
-            "unsupported_photometric",
-            f"{target.name}: the {only_rle[0]} IOD allows YBR_FULL only under RLE "
-            f"({only_rle[1]}), and YBR samples do not become RGB without loss",
-        )
 
 
 def encode(
@@ -365,7 +305,7 @@ def encode_pixels(
         else:
             kwargs["j2k_cr"] = openjpeg_ratios(options.j2k_cr or DEFAULT_J2K_CR, source.dataset)
 
-    wanted_transform = _ask_colour_transform(ds, target)
+    wanted_transform = ask_colour_transform(ds, target)
     restore = quirks.prepare(ds)
 
     def run() -> Dataset:
@@ -388,60 +328,8 @@ def encode_pixels(
         code = quirks.rejection_code(ds)
         raise UnsupportedImage(code, f"{target.name}/{plugin.name}: {_first_line(exc)}") from exc
     restore(ds)
-    _describe_colour(ds, source.dataset, target, wanted_transform)
+    describe_colour(ds, source.dataset, target, wanted_transform)
     return ds
-
-
-def _ask_colour_transform(ds: Dataset, target: Target) -> str:
-    """Ask the JPEG 2000 encoders for the colour transform on RGB; return its term.
-
-    pydicom's JPEG 2000 encoders (and dcmpress's HTJ2K plugin) apply it exactly when the
-    data set says YBR_RCT / YBR_ICT; the result is checked against the codestream after.
-    """
-    transform = COLOUR_TRANSFORM_SYNTAXES.get(target.uid, "")
-    if not transform or int(ds.SamplesPerPixel) != 3:
-        return ""
-    if str(ds.PhotometricInterpretation) != "RGB":
-        return ""  # YBR_FULL: coded as it is, no transform (PS3.5 Table 8.2.4-1)
-    ds.PhotometricInterpretation = transform
-    return transform
-
-
-def _describe_colour(ds: Dataset, source: Dataset, target: Target, wanted: str) -> None:
-    """Make Photometric and Planar Configuration say what the encoding holds.
-
-    JPEG 2000: the transform every frame's codestream actually uses decides (PS3.5
-    8.2.4): YBR_RCT / YBR_ICT with one, the source's RGB or YBR_FULL without. RLE of
-    YBR_FULL in a US image: Planar Configuration 1, as PS3.3 C.8.5.6.1.16 requires and
-    RLE's byte segments are anyway (PS3.5 8.2.2, G.2).
-    """
-    if int(ds.SamplesPerPixel) != 3:
-        return
-    if target.uid == RLELossless:
-        if (
-            str(ds.PhotometricInterpretation) == "YBR_FULL"
-            and str(ds.get("SOPClassUID", "")) in US_SOP_CLASSES
-        ):
-            ds.PlanarConfiguration = 1
-        return
-    if target.uid not in COLOUR_TRANSFORM_SYNTAXES:
-        return
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    used = {
-        coding(frame).transform for frame in generate_frames(ds.PixelData, number_of_frames=frames)
-    }
-    if len(used) != 1:
-        raise UnsupportedImage(
-            "encoder_rejected", f"{target.name}: frames coded with different colour transforms"
-        )
-    transform = used.pop()
-    if wanted and transform != wanted:
-        raise UnsupportedImage(
-            "encoder_rejected",
-            f"{target.name}: asked for the {wanted} colour transform, the codestream has "
-            f"{transform or 'none'}",
-        )
-    ds.PhotometricInterpretation = transform or str(source.PhotometricInterpretation)
 
 
 def openjpeg_ratios(ratios: Iterable[float], ds: Dataset) -> list[float]:

@@ -344,7 +344,7 @@ def _compress_parsed(
     for target in options.targets():
         check_interrupted()
         try:
-            check_supported(source, target)
+            check_supported(source, target, options)
             with stage("encode"):
                 encoded, plugin, note = _encode_any_plugin(
                     partial(encode, source, target, options=options), target, options
@@ -450,7 +450,7 @@ def _compress_frames(
     for target in options.targets():
         check_interrupted()
         try:
-            check_supported(first, target)
+            check_supported(first, target, options)
             with stage("encode"):
                 encoded, plugin, note = _encode_any_plugin(
                     partial(encode_groups, frames, target, options=options), target, options

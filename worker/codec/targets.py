@@ -170,27 +170,16 @@ TARGETS: dict[str, Target] = {
         ),
         Target(
             name="htj2k",
-            uid=HTJ2K_LOSSLESS,
+            uid=HTJ2K_LOSSLESS_RPCL,
             lossy=False,
             plugins=(IMAGECODECS_HTJ2K,),
             bits_allocated=frozenset({8, 16}),  # openjpeg decodes no 32-bit precision
             max_bits_stored=16,
             options=frozenset(),
-            summary="HTJ2K lossless (OpenJPH): JPEG 2000 with a block coder ~17x faster "
-            "than openjpeg's, ~5 % larger; RGB as YBR_RCT.",
+            summary="HTJ2K lossless with RPCL options (OpenJPH): JPEG 2000 with a block "
+            "coder ~17x faster than openjpeg's, ~5 % larger; TLM markers and a tile-part "
+            "per resolution, thumbnails first (what AWS HealthImaging serves).",
             decoders=("pylibjpeg",),  # OpenJPEG: not the library that encoded
-        ),
-        Target(
-            name="htj2k-rpcl",
-            uid=HTJ2K_LOSSLESS_RPCL,
-            lossy=False,
-            plugins=(IMAGECODECS_HTJ2K,),
-            bits_allocated=frozenset({8, 16}),
-            max_bits_stored=16,
-            options=frozenset(),
-            summary="HTJ2K lossless, RPCL progression and TLM markers: resolution by "
-            "resolution, thumbnails first (what AWS HealthImaging serves).",
-            decoders=("pylibjpeg",),
         ),
         Target(
             name="jpegxl",
@@ -209,11 +198,15 @@ TARGETS: dict[str, Target] = {
 }
 
 _BY_UID: dict[str, Target] = {t.uid: t for t in TARGETS.values()}
+# Earlier names: htj2k-rpcl (.202) is what htj2k writes now, and it writes no .201 (a
+# .202 codestream is a .201 one with RPCL options)
+ALIASES = {"htj2k-rpcl": "htj2k", HTJ2K_LOSSLESS: "htj2k"}
 
 
 def get_target(name_or_uid: str) -> Target:
     """Return the target for a short name (``jpeg-ls``) or transfer syntax UID."""
     key = name_or_uid.strip()
+    key = ALIASES.get(key.lower(), key)
     target = TARGETS.get(key.lower()) or _BY_UID.get(key)
     if target is None:
         known = ", ".join(TARGETS)
@@ -233,11 +226,6 @@ def auto_candidates() -> list[Target]:
         and target.auto_default
         and any(plugin_status(target, plugin).available for plugin in target.plugins)
     ]
-
-
-def target_for_syntax(uid: str) -> Target | None:
-    """Return the target that writes transfer syntax ``uid``, if dcmpress has one."""
-    return _BY_UID.get(uid)
 
 
 # Decoding plugins for *source* pixels, safest first. python-gdcm is last: on some

@@ -147,11 +147,11 @@ CODE_TAGS: dict[str, str] = {
     "source_unavailable": "su", "access_denied": "ad", "storage_rejected": "sr",
     "storage_misconfigured": "sx", "retries_exhausted": "re", "worker_lost": "wl",
     "time_limit": "tl", "unknown_batch": "ub", "invalid_policy": "ix",
-    "quality_guard": "qg", "internal_error": "ie",
+    "quality_guard": "qg", "internal_error": "ie", "viewer_unsafe": "vu",
 }  # fmt: skip
 TARGET_TAGS: dict[str, str] = {
     "jpeg-ls": "L", "jpeg-ls-near": "N", "j2k": "J", "j2k-lossy": "K", "rle": "R",
-    "htj2k": "H", "htj2k-rpcl": "P", "jpegxl": "X",
+    "htj2k": "H", "htj2k-rpcl": "P", "jpegxl": "X",  # htj2k-rpcl: an earlier name
 }  # fmt: skip
 PLUGIN_TAGS: dict[str, str] = {
     "pyjpegls": "j", "pylibjpeg": "l", "imagecodecs": "i", "pydicom": "d", "gdcm": "g",

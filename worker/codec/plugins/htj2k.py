@@ -3,19 +3,26 @@
 High-Throughput JPEG 2000 (ISO/IEC 15444-15) keeps JPEG 2000's codestream and swaps
 its block coder for a much faster one. Each frame is one raw J2C codestream (no JP2
 boxes, PS3.5 A.4.4): reversible 5/3 wavelet, one tile, one quality layer, RPCL
-progression (OpenJPH's order), a CAP marker saying HT code-blocks. For HTJ2K Lossless
-RPCL (.202) PS3.5 10.18 also asks for Tile-part Length (TLM) markers and enough
-decomposition levels for the lowest resolution to be at most 64 pixels a side.
+progression, a CAP marker saying HT code-blocks. dcmpress writes HTJ2K Lossless RPCL
+(.202), which PS3.5 10.18 defines by RPCL order, Tile-part Length (TLM) markers and
+enough decomposition levels for the base resolution to be at most 64 pixels a side;
+each resolution is its own tile-part, so a TLM entry finds every resolution break
+(what progressive viewers and AWS HealthImaging fetch). imagecodecs writes TLM from
+2026.1.14; the pinned 2026.3.6 always can. A .202 codestream is a valid .201 one: a
+decoder that knows only .201 reads it.
 
-Colour (PS3.5 8.2.4, which Table 8.2.4-1 also applies to the HTJ2K syntaxes, like
-pydicom's J2K encoder): the reversible colour transform (RCT) is used exactly when the
-data set says ``YBR_RCT``; ``RGB`` and ``YBR_FULL`` are coded without a multiple
-component transform, as the standard allows for them only then. dcmpress itself asks
-for the RCT on RGB, as for every JPEG 2000 syntax (``worker.codec.compress``):
-photographs and slides shrink about 2x more, and the colour IODs require it.
-The codestream's precision is the sample container's (8, 16 or 32 bits) with the
-signedness of Pixel Representation: OpenJPH through imagecodecs takes no precision, and
-a 12-bit value is exact in a 16-bit component.
+Precision (PS3.5 8.2.4: the data set consistent with the codestream): SIZ says Bits
+Stored and the sign of Pixel Representation. imagecodecs on Python 3.11 (up to
+2026.3.6) takes no bit depth: it codes the container (8 or 16 bits). So a narrower
+value is coded in its container and SIZ's Ssiz bytes say Bits Stored afterwards
+(:func:`with_precision`); unsigned values are first shifted to two's complement (minus
+2^(Bits Stored - 1)) and coded signed, so that the encoder applies no level shift and
+the decoder applies the one the unsigned Bits Stored precision asks for (ISO/IEC
+15444-1 G.1.2, after the inverse colour transform). The QCD and CAP segments keep the
+container's bit-plane bounds: upper bounds, valid, a few bytes per frame.
+
+Colour: the colour transform (RCT) exactly when the data set says ``YBR_RCT``
+(``worker.codec.colour`` decides when it asks for it).
 
 Decoding is pydicom's own (pylibjpeg-openjpeg, OpenJPEG): verification never uses the
 library that encoded. Registered as plugin ``imagecodecs`` of new pydicom encoders for
@@ -44,6 +51,7 @@ ENCODER_DEPENDENCIES = {uid: (f"imagecodecs>={MIN_VERSION}",) for uid in SYNTAXE
 DECOMPOSITIONS = 5
 THUMBNAIL_SIDE = 64  # PS3.5 10.18: the base resolution of .202 at most this
 MAX_DECOMPOSITIONS = 32  # ISO/IEC 15444-1 A.6.1
+SOC_SIZ = b"\xff\x4f\xff\x51"  # a raw codestream: SIZ right after SOC (ISO/IEC 15444-1 A.5)
 # Table 8.2.4-1: the JPEG 2000 lossless rows, as pydicom has them for .90
 PROFILE = list(ENCODING_PROFILES[JPEG2000Lossless])
 
@@ -95,15 +103,40 @@ def encode_frame(src: bytes, runner: Any) -> bytes:
 
     arr = frame_array(src, runner)
     uid = str(runner.transfer_syntax)
-    options: dict[str, Any] = {
-        "reversible": True,
-        "resolutions": decompositions(int(runner.rows), int(runner.columns), uid),
-        "tlm": uid == HTJ2K_LOSSLESS_RPCL,
-    }
+    levels = decompositions(int(runner.rows), int(runner.columns), uid)
+    options: dict[str, Any] = {"reversible": True, "resolutions": levels}
+    if uid == HTJ2K_LOSSLESS_RPCL:  # PS3.5 10.18, a tile-part per resolution
+        options.update(tlm=True, tilepart=imagecodecs.HTJ2K.TILEPART.RESOLUTIONS)
     if arr.ndim == 3:  # the RCT exactly when the result says so (PS3.5 8.2.4)
-        options["rgb"] = runner.photometric_interpretation == "YBR_RCT"
+        options.update(rgb=runner.photometric_interpretation == "YBR_RCT", planar=False)
         arr = np.ascontiguousarray(arr)
-    return bytes(imagecodecs.htj2k_encode(arr, **options))
+    bits_stored, signed = int(runner.bits_stored), bool(runner.pixel_representation)
+    if bits_stored == arr.dtype.itemsize * 8:
+        return bytes(imagecodecs.htj2k_encode(arr, **options))
+    _check_range(arr, bits_stored, signed)
+    if not signed:  # coded signed: no level shift by the encoder (see the module's doc)
+        arr = (arr.astype(np.int32) - (1 << (bits_stored - 1))).astype(
+            arr.dtype.str.replace("u", "i")
+        )
+    return with_precision(bytes(imagecodecs.htj2k_encode(arr, **options)), bits_stored, signed)
+
+
+def _check_range(arr: np.ndarray, bits: int, signed: bool) -> None:
+    """ValueError if a sample is outside ``bits`` (OpenJPEG would clip it silently)."""
+    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    if arr.size and (int(arr.min()) < low or int(arr.max()) > high):
+        raise ValueError(f"samples {int(arr.min())}..{int(arr.max())} outside {bits} bits")
+
+
+def with_precision(codestream: bytes, bits: int, signed: bool) -> bytes:
+    """``codestream`` whose SIZ says ``bits`` and ``signed`` for every component."""
+    if codestream[:4] != SOC_SIZ:
+        raise ValueError("the codestream does not begin with SOC and SIZ")
+    result = bytearray(codestream)
+    components = int.from_bytes(result[40:42], "big")  # Csiz
+    for index in range(components):  # Ssiz: sign bit, precision - 1
+        result[42 + 3 * index] = (0x80 if signed else 0) | (bits - 1)
+    return bytes(result)
 
 
 def register() -> None:
