@@ -23,6 +23,9 @@ from worker.runtime.ledger import Ledger
 from worker.runtime.storage import Storage
 from worker.settings import WorkerSettings
 
+# the readers' fixtures: OHIF's loader (Node) and a PACS (Orthanc)
+pytest_plugins = ["tests.viewer", "tests.pacs"]
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
