@@ -56,7 +56,7 @@ from tests.synthetic import ultrasound
 from tests.viewer import Viewer, ViewerRequest
 from worker.codec.compress import decode_source
 from worker.codec.engine import Result
-from worker.codec.plugins.htj2k import HTJ2K_LOSSLESS_RPCL
+from worker.codec.plugins.htj2k import HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL
 from worker.codec.plugins.j2k import coding
 from worker.codec.targets import TARGETS
 from worker.codec.verify import EXACT_DECODING
@@ -416,6 +416,22 @@ def test_htj2k_decodes_progressively_in_the_viewer(
         np.testing.assert_array_equal(
             decoded.pixels.reshape(expected.shape).astype(np.int64), expected.astype(np.int64)
         )
+
+
+def test_a_viewer_of_201_shows_the_202_codestream(
+    outputs: dict[tuple[str, str], Output], viewer: Viewer, tmp_path: Path
+) -> None:
+    """A .202 codestream is a .201 one: relabelled, the loader shows it the same."""
+    for source in ("signed 12-bit", "RGB 8-bit", "multi-frame"):
+        output = outputs[source, "htj2k"]
+        assert output.path is not None
+        ds = dcmread(output.path)
+        ds.file_meta.TransferSyntaxUID = HTJ2K_LOSSLESS
+        relabelled = tmp_path / f"{source}.dcm"
+        ds.save_as(relabelled, enforce_file_format=True)
+        shown = read_viewer(viewer, [relabelled, output.path])
+        assert not isinstance(shown[relabelled], NotDecoded), shown[relabelled]
+        np.testing.assert_array_equal(shown[relabelled], shown[output.path])
 
 
 def test_every_jpeg_2000_codestream_says_what_the_data_set_says(

@@ -285,3 +285,24 @@ target = ["jpeg-ls"]
     assert (recoded.state, recoded.target, recoded.rule) == ("done", "jpeg-ls", "RLE to JPEG-LS")
     plain = process(to_bytes(ds), CompressionOptions())
     assert (plain.state, plain.code) == ("skipped", "already_compressed")
+
+
+def test_a_rule_keeps_syntaxes_its_readers_lack_out_of_auto() -> None:
+    """A PACS that predates HTJ2K: auto's candidates are a rule's option, so one modality
+    (or key prefix) is never written in a syntax its archive cannot decode."""
+    from worker.codec.engine import process
+
+    policy = parse_policy(
+        '[[rule]]\nname = "to the old PACS"\nwhen = { Modality = "CR" }\ntarget = ["auto"]\n'
+        'options = { auto_candidates = ["jpeg-ls", "j2k", "rle"] }\n\n'
+        '[[rule]]\nname = "default"\ntarget = ["auto"]\n'
+    )
+    image = make_image(64, 64, bits_allocated=8)
+    image.PixelData = bytes(range(64)) * 64  # a ramp: the wavelets' best case
+    image.Modality = "CR"
+    kept = process(to_bytes(image), CompressionOptions(), policy=policy)
+    assert kept.rule == "to the old PACS" and kept.target in ("jpeg-ls", "j2k", "rle")
+    assert "htj2k" not in " ".join(kept.notices) + kept.message
+    image.Modality = "DX"
+    free = process(to_bytes(image), CompressionOptions(), policy=policy)
+    assert free.rule == "default" and "htj2k" in " ".join(free.notices)
