@@ -1,7 +1,7 @@
 """Colour outputs: the Photometric Interpretation and colour transform each target
 writes, what the IODs allow, and what the viewers show right.
 
-The rule per target (PS3.5 8.2; the README's compatibility table shows the readers):
+The rule per target (PS3.5 8.2; docs/compatibility.md shows what the readers make of it):
 
 * **JPEG 2000 family** (j2k, j2k-lossy, htj2k): 8-bit RGB is coded with
   the multiple component transformation (MCT) and written ``YBR_RCT`` (reversible,

@@ -10,7 +10,8 @@
   samples are coded as whole sign-extended words, P = Bits Allocated, as DCMTK's
   ``dcmcjpls`` and dcm4che (``bitsCompressed=-16``) write them: the decoded words are
   the values for every reader, and those that mask to Bits Stored get them too (PS3.5
-  8.1.1: receivers assume nothing of the unused bits). It costs about 1 % in size.
+  8.1.1: receivers assume nothing of the unused bits). Measured: +0.5-0.9 % in size on
+  noisy 12-bit CT-like images, +5.6 % on a noise-free one.
 * Signed near-lossless: a reconstruction within ``jls_error`` of the Bits Stored limits
   can leave the Bits Stored range (P = Bits Allocated) or wrap to its other end (P =
   Bits Stored = Bits Allocated): such images are refused.
