@@ -108,7 +108,8 @@ CODES: dict[str, CodeInfo] = {
     "viewer_unsafe": CodeInfo(
         "skipped",
         "Every requested target's output would be valid but shown wrong by OHIF's loader "
-        "(16-bit RGB under RLE, YBR_FULL under HTJ2K...), and viewer_safe is on.",
+        "(16-bit RGB under RLE, HTJ2K colour without the colour transform, signed 8-bit "
+        "under RLE or JPEG 2000...), and viewer_safe is on.",
     ),
     "label_data": CodeInfo(
         "skipped",

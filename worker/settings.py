@@ -131,9 +131,10 @@ class CompressionOptions(BaseModel):
     viewer_safe: bool = Field(
         default=True,
         description="Refuse outputs that are valid but that OHIF's loader shows wrong "
-        "(16-bit RGB under RLE, YBR_FULL under HTJ2K, 16-bit colour with a JPEG 2000 colour "
-        "transform): the next target takes the image, else it is copied "
-        "(`skipped/viewer_unsafe`); `auto` never picks them. false writes them.",
+        "(16-bit RGB under RLE, HTJ2K colour without the colour transform, 16-bit colour "
+        "with a JPEG 2000 colour transform, signed 8-bit under RLE or JPEG 2000): the next "
+        "target takes the image, else it is copied (`skipped/viewer_unsafe`); `auto` never "
+        "picks them. false writes them.",
     )
     failed_output: Literal["copy", "none"] = Field(
         default="copy",

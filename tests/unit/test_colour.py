@@ -80,6 +80,8 @@ def test_a_us_ybr_full_422_source_goes_to_rle_with_planar_configuration_1() -> N
         ({"bits_allocated": 16, "samples": 3}, "rle", "jpeg-ls"),
         ({"bits_allocated": 8, "samples": 3, "photometric": "YBR_FULL"}, "htj2k", "j2k"),
         ({"bits_allocated": 16, "samples": 3}, "htj2k", "jpeg-ls"),
+        ({"bits_allocated": 8, "signed": True}, "rle", "jpeg-ls"),
+        ({"bits_allocated": 8, "signed": True}, "j2k", "jpegxl"),
         (
             {"bits_allocated": 16, "samples": 3, "sop_class": OPHTHALMIC_16_BIT},
             "j2k",

@@ -328,6 +328,8 @@ def expected_outcomes(image: Image, targets: list[str], high_bits: str) -> set[O
             refusal = "unsupported_bits_stored"
         elif target == "rle" and image.samples == 3 and bits_allocated > 8:
             refusal = "viewer_unsafe"  # OHIF's loader: 16-bit RLE of one sample only
+        elif image.samples == 1 and image.signed and bits_allocated == 8 and target != "jpeg-ls":
+            refusal = "viewer_unsafe"  # OHIF's loader: signed 8-bit RLE, JPEG 2000 wrong
         elif min(image.rows, image.columns) < limits.min_side:
             refusal = "image_too_small"
         elif not in_profile(limits.profile, image, bits_allocated):

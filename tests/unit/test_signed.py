@@ -82,6 +82,21 @@ def test_unsigned_jpeg_ls_keeps_precision_bits_stored() -> None:
     assert jls_precision(result.output or b"") == 12
 
 
+@pytest.mark.parametrize("target", ["jpeg-ls", "jpeg-ls-near"])
+def test_8_bits_stored_in_16_allocated_are_coded_as_16_bit_words(target: str) -> None:
+    """A stream of P <= 8 decodes to 8-bit samples, which DCMTK refuses for Bits
+    Allocated 16, GDCM 3.0 aborts on and Orthanc 1.10 crashed on (tests/integration/
+    test_readers.py reads them in all three)."""
+    ds = make_image(64, 64, bits_stored=8)
+    result = run(ds, target=[target], min_ratio=0)
+    out = read(result.output or b"")
+    assert (out.BitsAllocated, out.BitsStored, out.HighBit) == (16, 8, 7)
+    assert jls_precision(result.output or b"") == 16
+    words, _ = get_decoder(out.file_meta.TransferSyntaxUID).as_array(out, **EXACT_DECODING)
+    error = np.abs(words.astype(np.int32) - source_pixels(ds).astype(np.int32)).max()
+    assert error <= (2 if target == "jpeg-ls-near" else 0)
+
+
 def test_signed_jpeg_ls_coded_with_p_bits_stored_fails_verification() -> None:
     """What dcmpress wrote before: right for pydicom, value + 4096 for a PACS."""
     ds = signed_image(12)

@@ -21,9 +21,8 @@ The rule per target (PS3.5 8.2; docs/compatibility.md shows what the readers mak
 not be lossless. Where the IOD forbids it under a target, the image is left to a later
 one (:func:`refuse_outside_iod`).
 
-Valid outputs that a major viewer still shows wrong are refused while ``viewer_safe``
-is on (the default), so the next target, or the unchanged copy, takes the image
-(:func:`refuse_viewer_failures`; code ``viewer_unsafe``).
+Valid outputs that a major viewer still shows wrong are refused by
+:mod:`worker.codec.viewers`.
 """
 
 from __future__ import annotations
@@ -44,7 +43,6 @@ COLOUR_TRANSFORM_SYNTAXES = {
     HTJ2K_LOSSLESS: "YBR_RCT",
     HTJ2K_LOSSLESS_RPCL: "YBR_RCT",
 }
-HTJ2K_SYNTAXES = {HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL}
 # IODs whose Photometric Interpretation rules let YBR_FULL (what a YBR_FULL_422 source
 # decodes to) be written only under RLE: US (PS3.3 C.8.5.6.1.2: JPEG 2000 YBR_RCT or
 # YBR_ICT, JPEG-LS RGB; and YBR_FULL needs Planar Configuration 1, C.8.5.6.1.16, which
@@ -70,8 +68,6 @@ YBR_FULL_NEVER = {
 }
 # The colour IODs: under JPEG 2000 their RGB is YBR_RCT or YBR_ICT, never RGB
 TRANSFORM_REQUIRED = set(YBR_FULL_ONLY_RLE) | set(YBR_FULL_NEVER)
-# Where the viewer failures below were seen (the viewer test decodes with it)
-VIEWER = "@cornerstonejs/dicom-image-loader 5.14"
 
 
 def refuse_outside_iod(ds: Dataset, target: Target) -> None:
@@ -97,43 +93,6 @@ def refuse_outside_iod(ds: Dataset, target: Target) -> None:
             "unsupported_photometric",
             f"{target.name}: the {only_rle[0]} IOD allows YBR_FULL only under RLE "
             f"({only_rle[1]}), and YBR samples do not become RGB without loss",
-        )
-
-
-def viewer_failure(ds: Dataset, target: Target) -> str:
-    """Why OHIF's loader shows ``target``'s valid output of ``ds`` wrong ('' if not).
-
-    Traced in its code: the RLE decoder's 16-bit path fills one sample's planes; the
-    OpenJPH wrapper of its HTJ2K decoder copies the lines of components coded without a
-    colour transform to the wrong rows; every colour space but RGB is converted into
-    8-bit canvas data, so 16-bit YBR_RCT / YBR_ICT is clamped at 255.
-    """
-    if int(ds.SamplesPerPixel) != 3:
-        return ""
-    deep = int(ds.BitsAllocated) > 8
-    if target.uid == RLELossless and deep:
-        return "decodes 16-bit RLE of one sample per pixel only: 16-bit colour shows wrong"
-    transform = colour_transform(ds, target)
-    if target.uid in HTJ2K_SYNTAXES and not transform:
-        return (
-            "copies HTJ2K colour coded without the colour transform to the wrong rows: "
-            f"{ds.PhotometricInterpretation} of {ds.BitsAllocated} bits shows scrambled"
-        )
-    if deep and transform:
-        return (
-            f"turns {transform} into 8-bit samples, and the IOD requires that transform "
-            "for RGB under JPEG 2000: 16-bit colour shows near-white"
-        )
-    return ""
-
-
-def refuse_viewer_failures(ds: Dataset, target: Target) -> None:
-    """Raise ``viewer_unsafe`` for a valid output the viewer would show wrong."""
-    reason = viewer_failure(ds, target)
-    if reason:
-        raise UnsupportedImage(
-            "viewer_unsafe",
-            f"{target.name}: OHIF's loader ({VIEWER}) {reason} (viewer_safe false writes it)",
         )
 
 

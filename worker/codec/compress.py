@@ -32,12 +32,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from worker.codec.colour import (
-    ask_colour_transform,
-    describe_colour,
-    refuse_outside_iod,
-    refuse_viewer_failures,
-)
+from worker.codec.colour import ask_colour_transform, describe_colour, refuse_outside_iod
 from worker.codec.isolation import CodecCrashed
 from worker.codec.lossy import mark_lossy, refuse_lossy
 from worker.codec.overlays import (
@@ -50,6 +45,7 @@ from worker.codec.overlays import (
 from worker.codec.plugins.gdcm import contained
 from worker.codec.repair import resolve_ambiguous_vrs, swap_words_to_little_endian
 from worker.codec.targets import Plugin, Target, source_decoding_plugin
+from worker.codec.viewers import refuse_viewer_failures
 from worker.errors import PermanentError, UnsupportedImage, raise_outside_causes
 from worker.settings import DEFAULT_J2K_CR, CompressionOptions
 

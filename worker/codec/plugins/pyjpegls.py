@@ -12,6 +12,10 @@
   the values for every reader, and those that mask to Bits Stored get them too (PS3.5
   8.1.1: receivers assume nothing of the unused bits). Measured: +0.5-0.9 % in size on
   noisy 12-bit CT-like images, +5.6 % on a noise-free one.
+* Bits Stored <= 8 in 16 bits allocated: a stream of P <= 8 decodes to 8-bit samples,
+  which DCMTK refuses ("Image data mismatch between DICOM header and JPEG-LS
+  bitstream"), GDCM 3.0 aborts on, and Orthanc 1.10 (its GDCM plugin) crashes on; so
+  these are coded whole too, P = Bits Allocated.
 * Signed near-lossless: a reconstruction within ``jls_error`` of the Bits Stored limits
   can leave the Bits Stored range (P = Bits Allocated) or wrap to its other end (P =
   Bits Stored = Bits Allocated): such images are refused.
@@ -42,9 +46,11 @@ class PyjpeglsQuirks(TinyImagesQuirks):
 
     def prepare(self, ds: Dataset) -> Callable[[Dataset], None]:
         bits_stored, bits_allocated = int(ds.BitsStored), int(ds.BitsAllocated)
-        if int(ds.PixelRepresentation) != 1 or bits_stored >= bits_allocated:
+        signed = int(ds.PixelRepresentation) == 1
+        if bits_stored >= bits_allocated or not (signed or bits_stored <= 8):
             return super().prepare(ds)
-        # the source array holds the values sign-extended: coded whole, P = Bits Allocated
+        # coded whole, P = Bits Allocated: the source array holds signed values
+        # sign-extended, and narrow ones zero-extended
         ds.BitsStored, ds.HighBit = bits_allocated, bits_allocated - 1
 
         def restore(result: Dataset) -> None:
