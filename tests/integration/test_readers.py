@@ -100,6 +100,7 @@ SOURCES: dict[str, Callable[[], Dataset]] = {
     "signed 16-bit": lambda: make_image(40, 40, bits_stored=16, signed=True, seed=9),
     "odd 33x35": lambda: make_image(33, 35, bits_stored=12, seed=10),
     "multi-frame": lambda: make_image(40, 40, frames=3, bits_stored=12, seed=11),
+    "RGB multi-frame": lambda: make_image(36, 40, frames=3, bits_allocated=8, samples=3),
 }
 TARGET_NAMES = [*TARGETS, "auto"]
 READERS = ("pydicom", "DCMTK", "GDCM", "viewer", "Orthanc")
