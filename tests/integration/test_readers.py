@@ -378,7 +378,8 @@ def _decode_all(
 def _need_tools() -> None:
     if shutil.which("dcmdjpls") is None or not GDCM_TOOLS["GDCM 3.0"].exists():
         pytest.skip("DCMTK or GDCM is not installed (apt-get install dcmtk libgdcm-tools)")
-    assert GDCM_TOOLS["GDCM 3.2"].exists(), "python-gdcm's gdcmconv is missing"
+    if not GDCM_TOOLS["GDCM 3.2"].exists():
+        pytest.skip(f"python-gdcm's gdcmconv is not beside {sys.executable} (run in a venv)")
 
 
 @pytest.fixture(scope="module")
