@@ -805,7 +805,8 @@ def listen(
 
         limits = WebhookLimits(max_body_bytes=max_body_kb * 1024)
         server = serve_http(intake, host, int(port), token, healthy, limits)
-        console.print(f"listening on http://{host}:{server.server_port}/")
+        shown = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
+        console.print(f"listening on http://{shown}:{server.server_port}/", highlight=False)
     for thread in threads:
         thread.start()
     console.print("ready", highlight=False)

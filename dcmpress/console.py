@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import difflib
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 
 from worker.errors import DcmpressError, one_line
-from worker.settings import WorkerSettings
+from worker.settings import WorkerSettings, masked
 
 if TYPE_CHECKING:
     from botocore.exceptions import ClientError
@@ -41,18 +40,6 @@ def validation_message(exc: ValidationError) -> str:
         reason = str(error["msg"]).removeprefix("Value error, ")
         parts.append(reason if error["type"] == "value_error" else f"{where}: {reason}")
     return "; ".join(parts)
-
-
-def masked(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe to print)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def explain(exc: BaseException) -> str | None:

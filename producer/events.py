@@ -306,6 +306,19 @@ def _optional_str(value: object, where: str) -> str | None:
     return value
 
 
+def _informational(value: object) -> str | None:
+    """A field the job does not need (a sequencer, a generation): kept as text when it is
+    a string or an integer (int64 fields come as JSON numbers or, in protojson, strings),
+    dropped otherwise. It never decides whether an event is kept."""
+    if isinstance(value, bool) or value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value[:64]
+    if isinstance(value, int):
+        return str(value)
+    return None
+
+
 def _size(value: object, where: str) -> int | None:
     """An object size sent as a number (AWS, MinIO) or a decimal string (Ceph)."""
     if value is None or value == "":
@@ -421,7 +434,7 @@ def _parse_record(value: object, where: str) -> ObjectEvent:
         size=_size(obj.get("size"), f"{where}.s3.object.size"),
         etag=_etag(obj.get(etag_field), f"{where}.s3.object.{etag_field}"),
         version_id=_optional_str(obj.get("versionId"), f"{where}.s3.object.versionId"),
-        sequencer=_optional_str(obj.get("sequencer"), f"{where}.s3.object.sequencer"),
+        sequencer=_informational(obj.get("sequencer")),
     )
 
 
@@ -491,7 +504,7 @@ def _parse_eventbridge(body: JsonObject) -> ObjectEvent:
         size=_size(obj.get("size"), "detail.object.size"),
         etag=_etag(obj.get("etag"), "detail.object.etag"),
         version_id=_optional_str(obj.get("version-id"), "detail.object.version-id"),
-        sequencer=_optional_str(obj.get("sequencer"), "detail.object.sequencer"),
+        sequencer=_informational(obj.get("sequencer")),
     )
 
 
@@ -543,7 +556,7 @@ def _parse_pubsub_push(body: JsonObject) -> ObjectEvent:
         size=_size(resource.get("size"), "message.data.size"),
         etag=_gcs_etag(resource),
         version_id=None,  # a generation, which the S3 interoperability API does not take
-        sequencer=_optional_str(attributes.get("objectGeneration"), "objectGeneration"),
+        sequencer=_informational(attributes.get("objectGeneration")),
     )
 
 
@@ -581,7 +594,7 @@ def _parse_cloudevent(body: JsonObject) -> ObjectEvent:
         size=_size(data.get("size"), "data.size"),
         etag=_gcs_etag(data),
         version_id=None,
-        sequencer=_optional_str(data.get("generation"), "data.generation"),
+        sequencer=_informational(data.get("generation")),
     )
 
 

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 POISON_KEY = "dcmpress:events:poison"  # list: the last 1,000 rejected messages (capped)
 POISON_KEEP = 1000
+REJECTS_SHOWN = 3  # the rejected records of one message its poison entry shows
 
 
 @dataclass(frozen=True)
@@ -217,9 +218,16 @@ class EventIntake:
         """
         rejected: list[RejectedRecord] = []
         report = self.handle(parse_message(body, rejected=rejected))
-        for record in rejected:
+        if rejected:  # one entry and one log line per message, however many records
+            first = rejected[:REJECTS_SHOWN]
+            reasons = "; ".join(f"{record.where}: {record.reason}" for record in first)
+            more = (
+                f" (and {len(rejected) - len(first):,} more)" if len(rejected) > len(first) else ""
+            )
             self.record_poison(
-                json.dumps(record.record, default=str), f"{record.where}: {record.reason}", source
+                json.dumps([record.record for record in first], default=str),
+                f"{len(rejected):,} records rejected: {reasons}{more}",
+                source,
             )
         report.rejected = len(rejected)
         return report
@@ -279,7 +287,11 @@ class SqsListener:
                 self.intake.handle_body(body, f"sqs:{self.queue_url}")
             except EventFormatError as exc:
                 # a poison message never becomes valid: keep it for the operator, delete it
-                self.intake.record_poison(body, str(exc), f"sqs:{self.queue_url}")
+                try:
+                    self.intake.record_poison(body, str(exc), f"sqs:{self.queue_url}")
+                except Exception:  # Redis away: not kept yet; SQS redelivers it
+                    log.exception("could not keep a poison SQS message; it will be redelivered")
+                    continue
             except Exception:
                 # Redis or S3 unavailable: leave it; SQS redelivers after the timeout
                 log.exception("could not enqueue an SQS message; it will be redelivered")

@@ -110,6 +110,16 @@ def create_app(
         if not _authorised(request, token):
             return JSONResponse({"error": "bad or missing token"}, status_code=401)
         declared = request.headers.get("content-length")
+        if declared is not None and "transfer-encoding" in request.headers:
+            # both framings at once: a proxy and this server could read different bodies
+            return JSONResponse(
+                {"error": "Content-Length with Transfer-Encoding"},
+                status_code=400,
+                headers={"connection": "close"},
+            )
+        if declared is None and request.scope.get("http_version") == "1.0":
+            # HTTP/1.0 has no chunked framing: without a length the body has no end
+            return JSONResponse({"error": "Content-Length required"}, status_code=411)
         if declared is not None and int(declared) > limits.max_body_bytes:
             return _too_large(limits)
         try:
@@ -131,7 +141,13 @@ def create_app(
             message: Any = _binary_cloudevent(request.headers, body) or body
             report = await run_in_threadpool(intake.handle_body, message, source)
         except EventFormatError as exc:
-            await run_in_threadpool(intake.record_poison, body, str(exc), source)
+            try:
+                await run_in_threadpool(intake.record_poison, body, str(exc), source)
+            except Exception:  # Redis away: not kept yet, so the sender must retry
+                log.exception("could not keep a poison message; the sender will retry")
+                return JSONResponse(
+                    {"error": "could not enqueue now; retry later"}, status_code=503
+                )
             return JSONResponse({"enqueued": 0, "rejected": str(exc)}, status_code=202)
         except Exception:
             log.exception("could not enqueue a webhook event; the sender will retry")
@@ -230,7 +246,8 @@ class WebhookServer:
             port=port,
             http=protocol,
             lifespan="off",
-            limit_concurrency=limits.max_concurrency,
+            # uvicorn counts the connection asking among those open: 64 served, the 65th 503
+            limit_concurrency=limits.max_concurrency + 1,
             timeout_keep_alive=limits.keep_alive,
             log_config=None,  # the process's logging, not uvicorn's own
             server_header=False,

@@ -9,6 +9,7 @@ environment.
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -240,6 +241,32 @@ class EngineSettings(BaseSettings, CompressionOptions):
         return CompressionOptions(**self.model_dump(include=set(CompressionOptions.model_fields)))
 
 
+_SECRET_QUERY_KEYS = ("password", "secret", "token", "key")
+
+
+def masked(url: str) -> str:
+    """``url`` with any password (in the user part, or a ``password=`` style query
+    parameter) replaced by ``***``: safe to print, log or show in Flower."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if ":" in host:  # an IPv6 literal keeps its brackets
+            host = f"[{host}]"
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        netloc = f"{parts.username or ''}:***@{host}"
+    query = "&".join(
+        f"{name}=***" if any(word in name.lower() for word in _SECRET_QUERY_KEYS) else pair
+        for pair in parts.query.split("&")
+        if pair
+        for name in [pair.partition("=")[0]]
+    )
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
 class WorkerSettings(BaseSettings):
     """Connections and queue behaviour of workers and producers (``DCMPRESS_*``).
 
@@ -316,6 +343,12 @@ class WorkerSettings(BaseSettings):
         "affinity mask and the cgroup CPU quota, not the host's count) plus one, so one "
         "process's download or upload overlaps the others' compression.",
     )
+
+    def __repr_args__(self) -> Any:
+        """Every URL with its password masked: a repr reaches logs, Celery's
+        configuration and Flower's pages (Celery censors only the keys it knows)."""
+        for name, value in super().__repr_args__():
+            yield name, masked(value) if isinstance(value, str) and "://" in value else value
 
     @property
     def concurrency(self) -> int:

@@ -188,7 +188,50 @@ def test_one_bad_record_is_poisoned_alone_and_the_rest_enqueued(
     }  # fmt: skip
     assert ledger.redis.llen(POISON_KEY) == before + 1
     entry = json.loads(ledger.redis.lindex(POISON_KEY, 0))  # type: ignore[arg-type]
-    assert entry["reason"].startswith("Records[1]:") and json.loads(entry["body"]) == bad
+    assert entry["reason"].startswith("1 records rejected: Records[1]:")
+    assert json.loads(entry["body"]) == [bad]
+
+
+def test_the_rejected_records_of_one_message_are_one_poison_entry(
+    server: WebhookServer, intake: EventIntake, ledger: Ledger, bucket_pair: tuple[str, str]
+) -> None:
+    """One good record beside 10,000 empty ones: one entry (a count and the first
+    reasons), not one entry, log line and Redis round trip per record."""
+    body = json.dumps({"Records": [s3_event(bucket_pair[0], "good2.dcm")] + [{}] * 10_000})
+    before = ledger.redis.llen(POISON_KEY)
+    reply = raw(server, request(body.encode()), wait=60)
+    assert status_of(reply) == 200
+    assert reply_json(reply)["enqueued"] == 1 and reply_json(reply)["rejected"] == 10_000
+    assert ledger.redis.llen(POISON_KEY) == before + 1
+    entry = json.loads(ledger.redis.lindex(POISON_KEY, 0))  # type: ignore[arg-type]
+    assert entry["reason"].startswith("10,000 records rejected: Records[1]:")
+    assert entry["reason"].endswith("(and 9,997 more)") and len(json.loads(entry["body"])) == 3
+
+
+def test_poison_while_redis_is_away_is_503_so_the_sender_retries(
+    server: WebhookServer, intake: EventIntake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def away(*_: Any) -> None:
+        raise ConnectionError("Redis is away")
+
+    monkeypatch.setattr(intake, "record_poison", away)
+    reply = raw(server, request(b'{"not": "an event"}'))
+    assert status_of(reply) == 503
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        # both framings: a proxy and the listener could read different bodies (smuggling)
+        ("POST /e HTTP/1.1\r\nHost: l\r\nContent-Length: 5\r\n"
+         "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n", 400),
+        # HTTP/1.0 without a length: the body would end only when the connection does
+        ("POST /e HTTP/1.0\r\nHost: l\r\n\r\n", 411),
+    ],
+)  # fmt: skip
+def test_ambiguous_framing_is_refused(server: WebhookServer, head: str, status: int) -> None:
+    headers = head.replace("Host: l\r\n", f"Host: l\r\nAuthorization: Bearer {TOKEN}\r\n")
+    assert status_of(raw(server, headers.encode())) == status
 
 
 def test_a_failure_to_enqueue_is_503_without_internal_detail(

@@ -74,6 +74,33 @@ def test_passwords_are_masked_in_printed_urls() -> None:
     assert masked("redis://:pw@host:6379/0") == "redis://:***@host:6379/0"
     assert masked("redis://user:pw@host/0") == "redis://user:***@host/0"
     assert masked("redis://host:6379/0") == "redis://host:6379/0"
+    assert masked("rediss://u:pw@[::1]:6380/0?ssl_cert_reqs=required") == (
+        "rediss://u:***@[::1]:6380/0?ssl_cert_reqs=required"
+    )
+    assert masked("redis://host/0?password=pw&db=1") == "redis://host/0?password=***&db=1"
+
+
+def test_no_password_reaches_celerys_configuration_or_a_settings_repr() -> None:
+    """Flower shows every Celery configuration value's repr (``inspect conf``); Celery
+    censors the keys it knows, not ours: the settings' repr masks every URL's password."""
+    import json
+
+    from worker.runtime.app import create_app
+    from worker.settings import WorkerSettings
+
+    settings = WorkerSettings(
+        redis_url="redis://worker:s3cret-pw@127.0.0.1:6379/0",
+        broker_url="redis://:other-pw@127.0.0.1:6380/0",
+        s3_endpoint_url="https://key:s3-pw@127.0.0.1:9000",
+    )
+    shown = [repr(settings), str(settings), f"{settings!r}"]
+    app = create_app(settings)
+    shown.append(json.dumps(app.conf.table(with_defaults=True, censored=True), default=repr))
+    for text in shown:
+        for secret in ("s3cret-pw", "other-pw", "s3-pw"):
+            assert secret not in text
+    assert "worker:***@127.0.0.1:6379" in shown[0]
+    assert settings.redis_url == "redis://worker:s3cret-pw@127.0.0.1:6379/0"  # still usable
 
 
 def test_flowers_masked_broker_url_is_kombus_not_an_empty_password_of_ours() -> None:

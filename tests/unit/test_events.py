@@ -914,6 +914,28 @@ def test_gcs_cloudevents_in_structured_mode() -> None:
         parse_message({**body, "type": "com.example.other"})
 
 
+@pytest.mark.parametrize(("generation", "sequencer"), [(3, "3"), ("3", "3"), ({}, None)])
+def test_a_field_the_job_does_not_need_never_loses_an_event(
+    generation: object, sequencer: str | None
+) -> None:
+    """GCS sends int64 fields as JSON numbers or (protojson) strings; a generation of any
+    shape is informational: the event is kept either way."""
+    body = {
+        "specversion": "1.0",
+        "type": "google.cloud.storage.object.v1.finalized",
+        "source": "//storage.googleapis.com/projects/_/buckets/gbucket",
+        "subject": "objects/x/y.dcm",
+        "id": "1",
+        "data": {"bucket": "gbucket", "name": "x/y.dcm", "size": 9, "generation": generation},
+    }
+    [event] = parse_message(body)
+    assert (event.key, event.size, event.sequencer) == ("x/y.dcm", 9, sequencer)
+    record = aws_record(key="a")
+    record["s3"]["object"]["sequencer"] = 12
+    [aws] = parse_message({"Records": [record]})
+    assert (aws.key, aws.sequencer) == ("a", "12")
+
+
 def test_one_bad_record_beside_good_ones_can_be_set_apart() -> None:
     body = {"Records": [aws_record(key="a"), {"eventSource": "aws:s3"}, aws_record(key="b")]}
     with pytest.raises(EventFormatError):
