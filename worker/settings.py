@@ -267,6 +267,17 @@ def masked(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
+def unverified_tls(url: str) -> bool:
+    """True for a ``rediss://`` URL whose ``ssl_cert_reqs`` does not require a verified
+    certificate (``none``, ``optional``: redis-py and kombu then skip or soften it)."""
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return False
+    query = dict(pair.partition("=")[::2] for pair in parts.query.split("&") if pair)
+    wanted = query.get("ssl_cert_reqs", "required").lower().removeprefix("cert_")
+    return wanted != "required"
+
+
 class WorkerSettings(BaseSettings):
     """Connections and queue behaviour of workers and producers (``DCMPRESS_*``).
 
@@ -286,6 +297,13 @@ class WorkerSettings(BaseSettings):
     )
     broker_url: str | None = Field(
         default=None, description="Celery broker URL; defaults to redis_url."
+    )
+    redis_insecure_tls: bool = Field(
+        default=False,
+        description="Allow a `rediss://` URL with `ssl_cert_reqs=none` (or `optional`): the "
+        "server's certificate is then not verified and a man in the middle can read the "
+        "password and the jobs. Off: such a URL is refused; every process verifies "
+        "`rediss://` against the system CAs (or `ssl_ca_certs`).",
     )
     queue: str = Field(default="dcmpress", description="Celery queue name.")
     s3_endpoint_url: str | None = Field(
@@ -357,6 +375,13 @@ class WorkerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _limits_fit_together(self) -> WorkerSettings:
+        for url in (self.redis_url, self.broker_url or ""):
+            if unverified_tls(url) and not self.redis_insecure_tls:
+                raise ValueError(
+                    f"{masked(url)} turns off the verification of Redis's TLS certificate: "
+                    "give its CA with ssl_ca_certs=PATH (or none, for the system CAs), or "
+                    "set DCMPRESS_REDIS_INSECURE_TLS=true to accept that"
+                )
         if self.task_soft_time_limit >= self.task_time_limit:
             raise ValueError("task_soft_time_limit must be below task_time_limit")
         if self.visibility_timeout <= self.claim_ttl:

@@ -199,3 +199,41 @@ def test_s3_over_tls_with_a_custom_ca_bundle(
         assert counts.get("done") == 1, counts
         head = client.head_object(Bucket="tls-dst", Key="a.dcm")
         assert head["Metadata"]["dcmpress-outcome"] == "done/compressed"
+
+
+def test_rediss_is_verified_by_default_by_the_broker_and_the_ledger(tls_redis: str) -> None:
+    """A rediss:// URL without its CA, against a server whose certificate a private CA
+    signed: kombu (the broker of the workers and Flower) would connect unverified unless
+    told, redis-py (the ledger) verifies; both must refuse it, before any password or
+    message crosses."""
+    from kombu.exceptions import OperationalError
+
+    from worker.runtime.app import create_app
+    from worker.settings import WorkerSettings
+
+    without_ca = tls_redis.split("?", 1)[0]  # the system CAs: they do not know ours
+    settings = WorkerSettings(redis_url=without_ca)
+    app = create_app(settings)
+    with app.connection_for_write() as connection, pytest.raises(OperationalError) as refused:
+        connection.ensure_connection(max_retries=0)
+    assert "certificate verify failed" in str(refused.value).lower()
+    with pytest.raises(redis.ConnectionError, match=r"(?i)certificate verify failed"):
+        Ledger.from_url(without_ca, 60).redis.ping()
+    trusted = create_app(WorkerSettings(redis_url=tls_redis))  # its CA given: connects
+    with trusted.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=0)
+
+
+def test_unverified_rediss_needs_an_explicit_insecure_setting() -> None:
+    from pydantic import ValidationError
+
+    from worker.settings import WorkerSettings
+
+    url = "rediss://u:pw@127.0.0.1:6380/0?ssl_cert_reqs=none"
+    with pytest.raises(ValidationError, match="DCMPRESS_REDIS_INSECURE_TLS") as refused:
+        WorkerSettings(redis_url=url)
+    assert "pw" not in str(refused.value).replace("password", "")
+    with pytest.raises(ValidationError, match="ssl_ca_certs"):
+        WorkerSettings(broker_url="rediss://127.0.0.1:6380/0?ssl_cert_reqs=CERT_OPTIONAL")
+    assert WorkerSettings(redis_url=url, redis_insecure_tls=True).redis_insecure_tls
+    assert WorkerSettings(redis_url="rediss://127.0.0.1:6380/0?ssl_cert_reqs=required")

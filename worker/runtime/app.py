@@ -9,6 +9,8 @@ events on for Flower.
 
 from __future__ import annotations
 
+import ssl
+
 from celery import Celery
 
 from worker.settings import WorkerSettings
@@ -47,6 +49,11 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
         worker_concurrency=settings.concurrency,
         worker_hijack_root_logger=False,
     )
+    broker = settings.broker_url or settings.redis_url
+    if broker.startswith("rediss://") and "ssl_cert_reqs=" not in broker:
+        # kombu connects to rediss:// unverified unless told ("defaulting to insecure SSL
+        # behaviour"); redis-py verifies by default: the broker verifies as the ledger
+        app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     app.conf.dcmpress_settings = settings
     from worker.runtime.watchdog import ReconcileWatch
 
