@@ -237,3 +237,43 @@ def test_unverified_rediss_needs_an_explicit_insecure_setting() -> None:
         WorkerSettings(broker_url="rediss://127.0.0.1:6380/0?ssl_cert_reqs=CERT_OPTIONAL")
     assert WorkerSettings(redis_url=url, redis_insecure_tls=True).redis_insecure_tls
     assert WorkerSettings(redis_url="rediss://127.0.0.1:6380/0?ssl_cert_reqs=required")
+
+
+def test_flower_shows_the_queues_over_tls_with_a_private_ca(tls_redis: str, tmp_path: Path) -> None:
+    """The same rediss:// URL serves Flower: its broker page and queue API read Redis
+    through broker_use_ssl, which carries the URL's CA (it reads no URL parameters)."""
+    import base64
+    import signal
+    import sys
+    import urllib.request
+
+    port = free_port()
+    env = {**os.environ, "DCMPRESS_REDIS_URL": tls_redis,
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # fmt: skip
+    env = {k: v for k, v in env.items() if not k.startswith("FLOWER_")}
+    argv = [sys.executable, "-m", "celery", "-A", "worker", "flower", "--address=127.0.0.1",
+            f"--port={port}", "--basic-auth=ops:secret"]  # fmt: skip
+    log_path = tmp_path / "flower.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    auth = "Basic " + base64.b64encode(b"ops:secret").decode()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/queues/length", headers={"Authorization": auth}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10) as reply:
+                    body = json.loads(reply.read())
+                break
+            except OSError:
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+                time.sleep(0.5)
+        assert "active_queues" in body, body
+        assert "CERTIFICATE_VERIFY_FAILED" not in log_path.read_text()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(15)
