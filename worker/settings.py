@@ -8,8 +8,9 @@ environment.
 
 from __future__ import annotations
 
+import ssl
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -267,15 +268,26 @@ def masked(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-def unverified_tls(url: str) -> bool:
-    """True for a ``rediss://`` URL whose ``ssl_cert_reqs`` does not require a verified
-    certificate (``none``, ``optional``: redis-py and kombu then skip or soften it)."""
+_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+_TLS_PARAMETERS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def tls_options(url: str) -> dict[str, Any] | None:
+    """The TLS options of a ``rediss://`` URL, as Celery's ``broker_use_ssl`` takes them
+    (None for another scheme): the certificate required unless the URL says otherwise.
+
+    kombu connects to ``rediss://`` unverified unless told ("defaulting to insecure SSL
+    behaviour"), and Flower's broker page reads only ``broker_use_ssl``, not the URL: so
+    the URL's ``ssl_*`` parameters are given to Celery this way too.
+    """
     parts = urlsplit(url)
     if parts.scheme != "rediss":
-        return False
-    query = dict(pair.partition("=")[::2] for pair in parts.query.split("&") if pair)
+        return None
+    query = dict(parse_qsl(parts.query))
     wanted = query.get("ssl_cert_reqs", "required").lower().removeprefix("cert_")
-    return wanted != "required"
+    options: dict[str, Any] = {"ssl_cert_reqs": _CERT_REQS.get(wanted, ssl.CERT_REQUIRED)}
+    options.update({name: query[name] for name in _TLS_PARAMETERS if query.get(name)})
+    return options
 
 
 class WorkerSettings(BaseSettings):
@@ -374,14 +386,20 @@ class WorkerSettings(BaseSettings):
         return self.worker_concurrency or usable_cores() + 1
 
     @model_validator(mode="after")
-    def _limits_fit_together(self) -> WorkerSettings:
+    def _tls_is_verified(self) -> WorkerSettings:
         for url in (self.redis_url, self.broker_url or ""):
-            if unverified_tls(url) and not self.redis_insecure_tls:
+            options = tls_options(url) or {}
+            unverified = options.get("ssl_cert_reqs", ssl.CERT_REQUIRED) != ssl.CERT_REQUIRED
+            if unverified and not self.redis_insecure_tls:
                 raise ValueError(
                     f"{masked(url)} turns off the verification of Redis's TLS certificate: "
                     "give its CA with ssl_ca_certs=PATH (or none, for the system CAs), or "
                     "set DCMPRESS_REDIS_INSECURE_TLS=true to accept that"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _limits_fit_together(self) -> WorkerSettings:
         if self.task_soft_time_limit >= self.task_time_limit:
             raise ValueError("task_soft_time_limit must be below task_time_limit")
         if self.visibility_timeout <= self.claim_ttl:

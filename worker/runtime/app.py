@@ -9,13 +9,9 @@ events on for Flower.
 
 from __future__ import annotations
 
-import ssl
-from typing import Any
-from urllib.parse import parse_qsl, urlsplit
-
 from celery import Celery
 
-from worker.settings import WorkerSettings
+from worker.settings import WorkerSettings, tls_options
 
 
 def create_app(settings: WorkerSettings | None = None) -> Celery:
@@ -59,25 +55,3 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
 
     app.steps["worker"].add(ReconcileWatch)  # the automatic reconcile (watchdog.py)
     return app
-
-
-_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
-_TLS_PARAMETERS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
-
-
-def tls_options(url: str) -> dict[str, Any] | None:
-    """Celery's ``broker_use_ssl`` for a ``rediss://`` URL (None for another scheme).
-
-    kombu connects to ``rediss://`` unverified unless told ("defaulting to insecure SSL
-    behaviour"), and Flower's broker page reads only ``broker_use_ssl``, not the URL: so
-    the URL's ``ssl_*`` parameters are given here too, the certificate required unless
-    the URL says otherwise (which the settings allow only with ``redis_insecure_tls``).
-    """
-    parts = urlsplit(url)
-    if parts.scheme != "rediss":
-        return None
-    query = dict(parse_qsl(parts.query))
-    wanted = query.get("ssl_cert_reqs", "required").lower().removeprefix("cert_")
-    options: dict[str, Any] = {"ssl_cert_reqs": _CERT_REQS.get(wanted, ssl.CERT_REQUIRED)}
-    options.update({name: query[name] for name in _TLS_PARAMETERS if query.get(name)})
-    return options
