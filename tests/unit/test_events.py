@@ -895,15 +895,20 @@ def test_a_pubsub_message_that_is_not_from_cloud_storage_is_refused() -> None:
         parse_message(body)
 
 
-def test_gcs_cloudevents_in_structured_mode() -> None:
-    body = {
+def gcs_cloudevent(**data: object) -> dict[str, Any]:
+    """A structured-mode Cloud Storage CloudEvent for gbucket/x/y.dcm, ``data`` added."""
+    return {
         "specversion": "1.0",
         "type": "google.cloud.storage.object.v1.finalized",
         "source": "//storage.googleapis.com/projects/_/buckets/gbucket",
         "subject": "objects/x/y.dcm",
         "id": "1",
-        "data": {"bucket": "gbucket", "name": "x/y.dcm", "size": "9", "generation": "3"},
+        "data": {"bucket": "gbucket", "name": "x/y.dcm", **data},
     }
+
+
+def test_gcs_cloudevents_in_structured_mode() -> None:
+    body = gcs_cloudevent(size="9", generation="3")
     [event] = parse_message(body)  # fmt: skip
     assert (event.kind, event.bucket, event.key, event.size, event.sequencer) == (
         "created", "gbucket", "x/y.dcm", 9, "3")  # fmt: skip
@@ -920,15 +925,7 @@ def test_a_field_the_job_does_not_need_never_loses_an_event(
 ) -> None:
     """GCS sends int64 fields as JSON numbers or (protojson) strings; a generation of any
     shape is informational: the event is kept either way."""
-    body = {
-        "specversion": "1.0",
-        "type": "google.cloud.storage.object.v1.finalized",
-        "source": "//storage.googleapis.com/projects/_/buckets/gbucket",
-        "subject": "objects/x/y.dcm",
-        "id": "1",
-        "data": {"bucket": "gbucket", "name": "x/y.dcm", "size": 9, "generation": generation},
-    }
-    [event] = parse_message(body)
+    [event] = parse_message(gcs_cloudevent(size=9, generation=generation))
     assert (event.key, event.size, event.sequencer) == ("x/y.dcm", 9, sequencer)
     record = aws_record(key="a")
     record["s3"]["object"]["sequencer"] = 12

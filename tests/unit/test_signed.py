@@ -14,6 +14,7 @@ import io
 import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import compress
@@ -39,7 +40,7 @@ def ct_like(bits_stored: int) -> np.ndarray:
     return np.clip(values, -limit + 8, limit - 9).astype(np.int16)
 
 
-def signed_image(bits_stored: int):  # type: ignore[no-untyped-def]
+def signed_image(bits_stored: int) -> Dataset:
     ds = make_image(64, 64, bits_stored=bits_stored, signed=True)
     ds.PixelData = ct_like(bits_stored).tobytes()
     return ds

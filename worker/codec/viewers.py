@@ -24,13 +24,12 @@ from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless
 
 from worker.codec.colour import COLOUR_TRANSFORM_SYNTAXES, colour_transform
-from worker.codec.plugins.htj2k import HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL
+from worker.codec.plugins import htj2k
 from worker.codec.targets import Target
 from worker.errors import UnsupportedImage
 
 # Where the failures were seen (tests/viewer pins it)
 VIEWER = "@cornerstonejs/dicom-image-loader 5.14"
-HTJ2K_SYNTAXES = {HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL}
 
 
 def viewer_failure(ds: Dataset, target: Target) -> str:
@@ -46,7 +45,7 @@ def viewer_failure(ds: Dataset, target: Target) -> str:
     if target.uid == RLELossless and deep:
         return "decodes 16-bit RLE of one sample per pixel only: 16-bit colour shows wrong"
     transform = colour_transform(ds, target)
-    if target.uid in HTJ2K_SYNTAXES and not transform:
+    if target.uid in htj2k.SYNTAXES and not transform:
         return (
             "copies HTJ2K colour coded without the colour transform to the wrong rows: "
             f"{ds.PhotometricInterpretation} of {ds.BitsAllocated} bits shows scrambled"

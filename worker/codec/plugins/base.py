@@ -43,6 +43,19 @@ def _nothing(_: Dataset) -> None:
     return None
 
 
+def as_whole_words(ds: Dataset) -> Callable[[Dataset], None]:
+    """Have the encoder code whole samples: ``ds`` says Bits Stored = Bits Allocated
+    (the values fit: narrow ones zero-extended, signed ones sign-extended); return what
+    makes the result say the real Bits Stored and High Bit again."""
+    bits_stored, bits_allocated = int(ds.BitsStored), int(ds.BitsAllocated)
+    ds.BitsStored, ds.HighBit = bits_allocated, bits_allocated - 1
+
+    def restore(result: Dataset) -> None:
+        result.BitsStored, result.HighBit = bits_stored, bits_stored - 1
+
+    return restore
+
+
 class TinyImagesQuirks(Quirks):
     """Encoders that refuse images of a handful of pixels: a size, not a defect."""
 

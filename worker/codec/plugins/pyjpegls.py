@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
 
-from worker.codec.plugins.base import Plugin, TinyImagesQuirks
+from worker.codec.plugins.base import Plugin, TinyImagesQuirks, as_whole_words
 from worker.errors import UnsupportedImage
 
 if TYPE_CHECKING:
@@ -49,14 +49,7 @@ class PyjpeglsQuirks(TinyImagesQuirks):
         signed = int(ds.PixelRepresentation) == 1
         if bits_stored >= bits_allocated or not (signed or bits_stored <= 8):
             return super().prepare(ds)
-        # coded whole, P = Bits Allocated: the source array holds signed values
-        # sign-extended, and narrow ones zero-extended
-        ds.BitsStored, ds.HighBit = bits_allocated, bits_allocated - 1
-
-        def restore(result: Dataset) -> None:
-            result.BitsStored, result.HighBit = bits_stored, bits_stored - 1
-
-        return restore
+        return as_whole_words(ds)  # P = Bits Allocated
 
 
 def _refuse_wrapping_signed_values(source: SourceImage, jls_error: int) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from pydicom.dataset import Dataset
 
-from worker.codec.plugins.base import Plugin, Quirks
+from worker.codec.plugins.base import Plugin, Quirks, as_whole_words
 
 
 class RleQuirks(Quirks):
@@ -22,12 +22,7 @@ class RleQuirks(Quirks):
         bits_stored, bits_allocated = int(ds.BitsStored), int(ds.BitsAllocated)
         if not bits_stored <= 8 < bits_allocated:
             return super().prepare(ds)
-        ds.BitsStored, ds.HighBit = bits_allocated, bits_allocated - 1
-
-        def restore(result: Dataset) -> None:
-            result.BitsStored, result.HighBit = bits_stored, bits_stored - 1
-
-        return restore
+        return as_whole_words(ds)
 
 
 PYDICOM_RLE = Plugin("pydicom", (), quirks=RleQuirks())
