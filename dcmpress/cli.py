@@ -738,6 +738,21 @@ def listen(
     policy: Annotated[
         Path | None, typer.Option(help=f"{POLICY_HELP} Stored with each batch.")
     ] = None,
+    spool_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="DCMPRESS_LISTEN_SPOOL_DIR",
+            help="Webhook: where events wait while Redis is away (default: "
+            "$XDG_STATE_HOME/dcmpress/spool, else ~/.local/state/dcmpress/spool).",
+        ),
+    ] = None,
+    spool_max_mb: Annotated[
+        int,
+        typer.Option(
+            envvar="DCMPRESS_LISTEN_SPOOL_MAX_MB",
+            help="Webhook: the spool's bound (MiB); past it, 503. 0: no spool.",
+        ),
+    ] = 1024,
     *,
     options: CompressionOptions,
 ) -> None:
@@ -747,9 +762,12 @@ def listen(
 
     import boto3
 
-    from producer.listen import EventFilter, EventIntake, SqsListener
+    from producer.listen import EVENT_REDIS_TIMEOUT, EventFilter, EventIntake, SqsListener
+    from producer.spool import Spool, SpoolInUse
     from producer.webhook import WebhookLimits, serve_http
+    from worker.runtime.app import create_app
     from worker.runtime.contract import S3Location
+    from worker.runtime.ledger import Ledger
     from worker.runtime.storage import Storage
 
     if not sqs and not http:
@@ -768,9 +786,25 @@ def listen(
     except ConfigurationError as exc:
         raise fail(str(exc)) from None
     policy_text = _policy_text(policy, options)
-    settings, ledger = _connect()
-    from worker import app as celery_app
-
+    settings, _ = _connect()
+    # a sender waits on every Redis call here: each gives up within seconds (the event
+    # is then spooled), where other commands wait up to 30 s
+    ledger = Ledger.for_events(settings.redis_url, settings.retention_seconds, EVENT_REDIS_TIMEOUT)
+    celery_app = create_app(settings)
+    celery_app.conf.broker_transport_options = {
+        **celery_app.conf.broker_transport_options,
+        "socket_timeout": EVENT_REDIS_TIMEOUT,
+        "socket_connect_timeout": EVENT_REDIS_TIMEOUT,
+    }
+    spool = None
+    if http and spool_max_mb > 0:
+        where = spool_dir or _state_dir() / "spool"
+        try:
+            spool = Spool(where, spool_max_mb * 1024 * 1024)
+        except SpoolInUse as exc:
+            raise fail(str(exc)) from None
+        except OSError as exc:
+            raise fail(f"cannot use the spool directory {where}: {exc} (--spool-dir)") from None
     storage = Storage(settings)
     intake = EventIntake(
         celery_app, ledger, storage, settings.queue, dest_location, in_place, options,
@@ -781,6 +815,7 @@ def listen(
         ),
         batch_name=batch,
         policy=policy_text,
+        spool=spool,
     )  # fmt: skip
     console = Console(stderr=True)
     stop = threading.Event()
@@ -798,11 +833,24 @@ def listen(
     if http:
 
         def healthy() -> bool:
+            # ready while events can be taken: Redis answers, or the spool has room
+            if spool is not None and spool.size < spool.max_bytes // 2:
+                return True
             try:
                 return bool(ledger.redis.ping())
             except Exception:
                 return False
 
+        if spool is not None:
+            pending = len(spool)
+            threads.append(
+                threading.Thread(target=intake.drain_spool, args=(stop,), name="spool", daemon=True)
+            )
+            console.print(
+                f"spool {spool.directory}: {pending:,} event message(s) waiting"
+                if pending else f"spool {spool.directory}",
+                highlight=False,
+            )  # fmt: skip
         limits = WebhookLimits(max_body_bytes=max_body_kb * 1024)
         server = serve_http(intake, host, int(port), token, healthy, limits)
         shown = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
@@ -822,7 +870,16 @@ def listen(
             listener.stop()
         if server:
             server.shutdown()
+        stop.set()  # the spool's drain stops between two messages
+        if spool is not None:
+            spool.close()
         console.print("stopped")
+
+
+def _state_dir() -> Path:
+    """Where this user's dcmpress keeps state (XDG_STATE_HOME, else ~/.local/state)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "dcmpress"
 
 
 def _enqueue_manifest(

@@ -8,8 +8,9 @@ the duplicates are absorbed by the worker (claim + terminal-record check).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from celery import Celery
 
@@ -52,30 +53,55 @@ class Enqueuer:
         self.rewrite = rewrite  # and write outputs that exist already again
         self._queue_noted = ""
 
+    @property
+    def atomic(self) -> bool:
+        """True when the broker is the ledger's own Redis: a message is then pushed in
+        the same atomic step that marks its object queued."""
+        return self.ledger.url is not None and self.ledger.url == self.publisher.app.conf.broker_url
+
     def enqueue(self, refs: list[ObjectRef], resend_queued: bool) -> tuple[int, int, int]:
         """Queue the refs the ledger does not already have; return (sent, done, queued).
 
         The ledger decides atomically (one Lua call per 500 keys), so the same object
-        is never enqueued twice, not even by two producers at once.
+        is never enqueued twice, not even by two producers at once. Where the broker is
+        the ledger's Redis, the messages go in that same call: an object the ledger
+        holds queued always has its message, whatever happens to this process or its
+        connection meanwhile (a reply lost to a timeout, a crash).
         """
-        verdicts = self.ledger.queue_many(
-            self.spec.batch, [(ref.key, ref.etag) for ref in refs], self.force, resend_queued
-        )
+        items = [(ref.key, ref.etag) for ref in refs]
+        if self.atomic:
+            self._note_queue()
+            envelopes = self.publisher.envelopes(self._payloads(refs))
+            verdicts = self.ledger.queue_many(
+                self.spec.batch, items, self.force, resend_queued, envelopes, self.queue
+            )
+            return (
+                verdicts.count(QUEUED),
+                verdicts.count(ALREADY_DONE),
+                verdicts.count(ALREADY_QUEUED),
+            )
+        verdicts = self.ledger.queue_many(self.spec.batch, items, self.force, resend_queued)
         chosen = [ref for ref, verdict in zip(refs, verdicts, strict=True) if verdict == QUEUED]
         self.send(chosen)
         return len(chosen), verdicts.count(ALREADY_DONE), verdicts.count(ALREADY_QUEUED)
 
     def send(self, refs: Iterable[ObjectRef]) -> int:
         """Publish one job message per ref, as they are (the ledger decided already)."""
-        # informational (Flower): with a policy, its rules choose per object
-        target = "policy" if self.spec.policy is not None else ",".join(self.spec.options.target)
+        self._note_queue()
+        return self.publisher.publish(self._payloads(refs))
+
+    def _note_queue(self) -> None:
         if self._queue_noted != self.queue:
             # where the batch's messages go: the workers' automatic reconcile only
             # checks batches of the queue they consume
             self.ledger.note_queue(self.spec.batch, self.queue)
             self._queue_noted = self.queue
-        return self.publisher.publish(
-            JobMessage(
+
+    def _payloads(self, refs: Iterable[ObjectRef]) -> Iterator[dict[str, Any]]:
+        # informational (Flower): with a policy, its rules choose per object
+        target = "policy" if self.spec.policy is not None else ",".join(self.spec.options.target)
+        for ref in refs:
+            yield JobMessage(
                 batch=self.spec.batch,
                 bucket=ref.bucket,
                 key=ref.key,
@@ -85,8 +111,6 @@ class Enqueuer:
                 target=target,
                 rewrite=self.rewrite,
             ).model_dump(exclude_none=True, exclude_defaults=True)
-            for ref in refs
-        )
 
 
 def enqueue_pages(

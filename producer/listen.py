@@ -6,10 +6,12 @@ Two front doors share one :class:`EventIntake`:
   EventBridge) and deletes a message only after its jobs are durably enqueued.
 * the webhook (:mod:`producer.webhook`, Starlette on uvicorn) for MinIO, Ceph RGW, the
   SeaweedFS filer and Cloud Storage (Pub/Sub push, CloudEvents); it answers 2xx only
-  after enqueueing, so the sender retries anything we lost.
+  after enqueueing, or after spooling the message while Redis cannot take it
+  (:mod:`producer.spool`), since many senders never retry.
 
 Duplicate events (all of these are at-least-once) are absorbed by the ledger: the
-same bucket/key/ETag in a batch is queued once. Events go to one batch per source
+same bucket/key/ETag in a batch is queued once, and a new ETag is a new job (the
+newest version wins, see :mod:`worker.runtime.ledger`). Events go to one batch per source
 bucket and UTC day (``events-<bucket>-<YYYYMMDD>``), or ``<name>-<bucket>`` with
 ``--batch``, so ``status`` and ``report`` work for them as for listings.
 """
@@ -25,12 +27,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from producer.enqueue import Enqueuer
 from producer.events import EventFormatError, ObjectEvent, RejectedRecord, parse_message
 from producer.sources import ObjectRef
-from worker.errors import DcmpressError
+from producer.spool import Spool
+from worker.errors import DcmpressError, one_line
 from worker.runtime import contract
 from worker.runtime.contract import BatchSpec, S3Location
 from worker.runtime.ledger import Ledger
@@ -85,6 +90,16 @@ class IntakeReport:
     tests: int = 0
     rejected: int = 0  # records that could not be read (kept in the poison list)
     batches: set[str] = field(default_factory=set)
+    spooled: int = 0  # messages kept in the spool, to be handled once Redis answers
+    poison: str = ""  # why the whole message was rejected (kept in the poison list)
+
+
+# What "Redis cannot take it now" looks like: away, hung (a timeout), full (OOM), a
+# replica, a missing permission; the broker's connection errors come through kombu
+UNAVAILABLE: tuple[type[Exception], ...] = (redis.RedisError, OperationalError)
+# Redis calls on the event path give up after this (a sender is waiting); the message
+# is then spooled
+EVENT_REDIS_TIMEOUT = 5.0
 
 
 def _same_job(spec: BatchSpec, other: BatchSpec) -> bool:
@@ -107,6 +122,7 @@ class EventIntake:
         event_filter: EventFilter,
         batch_name: str | None = None,
         policy: str | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self.app = app
         self.ledger = ledger
@@ -118,17 +134,21 @@ class EventIntake:
         self.filter = event_filter
         self.batch_name = batch_name
         self.policy = policy
+        self.spool = spool
         self._enqueuers: dict[str, Enqueuer] = {}
         self._lock = threading.Lock()  # the HTTP server handles requests in threads
+        self._spooling = False  # (to log an outage once, not once per message)
 
-    def batch_for(self, bucket: str) -> str:
-        """The batch an event of ``bucket`` belongs to now."""
+    def batch_for(self, bucket: str, received: float | None = None) -> str:
+        """The batch an event of ``bucket`` received at ``received`` (default: now)
+        belongs to."""
         if self.batch_name:
             return f"{self.batch_name}-{bucket}"
-        return f"events-{bucket}-{dt.datetime.now(dt.UTC):%Y%m%d}"
+        day = dt.datetime.fromtimestamp(time.time() if received is None else received, dt.UTC)
+        return f"events-{bucket}-{day:%Y%m%d}"
 
-    def _enqueuer(self, bucket: str) -> Enqueuer:
-        batch = self.batch_for(bucket)
+    def _enqueuer(self, bucket: str, received: float | None) -> Enqueuer:
+        batch = self.batch_for(bucket, received)
         enqueuer = self._enqueuers.get(batch)
         if enqueuer is None:
             wanted = BatchSpec(
@@ -153,8 +173,11 @@ class EventIntake:
             spec = spec or wanted
             self.ledger.save_batch(spec)
             enqueuer = Enqueuer(self.app, self.ledger, spec, self.queue)
-            self._enqueuers = {batch: enqueuer, **self._enqueuers}
+            recent = list(self._enqueuers.items())[: self.KEEP_ENQUEUERS - 1]
+            self._enqueuers = {batch: enqueuer, **dict(recent)}
         return enqueuer
+
+    KEEP_ENQUEUERS = 64  # batches whose spec is kept at hand (one per bucket and day)
 
     def _look_up(self, event: ObjectEvent) -> tuple[bool, str]:
         """(is it our own output?, its ETag), with one HEAD request only where needed.
@@ -178,13 +201,13 @@ class EventIntake:
         if not output_bucket and etag:
             return False, etag
         try:
-            head = self.storage.head(event.bucket, event.key, event.version_id)
+            head = self.storage.head(event.bucket, event.key)  # the current version
         except DcmpressError:
             return False, etag  # gone or unreadable: let the worker record what it finds
         ours = output_bucket and bool(head.metadata.get(contract.META_MARKER))
         return ours, etag or head.etag
 
-    def handle(self, events: list[ObjectEvent]) -> IntakeReport:
+    def handle(self, events: list[ObjectEvent], received: float | None = None) -> IntakeReport:
         """Enqueue the accepted events; raises on a failure to enqueue (retry later)."""
         report = IntakeReport()
         by_bucket: dict[str, list[ObjectRef]] = {}
@@ -199,25 +222,103 @@ class EventIntake:
             if ours:
                 report.ignored += 1
                 continue
-            ref = ObjectRef(event.bucket, event.key, etag, event.size, event.version_id)
+            # no version id: the worker compresses the key's current version, so the
+            # newest version wins whatever order events and deliveries come in
+            ref = ObjectRef(event.bucket, event.key, etag, event.size)
             by_bucket.setdefault(event.bucket, []).append(ref)
         with self._lock:
             for bucket, refs in by_bucket.items():
-                enqueuer = self._enqueuer(bucket)
+                enqueuer = self._enqueuer(bucket, received)
                 sent, done, queued = enqueuer.enqueue(refs, resend_queued=False)
                 report.enqueued += sent
                 report.duplicates += done + queued
                 report.batches.add(enqueuer.spec.batch)
         return report
 
-    def handle_body(self, body: str | bytes | Mapping[str, object], source: str) -> IntakeReport:
+    def accept(self, body: str | bytes | Mapping[str, object], source: str) -> IntakeReport:
+        """Handle one webhook message now, or keep it in the spool if Redis cannot take
+        it (away, hung, full): a sender that never retries loses nothing either way.
+
+        While the spool holds messages, new ones join them there, so they are handled
+        in the order they came. Raises :class:`~producer.spool.SpoolFull` past the
+        spool's bound, and whatever Redis raises when there is no spool.
+        """
+        received = time.time()
+        if self.spool is not None and self.spool.size:
+            return self._spool(body, source, received)
+        try:
+            return self.handle_or_keep_poison(body, source, received)
+        except UNAVAILABLE as exc:
+            if self.spool is None:
+                raise
+            if not self._spooling:
+                log.warning("Redis cannot take events now (%s); spooling them in %s",
+                            one_line(str(exc), 200), self.spool.directory)  # fmt: skip
+            return self._spool(body, source, received)
+
+    def _spool(
+        self, body: str | bytes | Mapping[str, object], source: str, received: float
+    ) -> IntakeReport:
+        assert self.spool is not None
+        if isinstance(body, Mapping):
+            data = json.dumps(body).encode()
+        else:
+            data = body.encode() if isinstance(body, str) else body
+        self.spool.append(data, source, received)
+        self._spooling = True
+        return IntakeReport(spooled=1)
+
+    def drain_spool(self, stop: threading.Event) -> None:
+        """Hand the spooled messages over in order as soon as Redis takes them, until
+        ``stop`` is set (a thread of ``dcmpress listen``)."""
+        assert self.spool is not None
+        delay = self.DRAIN_RETRY_FIRST
+        while not stop.is_set():
+            message = self.spool.first()
+            if message is None:
+                if self._spooling:
+                    self._spooling = False
+                    log.warning("spool drained: every spooled message is enqueued")
+                self.spool.wait(1.0)
+                continue
+            try:
+                self.handle_or_keep_poison(message.body, message.source, message.received)
+            except UNAVAILABLE:
+                stop.wait(delay)  # Redis still away: the message waits its turn
+                delay = min(delay * 2, self.DRAIN_RETRY_MAX)
+                continue
+            except Exception as exc:  # a message this release cannot handle: never block
+                log.exception("a spooled message could not be handled; kept as poison")
+                try:
+                    self.record_poison(message.body, f"internal error: {exc}", message.source)
+                except UNAVAILABLE:
+                    stop.wait(delay)
+                    continue
+            self.spool.handled(message)
+            delay = self.DRAIN_RETRY_FIRST
+
+    DRAIN_RETRY_FIRST, DRAIN_RETRY_MAX = 0.5, 10.0  # seconds between tries while away
+
+    def handle_or_keep_poison(
+        self, body: str | bytes | Mapping[str, object], source: str, received: float | None = None
+    ) -> IntakeReport:
+        """:meth:`handle_body`, with a poison message kept (its report says why)."""
+        try:
+            return self.handle_body(body, source, received)
+        except EventFormatError as exc:
+            self.record_poison(body, str(exc), source)
+            return IntakeReport(poison=str(exc))
+
+    def handle_body(
+        self, body: str | bytes | Mapping[str, object], source: str, received: float | None = None
+    ) -> IntakeReport:
         """Parse and handle one message body; EventFormatError for a poison message.
 
         A record that cannot be read is kept in the poison list on its own; the valid
         records of the same message are enqueued.
         """
         rejected: list[RejectedRecord] = []
-        report = self.handle(parse_message(body, rejected=rejected))
+        report = self.handle(parse_message(body, rejected=rejected), received)
         if rejected:  # one entry and one log line per message, however many records
             first = rejected[:REJECTS_SHOWN]
             reasons = "; ".join(f"{record.where}: {record.reason}" for record in first)
@@ -282,18 +383,13 @@ class SqsListener:
             if time.monotonic() - started > self.visibility_timeout / 2:
                 self._extend(messages[index:])  # a slow batch: keep the rest invisible
                 started = time.monotonic()
-            body = message.get("Body", "")
             try:
-                self.intake.handle_body(body, f"sqs:{self.queue_url}")
-            except EventFormatError as exc:
-                # a poison message never becomes valid: keep it for the operator, delete it
-                try:
-                    self.intake.record_poison(body, str(exc), f"sqs:{self.queue_url}")
-                except Exception:  # Redis away: not kept yet; SQS redelivers it
-                    log.exception("could not keep a poison SQS message; it will be redelivered")
-                    continue
+                # a poison message never becomes valid: it is kept for the operator and
+                # deleted like a handled one
+                self.intake.handle_or_keep_poison(message.get("Body", ""), f"sqs:{self.queue_url}")
             except Exception:
-                # Redis or S3 unavailable: leave it; SQS redelivers after the timeout
+                # Redis unavailable (SQS is the spool here): leave the message; SQS
+                # delivers it again after the visibility timeout
                 log.exception("could not enqueue an SQS message; it will be redelivered")
                 continue
             done.append({"Id": str(index), "ReceiptHandle": message["ReceiptHandle"]})

@@ -17,8 +17,10 @@ from a manifest of millions. Here:
 from __future__ import annotations
 
 import json
+import os
+import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from celery import Celery
@@ -40,16 +42,23 @@ class BulkPublisher:
     def publish(self, payloads: Iterable[dict[str, Any]]) -> int:
         """Publish one message per payload; return how many were sent."""
         with self.app.connection_for_write() as connection:
-            # kombu's Redis (virtual) channel; the stubs only know the abstract one
-            channel: Any = connection.default_channel
-            if not hasattr(channel, "conn_or_acquire"):
-                raise RuntimeError("bulk publishing needs a Redis broker (redis:// URL)")
+            channel = _redis_channel(connection)
             with channel.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
-                count = self._publish(channel, pipe, payloads)
+                count = 0
+                for envelope in self._envelopes(channel, payloads):
+                    pipe.lpush(self.queue, envelope)  # what kombu's Redis _put does
+                    count += 1
+                    if count % self.batch_size == 0:
+                        pipe.execute()
+                pipe.execute()
         return count
 
-    def _publish(self, channel: Any, pipe: Any, payloads: Iterable[dict[str, Any]]) -> int:
-        count = 0
+    def envelopes(self, payloads: Iterable[dict[str, Any]]) -> list[str]:
+        """The broker envelope of each payload, as :meth:`publish` would push it (for
+        the ledger to push in the step that marks the objects queued)."""
+        return list(self._envelopes(_shaper(self.app), payloads))
+
+    def _envelopes(self, channel: Any, payloads: Iterable[dict[str, Any]]) -> Iterator[str]:
         template: Any = None
         embed = ""
         for payload in payloads:
@@ -84,12 +93,36 @@ class BulkPublisher:
                 delivery_tag=task_id,  # unique per message, like kombu's own tags
                 delivery_info={"exchange": "", "routing_key": self.queue},
             )
-            pipe.lpush(self.queue, json.dumps(message))  # what kombu's Redis _put does
-            count += 1
-            if count % self.batch_size == 0:
-                pipe.execute()
-        pipe.execute()
-        return count
+            yield json.dumps(message)
+
+
+# (broker URL, process id) -> the kombu connection and channel envelopes are shaped with
+_SHAPERS: dict[tuple[str, int], tuple[Any, Any]] = {}
+_SHAPERS_LOCK = threading.Lock()
+
+
+def _shaper(app: Celery) -> Any:
+    """A kombu Redis channel of ``app``'s broker, opened once per process and kept.
+
+    Shaping an envelope (``prepare_message``, ``encode_body``) does no I/O, but opening
+    a channel does, and kombu's connect retries take seconds while Redis is away: the
+    listener must answer sooner than that.
+    """
+    slot = (str(app.conf.broker_url), os.getpid())
+    with _SHAPERS_LOCK:
+        if slot not in _SHAPERS:
+            connection = app.connection_for_write()
+            _SHAPERS[slot] = (connection, _redis_channel(connection))
+        return _SHAPERS[slot][1]
+
+
+def _redis_channel(connection: Any) -> Any:
+    """kombu's Redis (virtual) channel of ``connection``; the stubs only know the
+    abstract one."""
+    channel = connection.default_channel
+    if not hasattr(channel, "conn_or_acquire"):
+        raise RuntimeError("bulk publishing needs a Redis broker (redis:// URL)")
+    return channel
 
 
 def _check_template(headers: dict[str, Any], task_id: str) -> None:

@@ -16,9 +16,11 @@ as ``abc``, ``-1`` or ``1e12``) and every limit is set:
   off the loopback interface.
 
 Answers: 200 after the jobs are enqueued (the body says how many, and how many records
-were rejected on their own); 202 for a poison message (kept in the poison list; a 2xx
-so the sender stops retrying what can never succeed); 503 when Redis or S3 is away
-(the sender retries; no internal detail in the body).
+were rejected on their own), or after the message is in the spool while Redis cannot
+take it (:mod:`producer.spool`; many senders never retry a 503); 202 for a poison
+message (kept in the poison list; a 2xx so the sender stops retrying what can never
+succeed); 503 only when neither Redis nor the spool can take it (no internal detail in
+the body).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from producer.events import EventFormatError
-from producer.listen import EventIntake
+from producer.listen import EventIntake, IntakeReport
+from producer.spool import SpoolFull
 
 log = logging.getLogger(__name__)
 
@@ -139,23 +142,27 @@ def create_app(
         source = f"http:{request.client.host if request.client else '?'}"
         try:
             message: Any = _binary_cloudevent(request.headers, body) or body
-            report = await run_in_threadpool(intake.handle_body, message, source)
+            reason = ""
         except EventFormatError as exc:
-            try:
-                await run_in_threadpool(intake.record_poison, body, str(exc), source)
-            except Exception:  # Redis away: not kept yet, so the sender must retry
-                log.exception("could not keep a poison message; the sender will retry")
-                return JSONResponse(
-                    {"error": "could not enqueue now; retry later"}, status_code=503
-                )
-            return JSONResponse({"enqueued": 0, "rejected": str(exc)}, status_code=202)
+            message, reason = body, str(exc)
+        try:
+            if reason:  # (its headers are lost in a spool: 503 while Redis is away)
+                await run_in_threadpool(intake.record_poison, body, reason, source)
+                report = IntakeReport(poison=reason)
+            else:
+                report = await run_in_threadpool(intake.accept, message, source)
+        except SpoolFull as exc:
+            log.error("webhook: %s; answering 503 until it drains", exc)
+            return _unavailable()
         except Exception:
             log.exception("could not enqueue a webhook event; the sender will retry")
-            return JSONResponse({"error": "could not enqueue now; retry later"}, status_code=503)
+            return _unavailable()
+        if report.poison:
+            return JSONResponse({"enqueued": 0, "rejected": report.poison}, status_code=202)
         return JSONResponse({
             "enqueued": report.enqueued, "duplicates": report.duplicates,
             "ignored": report.ignored, "rejected": report.rejected,
-            "batches": sorted(report.batches),
+            "spooled": report.spooled, "batches": sorted(report.batches),
         })  # fmt: skip
 
     async def healthz(request: Request) -> Response:
@@ -176,6 +183,11 @@ def create_app(
             Route("/{path:path}", alive, methods=["HEAD"]),
         ]
     )
+
+
+def _unavailable() -> Response:
+    # no internal detail for the sender; the log says what failed
+    return JSONResponse({"error": "could not enqueue now; retry later"}, status_code=503)
 
 
 def _too_large(limits: WebhookLimits) -> Response:

@@ -42,11 +42,15 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
 
 
 @pytest.fixture(scope="session")
-def stack_env(redis_server: RedisServer, s3_server: SeaweedS3) -> dict[str, str]:
+def stack_env(
+    redis_server: RedisServer, s3_server: SeaweedS3, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
     """Environment pointing dcmpress (CLI, worker, settings) at the test servers."""
     return {
         **dcmpress_env(redis_server, s3_server),
         "DCMPRESS_QUEUE": f"dcmpress-test-{uuid.uuid4().hex[:6]}",
+        # state (the listener's spool) under the session's temporary directory, never ~
+        "XDG_STATE_HOME": str(tmp_path_factory.mktemp("state")),
         # nothing else: the time limits, retries and backoff users get by default
         # (a test that shortens one says so next to it)
     }

@@ -228,10 +228,12 @@ def test_in_place_output_whose_record_was_lost_is_recorded_with_its_real_outcome
     job = make_job(ledger, proxied, spec_for(source, None), "a.dcm", etag)
     real_transition = ledger.transition
 
-    def redis_gone_at_the_final_record(batch: str, key: str, record: Any, *args: Any) -> Any:
+    def redis_gone_at_the_final_record(
+        batch: str, key: str, record: Any, *args: Any, **kwargs: Any
+    ) -> Any:
         if record.state == "done":
             raise redis.ConnectionError("Error 111 connecting to 127.0.0.1 (injected)")
-        return real_transition(batch, key, record, *args)
+        return real_transition(batch, key, record, *args, **kwargs)
 
     monkeypatch.setattr(ledger, "transition", redis_gone_at_the_final_record)
     with pytest.raises(redis.ConnectionError):  # the task retries it

@@ -41,6 +41,8 @@ from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from worker.errors import TERMINAL, one_line
 from worker.runtime.contract import BatchSpec
@@ -348,52 +350,72 @@ end
 )
 
 # Sets records (KEYS: counts, batch, then objects/messages shard per item; ARGV:
-# retention, now, then field/value/message per item), keeping the counters exact and
-# the latest failed key per code as an example (batch hash, ``example:{code}``).
+# retention, now, then field/value/message/guard per item), keeping the counters exact
+# and the latest failed key per code as an example (batch hash, ``example:{code}``).
+# A guard (``=`` and the ETag a delivery started with) leaves a record alone that a
+# newer version of the object queued meanwhile: that version is the object's job now.
+# Returns per item 1 (set) or 0 (superseded, left alone).
 _TRANSITION = (
     _LUA_RECORDS
     + """
 local retention, now = ARGV[1], ARGV[2]
+local result = {}
 for i = 1, (#KEYS - 2) / 2 do
   local objects = KEYS[2 * i + 1]
-  local field = ARGV[3 * i]
+  local field, guard = ARGV[4 * i - 1], ARGV[4 * i + 2]
   local old = redis.call('HGET', objects, field)
-  move(objects, KEYS[2 * i + 2], field, old, ARGV[3 * i + 1], ARGV[3 * i + 2], retention)
+  result[i] = 1
+  if old and guard ~= '' then
+    local o = split(old)
+    if o[1] == 'q' and o[10] ~= guard:sub(2) then result[i] = 0 end
+  end
+  if result[i] == 1 then
+    move(objects, KEYS[2 * i + 2], field, old, ARGV[4 * i], ARGV[4 * i + 1], retention)
+  end
 end
 flush(KEYS[1], KEYS[2], ARGV[2], retention)
-return 1
+return result
 """
 )
 
-# The producer's check-and-queue, atomic per call (KEYS as above; ARGV: retention, now,
-# now in base 36, force, resend_queued, then field/etag per item). Returns per item:
-# 0 queued now (send it), 1 already finished for this ETag, 2 already queued/running.
+# The producer's check-and-queue, atomic per call (KEYS: counts, batch, the broker's
+# queue list, then objects/messages shard per item; ARGV: retention, now, now in base
+# 36, force, resend_queued, then field/etag/message per item). An item queued now gets
+# its message pushed in the same step when one is given (the broker is this Redis), so
+# a queued record always has its message, even when the caller never hears the reply.
+# Returns per item: 0 queued now (send it, unless pushed), 1 already finished for this
+# ETag, 2 already queued or running for this ETag. Another ETag is a new version of the
+# object, a new job: the newest version wins.
 _QUEUE = (
     _LUA_RECORDS
     + """
 local retention, now, now36 = ARGV[1], ARGV[2], ARGV[3]
 local force, resend = ARGV[4] == '1', ARGV[5] == '1'
 local result = {}
-for i = 1, (#KEYS - 2) / 2 do
-  local objects = KEYS[2 * i + 1]
-  local field, etag = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
+for i = 1, (#KEYS - 3) / 2 do
+  local objects = KEYS[2 * i + 2]
+  local field, etag, message = ARGV[3 * i + 3], ARGV[3 * i + 4], ARGV[3 * i + 5]
   local old = redis.call('HGET', objects, field)
   local verdict, attempts, lost = 0, '0', '0'
   if old then
     local o = split(old)
-    attempts = o[5]
-    -- deaths so far count on when a message is only sent again; a forced retry or
-    -- resume gives the object its attempts afresh
-    if not force then lost = o[12] or '0' end
     local same = etag == '' or o[10] == etag
-    -- a running object is never queued twice here (an orphan: `dcmpress reconcile`)
-    if o[1] == 'r' then verdict = 2
+    if same then
+      attempts = o[5]
+      -- deaths so far count on when a message is only sent again; a forced retry or
+      -- resume gives the object its attempts afresh
+      if not force then lost = o[12] or '0' end
+    end
+    -- a running object is never queued twice for one version (an orphan: `dcmpress
+    -- reconcile`); a new version waits for the running delivery's claim
+    if o[1] == 'r' and same then verdict = 2
     elseif same and not force and terminal(o[1]) then verdict = 1
     elseif same and not force and not resend then verdict = 2 end
   end
   if verdict == 0 then
     local value = 'q||0|0|' .. attempts .. '|||0||' .. etag .. '|' .. now36 .. '|' .. lost
-    move(objects, KEYS[2 * i + 2], field, old, value, '', retention)
+    move(objects, KEYS[2 * i + 3], field, old, value, '', retention)
+    if message ~= '' then redis.call('LPUSH', KEYS[3], message) end
   end
   result[i] = verdict
 end
@@ -430,21 +452,44 @@ QUEUED, ALREADY_DONE, ALREADY_QUEUED = 0, 1, 2  # verdicts of Ledger.queue_many
 class Ledger:
     """Typed access to the ledger; one instance per process."""
 
-    def __init__(self, client: redis.Redis, retention_seconds: int) -> None:
+    def __init__(self, client: redis.Redis, retention_seconds: int, url: str | None = None) -> None:
         self.redis = client
         self.retention = retention_seconds
+        self.url = url  # where it connects (None: a client given as is)
         self._transition = client.register_script(_TRANSITION)
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
         self._queue = client.register_script(_QUEUE)
 
     @classmethod
-    def from_url(cls, url: str, retention_seconds: int) -> Ledger:
-        """Connect with sane socket timeouts and retries on connection errors."""
+    def from_url(cls, url: str, retention_seconds: int, timeout: float = 30) -> Ledger:
+        """Connect with sane socket timeouts (``timeout`` for each call) and redis-py's
+        retries on connection errors."""
         client = redis.Redis.from_url(
-            url, socket_connect_timeout=10, socket_timeout=30, health_check_interval=30
+            url,
+            socket_connect_timeout=min(10, timeout),
+            socket_timeout=timeout,
+            health_check_interval=30,
         )
-        return cls(client, retention_seconds)
+        return cls(client, retention_seconds, url)
+
+    @classmethod
+    def for_events(cls, url: str, retention_seconds: int, timeout: float) -> Ledger:
+        """A ledger whose every call gives up within about ``timeout`` seconds, for a
+        caller someone waits on (the listener: a sender holds its request open).
+
+        redis-py retries a timed-out or broken connection 10 times with backoff by
+        default (minutes against a hung server); here a broken connection is retried
+        once at once (a restarted server), a timeout not at all.
+        """
+        client = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            health_check_interval=30,
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        )
+        return cls(client, retention_seconds, url)
 
     def persistence(self) -> str:
         """How the server keeps its data across a restart: ``aof``, ``rdb``, ``none``,
@@ -576,50 +621,76 @@ class Ledger:
         raw = self.redis.hget(Keys.messages(batch, shard_of(key)), key)
         return cast(bytes, raw).decode() if raw else ""
 
-    def transition(self, batch: str, key: str, record: Record, message: str = "") -> None:
-        """Set ``key``'s record, keeping the batch counters exact (atomic)."""
-        self.transition_many(batch, [(key, record, message)])
+    def transition(
+        self, batch: str, key: str, record: Record, message: str = "", guard: str | None = None
+    ) -> bool:
+        """Set ``key``'s record, keeping the batch counters exact (atomic).
 
-    def transition_many(self, batch: str, items: Iterable[tuple[str, Record, str]]) -> None:
-        """Several transitions, one Lua call per 500 (each call atomic)."""
+        With ``guard`` (the ETag a delivery started with, "" if it had none), a record
+        that a newer version queued meanwhile is left alone: False (superseded).
+        """
+        return self.transition_many(batch, [(key, record, message)], guard) == 1
+
+    def transition_many(
+        self, batch: str, items: Iterable[tuple[str, Record, str]], guard: str | None = None
+    ) -> int:
+        """Several transitions, one Lua call per 500 (each call atomic); returns how
+        many records were set (the others were superseded, see :meth:`transition`)."""
         now = str(int(time.time()))
         chunk: list[tuple[str, Record, str]] = []
+        written = 0
         for item in items:
             chunk.append(item)
             if len(chunk) == 500:
-                self._transition_chunk(batch, chunk, now)
+                written += self._transition_chunk(batch, chunk, now, guard)
                 chunk = []
         if chunk:
-            self._transition_chunk(batch, chunk, now)
+            written += self._transition_chunk(batch, chunk, now, guard)
+        return written
 
-    def _transition_chunk(self, batch: str, chunk: list[tuple[str, Record, str]], now: str) -> None:
+    def _transition_chunk(
+        self, batch: str, chunk: list[tuple[str, Record, str]], now: str, guard: str | None
+    ) -> int:
         keys = [Keys.counts(batch), Keys.batch(batch)]
         args: list[str | int] = [self.retention, now]
+        guarded = "" if guard is None else "=" + short_etag(guard)
         for key, record, message in chunk:
             shard = shard_of(key)
             keys += [Keys.objects(batch, shard), Keys.messages(batch, shard)]
-            args += [key, record.encode(), one_line(message, MAX_MESSAGE)]
-        self._transition(keys=keys, args=args)
+            args += [key, record.encode(), one_line(message, MAX_MESSAGE), guarded]
+        return sum(int(v) for v in cast(list[int], self._transition(keys=keys, args=args)))
 
     def queue_many(
-        self, batch: str, items: list[tuple[str, str]], force: bool, resend_queued: bool
+        self,
+        batch: str,
+        items: list[tuple[str, str]],
+        force: bool,
+        resend_queued: bool,
+        messages: list[str] | None = None,
+        queue: str = "",
     ) -> list[int]:
         """Mark (key, etag) items queued unless already done or queued for that ETag.
 
         Returns one verdict per item: QUEUED (send it), ALREADY_DONE, ALREADY_QUEUED.
-        Objects being processed are never re-queued, not even with ``force``.
+        With ``messages`` (one broker envelope per item, when the broker is this Redis)
+        each item queued is pushed onto ``queue`` in the same atomic step: nothing is
+        left to send. A running object is never queued again for the same ETag, not
+        even with ``force``; another ETag is a new version, queued behind it.
         """
+        if messages is not None and (len(messages) != len(items) or not queue):
+            raise ValueError("one message per item, and the queue they go to")
         now = int(time.time())
         verdicts: list[int] = []
         for start in range(0, len(items), 500):
-            keys = [Keys.counts(batch), Keys.batch(batch)]
+            # (the queue's slot is never touched without messages)
+            keys = [Keys.counts(batch), Keys.batch(batch), queue or Keys.prefix]
             args: list[str | int] = [
                 self.retention, now, to_base36(now), int(force), int(resend_queued),
             ]  # fmt: skip
-            for key, etag in items[start : start + 500]:
+            for index, (key, etag) in enumerate(items[start : start + 500], start):
                 shard = shard_of(key)
                 keys += [Keys.objects(batch, shard), Keys.messages(batch, shard)]
-                args += [key, short_etag(etag)]
+                args += [key, short_etag(etag), messages[index] if messages else ""]
             verdicts += [int(v) for v in cast(list[int], self._queue(keys=keys, args=args))]
         return verdicts
 

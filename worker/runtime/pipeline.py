@@ -202,8 +202,10 @@ def _run_claimed(job: Job) -> dict[str, Any]:
         final = (previous or Record(state="queued")).stamped(
             state="skipped", code="cancelled", bytes_in=job.message.size or 0, bytes_out=0
         )
-        job.ledger.transition(job.batch, job.key, final, "batch cancelled; not processed")
-        return outcome(job, final, "batch cancelled; not processed")
+        message = "batch cancelled; not processed"
+        if not job.ledger.transition(job.batch, job.key, final, message, guard=_version(job)):
+            return superseded(job, final)
+        return outcome(job, final, message)
     lost = previous.lost if previous else 0
     if previous and previous.state == "running":
         lost += 1  # the last delivery died without finishing (its claim lapsed)
@@ -248,7 +250,9 @@ def _run_claimed(job: Job) -> dict[str, Any]:
             fetched.close()
     except TransientError as exc:
         # back to queued so a retry is not mistaken for a dead worker
-        job.ledger.transition(job.batch, job.key, running.stamped(state="queued"))
+        job.ledger.transition(
+            job.batch, job.key, running.stamped(state="queued"), guard=_version(job)
+        )
         log.warning("transient error", extra={"dcmpress": {
             "batch": job.batch, "key": job.key, "stage": job.stage.current,
             "attempts": running.attempts, "error": str(exc),
@@ -257,6 +261,24 @@ def _run_claimed(job: Job) -> dict[str, Any]:
     except PermanentError as exc:
         return finish_failure(job, exc, running)
     return _finish(job, running, fetched, result, output_url)
+
+
+def _version(job: Job) -> str:
+    """The version (ETag) this delivery was sent for: the guard of its records."""
+    return job.message.etag or ""
+
+
+def superseded(job: Job, final: Record) -> dict[str, Any]:
+    """The outcome of a delivery whose object was queued again for a newer version
+    while it ran: its record is left to that version's job, which runs next."""
+    message = (
+        f"a newer version of the object arrived while this one ran ({final.state}/"
+        f"{final.code}); the newer version is queued and its outcome will be recorded"
+    )
+    log.info("object superseded", extra={"dcmpress": {
+        "batch": job.batch, "key": job.key, "etag": short_etag(job.message.etag),
+    }})  # fmt: skip
+    return {"batch": job.batch, "key": job.key, "outcome": "superseded", "message": message}
 
 
 def _check_claim(job: Job) -> None:
@@ -295,15 +317,17 @@ def _written_before_fetch(job: Job) -> dict[str, str] | None:
 
 def _written_after_fetch(job: Job, running: Record, fetched: Fetched) -> dict[str, str] | None:
     """The same, once the object is fetched: in place the object itself may be the
-    output this batch wrote (its record lost); elsewhere, an output of a source whose
-    ETag the message did not carry."""
+    output this batch wrote (its record lost); elsewhere, an output of the version
+    fetched, when the message did not name it (no ETag, or an older version's)."""
     if job.message.rewrite:
         return None
     if job.spec.in_place:
         # the source's ETag, as this batch knew it before replacing it
         return fetched.metadata if _same_output(job, fetched.metadata, running.etag) else None
-    if job.message.etag:
+    if job.message.etag and short_etag(fetched.etag) == short_etag(job.message.etag):
         return None  # looked before the fetch
+    # the message's ETag is unknown, or no longer the object's: a newer version (whose
+    # own message may have written it already) or a late event of an older one
     with job.stage("fetch"):
         metadata = job.storage.output_metadata(*job.spec.output_key(job.key))
     return metadata if _same_output(job, metadata, fetched.etag) else None
@@ -338,7 +362,8 @@ def _finish_written(job: Job, running: Record, metadata: dict[str, str]) -> dict
         "these options was written already, by an earlier delivery; not written again"
     )
     with job.stage("record"):
-        job.ledger.transition(job.batch, job.key, final, message)
+        if not job.ledger.transition(job.batch, job.key, final, message, guard=_version(job)):
+            return superseded(job, final)
     summary = outcome(job, final, message)
     summary["output"] = "s3://{}/{}".format(*job.spec.output_key(job.key))
     log.info("object finished", extra={"dcmpress": summary})
@@ -402,7 +427,8 @@ def _finish(
     # a done object's message is derived from its record, unless it carries notices
     message = "" if result.state == "done" and not result.notices else result.message
     with job.stage("record"):
-        job.ledger.transition(job.batch, job.key, final, message)
+        if not job.ledger.transition(job.batch, job.key, final, message, guard=_version(job)):
+            return superseded(job, final)
         job.ledger.add_stage_seconds(job.batch, job.stage.seconds)
     summary = outcome(job, final, result.message)
     summary["output"] = output_url
@@ -445,7 +471,8 @@ def finish_failure(job: Job, error: PermanentError, previous: Record | None) -> 
         copied=output_url is not None,
         millis=int(sum(job.stage.seconds.values()) * 1000),
     )
-    job.ledger.transition(job.batch, job.key, final, message)
+    if not job.ledger.transition(job.batch, job.key, final, message, guard=_version(job)):
+        return superseded(job, final)
     summary = outcome(job, final, message)
     summary["output"] = output_url
     log.warning("object failed", extra={"dcmpress": {**summary, "stage": job.stage.current}})
