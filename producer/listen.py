@@ -99,7 +99,7 @@ class IntakeReport:
 UNAVAILABLE: tuple[type[Exception], ...] = (redis.RedisError, OperationalError)
 # Redis calls on the event path give up after this (a sender is waiting); the message
 # is then spooled
-EVENT_REDIS_TIMEOUT = 5.0
+EVENT_REDIS_TIMEOUT = 3.0
 
 
 def _same_job(spec: BatchSpec, other: BatchSpec) -> bool:
