@@ -1,9 +1,11 @@
 """Turning object references into job messages: de-duplication, batching, sending.
 
-Order matters for "nothing lost, nothing twice": records are marked ``queued`` first,
-then the messages are sent, then the listing checkpoint moves past the page. A crash
-anywhere re-lists at most one page; objects found ``queued`` there are sent again and
-the duplicates are absorbed by the worker (claim + terminal-record check).
+Order matters for "nothing lost, nothing twice": records are marked ``queued`` and the
+messages sent, then the listing checkpoint moves past the page. A crash anywhere
+re-lists at most one page. Where the broker is the ledger's Redis (the default), a
+record and its message are written in one atomic step, so nothing more is needed;
+with a broker of its own, the objects found ``queued`` on that page are sent again
+and the duplicates are absorbed by the worker (claim + terminal-record check).
 """
 
 from __future__ import annotations
@@ -72,8 +74,9 @@ class Enqueuer:
         if self.atomic:
             self._note_queue()
             envelopes = self.publisher.envelopes(self._payloads(refs))
+            # (a queued record has its message here: nothing to send again)
             verdicts = self.ledger.queue_many(
-                self.spec.batch, items, self.force, resend_queued, envelopes, self.queue
+                self.spec.batch, items, self.force, False, envelopes, self.queue
             )
             return (
                 verdicts.count(QUEUED),
