@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
 import typer
 from pydantic import ValidationError
@@ -20,6 +21,7 @@ from worker.settings import WorkerSettings, masked
 if TYPE_CHECKING:
     from botocore.exceptions import ClientError
 
+    from worker.runtime.acl import Refusal
     from worker.runtime.ledger import Ledger
 
 EXIT_FAILED = 1  # the environment failed us (unreachable, refused, unknown batch)
@@ -73,6 +75,8 @@ def _explain_one(error: BaseException) -> str | None:
     )
     from kombu.exceptions import OperationalError
 
+    from worker.runtime.acl import refusal as acl_refusal
+
     settings = _settings()
     redis_url = masked(settings.redis_url) if settings else "DCMPRESS_REDIS_URL"
     endpoint = (settings.s3_endpoint_url if settings else None) or "AWS S3 (no endpoint set)"
@@ -83,6 +87,9 @@ def _explain_one(error: BaseException) -> str | None:
             f"Redis at {redis_url} refused the connection's credentials ({error}); put them "
             "in DCMPRESS_REDIS_URL, e.g. redis://:PASSWORD@host:6379/0"
         )
+    refused = acl_refusal(error)
+    if refused:
+        return _explain_acl_refusal(error, refused, redis_url, settings)
     if isinstance(error, redis.ConnectionError | redis.TimeoutError | OperationalError):
         return (
             f"cannot reach Redis at {redis_url} ({error}); set DCMPRESS_REDIS_URL to your "
@@ -104,6 +111,25 @@ def _explain_one(error: BaseException) -> str | None:
     if isinstance(error, DcmpressError):
         return str(error)
     return None
+
+
+def _explain_acl_refusal(
+    error: BaseException, refused: Refusal, redis_url: str, settings: WorkerSettings | None
+) -> str:
+    """A command, key or channel the Redis user may not use: which, and the fix."""
+    user = unquote((urlsplit(settings.redis_url).username if settings else None) or "default")
+    reason = str(error).rsplit("caused error: ", 1)[-1]  # not a pipeline's arguments
+    if refused.command:
+        todo = f"here `ACL SETUSER {user} +{refused.command}`"
+    elif refused.kind == "script":
+        todo = "the server's ACL LOG names the command it refused"
+    else:
+        todo = "its key and channel patterns included"
+    return (
+        f"Redis at {redis_url} refused {refused.describe()} to user {user} ({reason}); give "
+        f"that user the ACL rules of README 'TLS, Redis users, secrets' "
+        f"(worker/runtime/acl.py), {todo}"
+    )
 
 
 def _explain_client_error(error: ClientError) -> str:

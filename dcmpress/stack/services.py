@@ -28,6 +28,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import quote
 
 __all__ = [
     "CeleryWorker",
@@ -303,22 +304,67 @@ class _Service:
         self.stop()
 
 
+def _resp(*args: str) -> bytes:
+    """One Redis command in the wire protocol (RESP), so no client library is needed."""
+    parts = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
 class RedisServer(_Service):
     """A throwaway ``redis-server`` on 127.0.0.1 without persistence, logging to workdir."""
 
     name = "redis-server"
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
-        """Prepare a server in ``workdir`` on ``port`` (a free one if None); nothing runs yet."""
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        password: str | None = None,
+        username: str = "dcmpress",
+    ) -> None:
+        """Prepare a server in ``workdir`` on ``port`` (a free one if None); nothing runs yet.
+
+        With ``password``, clients must authenticate as ``username``, an ACL user allowed
+        everything (the default user is then off).
+        """
         self.workdir = Path(workdir)
         super().__init__(self.workdir / "redis.log")
         self._fixed_port = port is not None
         self.port = port if port is not None else free_port()
+        self.password = password
+        self.username = username
 
     @property
     def url(self) -> str:
-        """The Redis URL of database 0, e.g. ``redis://127.0.0.1:PORT/0``."""
-        return f"redis://{HOST}:{self.port}/0"
+        """The Redis URL of database 0, e.g. ``redis://127.0.0.1:PORT/0`` (with its
+        credentials percent-encoded in the user part when it has a password)."""
+        if self.password is None:
+            return f"redis://{HOST}:{self.port}/0"
+        user, password = quote(self.username, safe=""), quote(self.password, safe="")
+        return f"redis://{user}:{password}@{HOST}:{self.port}/0"
+
+    def _auth_argv(self) -> list[str]:
+        if self.password is None:
+            return []
+        acl = [self.username, "on", f">{self.password}", "~*", "&*", "+@all"]
+        return ["--user", "default", "off", "--user", *acl]
+
+    def _connect(self) -> socket.socket:
+        """A raw connection to the server, authenticated if it has a password."""
+        sock = socket.create_connection((HOST, self.port), timeout=0.5)
+        if self.password is not None:
+            try:
+                sock.sendall(_resp("AUTH", self.username, self.password))
+                if not sock.recv(64).startswith(b"+OK"):
+                    raise OSError("redis-server refused our own credentials")
+            except BaseException:
+                sock.close()
+                raise
+        return sock
 
     def _argv(self) -> list[str]:
         return [
@@ -337,13 +383,14 @@ class RedisServer(_Service):
             "no",
             "--loglevel",
             "warning",
+            *self._auth_argv(),
         ]
 
     def ping(self) -> bool:
         """True if the server answers PING (raw RESP, so no client library is needed)."""
         try:
-            with socket.create_connection((HOST, self.port), timeout=0.5) as sock:
-                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            with self._connect() as sock:
+                sock.sendall(_resp("PING"))
                 return sock.recv(64).startswith(b"+PONG")
         except OSError:
             return False
@@ -351,8 +398,8 @@ class RedisServer(_Service):
     def _serves_port(self) -> bool:
         """True if the server on our port is our child (INFO's process_id is its pid)."""
         try:
-            with socket.create_connection((HOST, self.port), timeout=0.5) as sock:
-                sock.sendall(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+            with self._connect() as sock:
+                sock.sendall(_resp("INFO", "server"))
                 reply = b""
                 while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
                     chunk = sock.recv(4096)

@@ -7,23 +7,34 @@ named in the URL. Then every output of the run is searched for the configured se
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import html
 import ipaddress
 import json
 import os
 import secrets
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote, quote_plus, urlencode, urlsplit
 
 import pytest
 import redis
 
 from dcmpress.stack.samples import make_image, to_bytes
-from dcmpress.stack.services import CeleryWorker, SeaweedS3, find_redis_server, free_port
+from dcmpress.stack.services import (
+    CeleryWorker,
+    RedisServer,
+    SeaweedS3,
+    find_redis_server,
+    free_port,
+)
 from tests.conftest import run_cli, wait_for_batch
+from tests.flower import Flower, ok, running_flower
 from worker.runtime.ledger import Ledger
 
 pytestmark = pytest.mark.integration
@@ -242,38 +253,194 @@ def test_unverified_rediss_needs_an_explicit_insecure_setting() -> None:
 def test_flower_shows_the_queues_over_tls_with_a_private_ca(tls_redis: str, tmp_path: Path) -> None:
     """The same rediss:// URL serves Flower: its broker page and queue API read Redis
     through broker_use_ssl, which carries the URL's CA (it reads no URL parameters)."""
-    import base64
-    import signal
-    import sys
-    import urllib.request
+    with running_flower({"DCMPRESS_REDIS_URL": tls_redis}, tmp_path / "flower") as flower:
+        body = flower.poll("the queue lengths", lambda: ok(flower.get("/api/queues/length")))
+        assert "active_queues" in json.loads(body), body
+        assert "CERTIFICATE_VERIFY_FAILED" not in flower.log_path.read_text()
 
-    port = free_port()
-    env = {**os.environ, "DCMPRESS_REDIS_URL": tls_redis,
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # fmt: skip
-    env = {k: v for k, v in env.items() if not k.startswith("FLOWER_")}
-    argv = [sys.executable, "-m", "celery", "-A", "worker", "flower", "--address=127.0.0.1",
-            f"--port={port}", "--basic-auth=ops:secret"]  # fmt: skip
-    log_path = tmp_path / "flower.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    auth = "Basic " + base64.b64encode(b"ops:secret").decode()
-    try:
+
+@pytest.fixture
+def password_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server with an ACL user whose password needs percent-encoding in a URL."""
+    password = f"pw/{secrets.token_hex(8)}:@+"
+    with RedisServer(tmp_path / "redis-auth", password=password) as server:
+        yield server
+
+
+def _shown_forms(secret: str) -> set[str]:
+    """``secret`` as a page or a reply could show it: plain, URL-encoded, HTML- or
+    JSON-escaped."""
+    return {secret, quote(secret, safe=""), quote(secret), quote_plus(secret),
+            html.escape(secret), json.dumps(secret)[1:-1]}  # fmt: skip
+
+
+def _flower_views(flower: Flower, worker: str, task_id: str) -> dict[str, tuple[int, str]]:
+    """Every page of Flower (a worker's page holds all its tabs) and every GET of its
+    API, with the status and body each answered."""
+    table = urlencode({"draw": 1, "start": 0, "length": 100, "search[value]": "",
+                       "order[0][column]": 0, "columns[0][data]": "name",
+                       "order[0][dir]": "asc"})  # fmt: skip
+    views = [
+        "/", "/workers", "/workers?refresh=1", "/workers?json=1", f"/worker/{worker}",
+        "/tasks", f"/tasks/datatable?{table}", f"/task/{task_id}", "/broker", "/dashboard",
+        "/api/workers", "/api/workers?refresh=1", f"/api/workers?workername={worker}",
+        "/api/workers?status=1", "/api/tasks", "/api/task/types", "/api/queues/length",
+        f"/api/task/info/{task_id}", f"/api/task/result/{task_id}", "/metrics", "/healthcheck",
+    ]  # fmt: skip
+    return {view: flower.get(view) for view in views}
+
+
+def test_flower_and_the_workers_replies_hold_no_secret(
+    password_redis: RedisServer, stack_env: dict[str, str], s3_server: SeaweedS3,
+    bucket_pair: tuple[str, str], tmp_path: Path,
+) -> None:  # fmt: skip
+    """The README's "Secrets appear in no output", for what Flower and the workers'
+    remote control show: a real worker and Flower on a Redis with a password, one job,
+    then every Flower page and API and every inspect reply is searched."""
+    from worker.runtime.app import create_app
+    from worker.settings import WorkerSettings
+
+    source, dest = bucket_pair
+    queue, batch = f"secrets-{uuid.uuid4().hex[:6]}", f"secrets-{uuid.uuid4().hex[:6]}"
+    flower_auth = ("ops", secrets.token_urlsafe(12))
+    env = {**stack_env, "DCMPRESS_REDIS_URL": password_redis.url, "DCMPRESS_QUEUE": queue}
+    client = s3_server.client()
+    client.put_object(Bucket=source, Key="ct.dcm", Body=to_bytes(make_image(64, 64)))
+    client.close()
+    ledger = Ledger.from_url(password_redis.url, 3600)
+    app = create_app(WorkerSettings(redis_url=password_redis.url, queue=queue))
+    shown: dict[str, str] = {}
+    with (
+        CeleryWorker({**env, "PYTHONPATH": str(ROOT)}, tmp_path / "w", concurrency=1) as worker,
+        running_flower(
+            env, tmp_path / "flower", worker=worker.hostname, auth=flower_auth
+        ) as flower,
+    ):
+        proc = run_cli(env, "enqueue", f"s3://{source}/", "--dest", f"s3://{dest}/",
+                       "--batch", batch)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        shown["enqueue"] = proc.stdout + proc.stderr
+        assert wait_for_batch(ledger, batch, 1).get("done") == 1
+
+        def finished() -> str | None:
+            body = ok(flower.get("/api/tasks", state="SUCCESS"))
+            found = [uid for uid, task in json.loads(body or "{}").items() if batch in task["args"]]
+            return found[0] if found else None
+
+        task_id = flower.poll("the task's success", finished)
+        views = _flower_views(flower, worker.hostname, task_id)
+        inspect = app.control.inspect(destination=[worker.hostname], timeout=5)
+        replies = {
+            "conf": inspect.conf(with_defaults=True), "stats": inspect.stats(),
+            "registered": inspect.registered(), "active": inspect.active(),
+            "active_queues": inspect.active_queues(), "reserved": inspect.reserved(),
+            "scheduled": inspect.scheduled(), "revoked": inspect.revoked(),
+            "report": inspect.report(),
+        }  # fmt: skip
+    app.close()
+    ledger.redis.close()
+    for view, (status, body) in views.items():
+        shown[f"flower {view}"] = body
+        if not view.startswith(("/dashboard", "/api/task/result/")):  # absent, no results
+            assert status == 200, (view, body[:500])
+    for command, reply in replies.items():
+        assert reply and worker.hostname in reply, command  # the worker answered
+        shown[f"inspect {command}"] = json.dumps(reply, default=repr)
+    shown["worker log"] = worker.log_path.read_text()
+    shown["flower log"] = flower.log_path.read_text()
+    secret_values = {
+        "the Redis password": password_redis.password or "",
+        "the S3 secret key": stack_env["AWS_SECRET_ACCESS_KEY"],
+        "Flower's password": flower_auth[1],
+    }
+    forms = {what: _shown_forms(value) for what, value in secret_values.items()}
+    forms["Flower's password"].add(base64.b64encode(":".join(flower_auth).encode()).decode())
+    leaks = sorted({
+        f"{where} shows {what}"
+        for what, needles in forms.items()
+        for needle in needles
+        for where, text in shown.items()
+        if needle in text
+    })  # fmt: skip
+    assert not leaks, leaks
+    # and what was searched holds what it should: the settings (masked) in the Config
+    # tab and the API, the task, the queue
+    for view in (f"/worker/{worker.hostname}", "/api/workers?refresh=1"):
+        assert "dcmpress_settings" in shown[f"flower {view}"] and ":***@" in shown[f"flower {view}"]
+    assert batch in shown[f"flower /task/{task_id}"] and queue in shown["flower /broker"]
+    assert "dcmpress:***@" in shown["inspect conf"] and "pool" in shown["inspect stats"]
+
+
+@pytest.mark.parametrize("failure", ["wrong password", "nothing listening", "untrusted TLS"])
+def test_a_worker_whose_ledger_cannot_connect_takes_no_message(
+    failure: str, password_redis: RedisServer, stack_env: dict[str, str], tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:  # fmt: skip
+    """The broker answers, the ledger does not: the worker exits at start with one
+    line saying what failed and what to do, and the queued message stays queued (it
+    used to be taken, fail, and be dropped)."""
+    from worker.runtime.app import create_app
+    from worker.runtime.contract import TASK_COMPRESS, JobMessage
+    from worker.settings import WorkerSettings
+
+    broker_url = password_redis.url
+    if failure == "wrong password":
+        ledger_url = broker_url.replace(quote(password_redis.password or "", safe=""), "wrong")
+        reason = "refused the credentials"
+    elif failure == "nothing listening":
+        ledger_url, reason = f"redis://127.0.0.1:{free_port()}/0", "cannot be reached"
+    else:  # the system CAs do not know the server's
+        ledger_url = request.getfixturevalue("tls_redis").split("?", 1)[0]
+        reason = "failed TLS verification"
+    queue = f"noledger-{uuid.uuid4().hex[:6]}"
+    app = create_app(WorkerSettings(redis_url=broker_url, queue=queue))
+    job = JobMessage(batch="noledger", bucket="b", key="k.dcm")
+    app.send_task(TASK_COMPRESS, args=[job.model_dump(mode="json")], queue=queue)
+    app.close()
+    env = {**os.environ, **stack_env, "DCMPRESS_BROKER_URL": broker_url,
+           "DCMPRESS_REDIS_URL": ledger_url, "DCMPRESS_QUEUE": queue,
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--concurrency", "1",
+         "--loglevel", "INFO"],
+        env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output
+    (line,) = [line for line in output.splitlines() if "the ledger's Redis at" in line]
+    assert reason in line and "takes no message" in line and "DCMPRESS_REDIS_URL" in line, line
+    assert "ready." not in output and "Traceback" not in output, output
+    assert (urlsplit(ledger_url).password or "\0") not in output
+    with redis.Redis.from_url(broker_url) as broker:
+        assert broker.llen(queue) == 1  # still queued, taken by no one
+        assert broker.hlen("unacked") == 0
+
+
+def test_a_task_whose_ledger_stops_answering_gives_its_message_back(
+    password_redis: RedisServer, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The ledger (a Redis of its own) goes away while the worker runs: a task that
+    cannot read the batch or record the outcome puts its message back in the queue, to
+    be done once the ledger answers; it used to be dropped (rejected without requeue)
+    and sent again only by the automatic reconcile, minutes later."""
+    from worker.runtime.app import create_app
+    from worker.runtime.contract import TASK_COMPRESS, JobMessage
+    from worker.settings import WorkerSettings
+
+    queue = f"ledgeraway-{uuid.uuid4().hex[:6]}"
+    ledger_server = RedisServer(tmp_path / "ledger")
+    env = {**stack_env, "DCMPRESS_BROKER_URL": password_redis.url, "DCMPRESS_QUEUE": queue,
+           "DCMPRESS_REDIS_URL": ledger_server.url, "DCMPRESS_RECONCILE_AFTER": "0",
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    app = create_app(WorkerSettings(redis_url=password_redis.url, queue=queue))
+    with ledger_server, CeleryWorker(env, tmp_path / "w", concurrency=1) as worker:
+        ledger_server.stop()
+        job = JobMessage(batch="ledgeraway", bucket="b", key="k.dcm")
+        app.send_task(TASK_COMPRESS, args=[job.model_dump(mode="json")], queue=queue)
         deadline = time.monotonic() + 60
-        while True:
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/api/queues/length", headers={"Authorization": auth}
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=10) as reply:
-                    body = json.loads(reply.read())
-                break
-            except OSError:
-                assert proc.poll() is None, log_path.read_text()[-3000:]
-                assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-                time.sleep(0.5)
-        assert "active_queues" in body, body
-        assert "CERTIFICATE_VERIFY_FAILED" not in log_path.read_text()
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(15)
+        while "goes back to the queue" not in worker.log_path.read_text():
+            assert time.monotonic() < deadline, worker.log_path.read_text()[-3000:]
+            time.sleep(0.5)
+    app.close()
+    with redis.Redis.from_url(password_redis.url) as broker:
+        assert broker.llen(queue) == 1, worker.log_path.read_text()[-3000:]

@@ -11,79 +11,22 @@ sizes, ratio). Results come from the ``task-succeeded`` event, as Celery's
 from __future__ import annotations
 
 import ast
-import base64
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from dcmpress.stack.samples import make_image, to_bytes
-from dcmpress.stack.services import CeleryWorker, SeaweedS3, free_port
+from dcmpress.stack.services import CeleryWorker, SeaweedS3
 from tests.conftest import run_cli, wait_for_batch
+from tests.flower import Flower, ok, running_flower
 from worker.runtime.contract import TASK_COMPRESS
 from worker.runtime.ledger import Ledger
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
-USER, PASSWORD = "dcm", "press"
-T = TypeVar("T")
-
-# never the environment's proxies: every request here goes to 127.0.0.1
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-class Flower:
-    """A running ``celery -A worker flower`` child process and a tiny HTTP client for it."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
-        self.proc = proc
-        self.base = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-
-    def get(self, path: str, *, auth: bool = True, **params: str) -> tuple[int, str]:
-        """GET ``path`` and return (status, body); HTTP errors are returned, not raised."""
-        url = self.base + path
-        if params:
-            url += "?" + urllib.parse.urlencode(params)
-        request = urllib.request.Request(url)
-        if auth:
-            token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-            request.add_header("Authorization", f"Basic {token}")
-        try:
-            with _opener.open(request, timeout=10) as response:
-                return int(response.status), response.read().decode("utf-8", "replace")
-        except urllib.error.HTTPError as exc:
-            with exc:
-                return exc.code, exc.read().decode("utf-8", "replace")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def poll(self, what: str, probe: Callable[[], T | None], timeout: float = 60) -> T:
-        """Call ``probe`` until it returns something; fail with Flower's log if it never does."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"flower exited ({self.proc.returncode}) before {what}:\n{self.log()}")
-            with contextlib.suppress(OSError):  # not listening yet, connection reset...
-                found = probe()
-                if found is not None:
-                    return found
-            time.sleep(0.25)
-        pytest.fail(f"flower: {what} not seen after {timeout:.0f} s; log:\n{self.log()}")
 
 
 @pytest.fixture
@@ -91,58 +34,15 @@ def flower(
     stack_env: dict[str, str], celery_worker: CeleryWorker, tmp_path: Path
 ) -> Iterator[Flower]:
     """A real Flower on a free loopback port with basic auth, ready and receiving events."""
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")},
-        **stack_env,
-        "PYTHONPATH": str(ROOT),
-    }
-    argv = [
-        sys.executable, "-m", "celery", "-A", "worker", "flower",
-        "--address=127.0.0.1", f"--port={port}", f"--basic-auth={USER}:{PASSWORD}",
-    ]  # fmt: skip
-    log_path = tmp_path / "flower.log"
-    with log_path.open("wb") as log:  # the child keeps its own descriptor
-        proc = subprocess.Popen(
-            argv,
-            cwd=tmp_path,  # no flowerconfig.py from the repository, no stray state files
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        server = Flower(proc, port, log_path)
-        server.poll("/api/workers answering", lambda: _ok(server.get("/api/workers", refresh="1")))
-        # The event receiver runs in its own thread: wait for our worker's heartbeat
-        # events (every 2 s) so that the task events that follow are not missed.
-        online = f'flower_worker_online{{worker="{celery_worker.hostname}"}} 1.0'
-        server.poll("worker heartbeat events", lambda: _ok(server.get("/metrics"), online))
+    with running_flower(stack_env, tmp_path, worker=celery_worker.hostname) as server:
         yield server
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-def _ok(reply: tuple[int, str], needle: str = "") -> str | None:
-    """The body if the reply is 200 (and contains ``needle``), else None."""
-    status, body = reply
-    return body if status == 200 and needle in body else None
 
 
 def succeeded(flower: Flower, batch: str) -> Callable[[], dict[str, Any] | None]:
     """A probe for a succeeded task of ``batch`` with a result, as Flower lists it."""
 
     def probe() -> dict[str, Any] | None:
-        body = _ok(flower.get("/api/tasks", taskname=TASK_COMPRESS, state="SUCCESS"))
+        body = ok(flower.get("/api/tasks", taskname=TASK_COMPRESS, state="SUCCESS"))
         if body is None:
             return None
         for task in json.loads(body).values():

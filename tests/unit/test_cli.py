@@ -103,6 +103,49 @@ def test_no_password_reaches_celerys_configuration_or_a_settings_repr() -> None:
     assert settings.redis_url == "redis://worker:s3cret-pw@127.0.0.1:6379/0"  # still usable
 
 
+@pytest.mark.parametrize(
+    ("reply", "refused", "todo"),
+    [
+        ("NOPERM this user has no permissions to run the 'evalsha' command",  # 7.0
+         "the 'evalsha' command", "`ACL SETUSER dcmpress +evalsha`"),
+        ("NOPERM User dcmpress has no permissions to run the 'script|load' command",  # 7.2
+         "the 'script|load' command", "`ACL SETUSER dcmpress +script|load`"),
+        ("NOPERM No permissions to access a key", "a key", "key and channel patterns"),
+        ("NOPERM this user has no permissions to access one of the channels used as "
+         "arguments", "a Pub/Sub channel", "key and channel patterns"),
+        ("ERR The user executing the script can't run this command or subcommand script: "
+         "f0e1, on @user_script:21.", "a command of a Lua script", "ACL LOG names"),  # 7.0
+    ],
+)  # fmt: skip
+def test_an_acl_refusal_is_one_line_naming_what_to_grant(
+    reply: str, refused: str, todo: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.exceptions import NoPermissionError, ResponseError
+
+    from dcmpress.console import explain
+
+    monkeypatch.setenv("DCMPRESS_REDIS_URL", "redis://dcmpress:hunter2@redis.internal:6379/0")
+    code, _, text = reply.partition(" ")  # redis-py keeps the text after the error code
+    error = (NoPermissionError if code == "NOPERM" else ResponseError)(text)
+    line = explain(error)
+    assert line is not None, type(error)
+    assert line.startswith("Redis at redis://dcmpress:***@redis.internal:6379/0 refused ")
+    assert f"refused {refused} to user dcmpress" in line and todo in line
+    assert "hunter2" not in line and "\n" not in line
+    # a pipeline's error quotes the command and its arguments: they are not repeated
+    error.args = (f"Command # 1 (HSET dcmpress:batch:b spec {{...}}) of pipeline caused error: "
+                  f"{error.args[0]}",)  # fmt: skip
+    assert explain(error) == line
+
+
+def test_a_redis_error_that_no_acl_made_is_not_explained_as_one() -> None:
+    from redis.exceptions import ResponseError
+
+    from dcmpress.console import explain
+
+    assert explain(ResponseError("WRONGTYPE Operation against a key of the wrong kind")) is None
+
+
 def test_flowers_masked_broker_url_is_kombus_not_an_empty_password_of_ours() -> None:
     # Flower prints Connection.as_uri(), which masks the password field even when the
     # URL has none; the URL dcmpress builds (RedisServer.url) has no user information.

@@ -27,8 +27,9 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
         task_default_queue=settings.queue,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        # the task records every outcome itself; if it still raises, Redis or S3 was
-        # unreachable even for the retry: leave the message for redelivery
+        # the task records every outcome itself. A task that still raises has its message
+        # rejected without requeue, which on Redis drops it like an ack: a task that
+        # cannot reach the ledger gives its message back itself (tasks._give_back)
         task_acks_on_failure_or_timeout=False,
         worker_prefetch_multiplier=1,
         task_soft_time_limit=settings.task_soft_time_limit,

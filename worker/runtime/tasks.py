@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -17,6 +18,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
+    celeryd_after_setup,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
@@ -30,15 +32,17 @@ from worker.errors import (
     ConfigurationError,
     PermanentError,
     TransientError,
+    one_line,
 )
 from worker.runtime import logs, metrics
 from worker.runtime.contract import TASK_COMPRESS, BatchSpec, JobMessage
 from worker.runtime.ledger import Ledger
 from worker.runtime.pipeline import ClaimHeld, ClaimLost, Job, finish_failure, process_object
 from worker.runtime.storage import Storage
-from worker.settings import WorkerSettings
+from worker.settings import WorkerSettings, masked
 
 log = logging.getLogger(__name__)
+LEDGER_AWAY_PAUSE = 5.0  # seconds before a message the ledger could not serve goes back
 
 
 class SoftLimitWatch:
@@ -185,13 +189,20 @@ def _check_storage_credentials(**_: Any) -> None:
         )
 
 
-@worker_init.connect
-def _check_redis_persistence(**_: Any) -> None:
-    """Say at start-up that a Redis restart would lose the queue and the ledger."""
+@celeryd_after_setup.connect
+def _require_the_ledger(**_: Any) -> None:
+    """Take no message unless the ledger answers: a task that cannot reach it would be
+    taken from the broker only to fail. Then say whether a Redis restart would lose the
+    queue and the ledger. (Sent once logging is set up, before the pool and the
+    consumer start.)"""
     settings = WorkerSettings()
-    ledger = Ledger.from_url(settings.redis_url, settings.retention_seconds)
+    ledger = Ledger.from_url(settings.redis_url, settings.retention_seconds, timeout=10)
     try:
+        ledger.redis.ping()
         kind = ledger.persistence()
+    except redis.RedisError as exc:
+        log.critical(ledger_refusal(exc, settings.redis_url))
+        raise SystemExit(1) from exc  # Celery's signal dispatch swallows Exception
     finally:
         ledger.redis.close()
     if kind == "none":
@@ -201,6 +212,23 @@ def _check_redis_persistence(**_: Any) -> None:
             "batch's `dcmpress enqueue` again (outputs written already are recognised, "
             "not written again), or run Redis with appendonly yes"
         )
+
+
+def ledger_refusal(exc: Exception, url: str) -> str:
+    """One line for a worker whose ledger does not answer: what failed, what to do."""
+    text = str(exc)
+    if isinstance(exc, redis.AuthenticationError) or "NOAUTH" in text or "WRONGPASS" in text:
+        what, todo = "refused the credentials", "put its user and password in DCMPRESS_REDIS_URL"
+    elif "certificate" in text.lower():
+        what, todo = "failed TLS verification", "name its CA in DCMPRESS_REDIS_URL (ssl_ca_certs)"
+    elif isinstance(exc, redis.ResponseError):
+        what, todo = "refused a command", "allow the workers' commands to its user"
+    else:
+        what, todo = "cannot be reached", "check DCMPRESS_REDIS_URL's host and port, the network"
+    return one_line(
+        f"the ledger's Redis at {masked(url)} {what} ({exc}): this worker exits and takes "
+        f"no message; {todo}, then start it again"
+    )
 
 
 @worker_init.connect
@@ -235,7 +263,23 @@ def compress_object(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, 
     """Compress one object of a batch; the outcome is recorded in the ledger."""
     soft_limit.arm()
     with metrics.IN_FLIGHT.track_inprogress():
-        return _compress_object(self, message)
+        try:
+            return _compress_object(self, message)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            _give_back(exc)
+
+
+def _give_back(exc: Exception) -> NoReturn:
+    """Put the message back in the queue: the ledger did not answer even to record the
+    outcome (or to read the batch). A task that raises has its message rejected without
+    requeue, which on Redis drops it; the pause keeps a worker whose ledger is away
+    from taking the same message again at once."""
+    log.warning(
+        "the ledger's Redis did not answer (%s); the message goes back to the queue in %.0f s",
+        one_line(str(exc)), LEDGER_AWAY_PAUSE,
+    )  # fmt: skip
+    time.sleep(LEDGER_AWAY_PAUSE)
+    raise Reject(str(exc), requeue=True) from exc
 
 
 def _compress_object(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, Any]:
@@ -258,7 +302,7 @@ def _compress_object(self: Task[Any, Any], message: dict[str, Any]) -> dict[str,
         max_attempts=ctx.settings.max_attempts,
     )
     summary = _run(self, ctx, job, spec is not None)
-    if not summary.get("duplicate") and summary["outcome"] != "taken_over":
+    if not summary.get("duplicate") and summary["outcome"] not in ("taken_over", "superseded"):
         metrics.record_outcome(summary, job.stage.seconds)  # each object counted once
     return summary
 
