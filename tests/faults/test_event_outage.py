@@ -5,8 +5,9 @@ dead-lettered at once. The real filer posts to the real ``dcmpress listen`` here
 its own Redis (AOF) that is stopped, then frozen with SIGSTOP, while objects are
 uploaded; the listener is killed with a non-empty spool and started again. Every
 upload must become exactly one job (one record, one message), and the jobs real ones:
-a worker compresses them all. Then a re-upload while the first version is being
-compressed: the output in the end is the new version's.
+a worker compresses them all. A full Redis (OOM) is spooled the same way. Then a
+re-upload while the first version is being compressed: the output in the end is the
+new version's.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -30,9 +33,16 @@ from pydicom import dcmread
 
 from dcmpress.stack.samples import make_image, to_bytes
 from dcmpress.stack.services import CeleryWorker, RedisServer, SeaweedS3, free_port
+from producer.listen import EventFilter, EventIntake
+from producer.spool import Spool
+from producer.webhook import serve_http
 from tests.conftest import wait_for_batch
 from tests.faults.injection import faulty_env
+from worker.runtime.app import create_app
+from worker.runtime.contract import S3Location
 from worker.runtime.ledger import Ledger
+from worker.runtime.storage import Storage
+from worker.settings import CompressionOptions, WorkerSettings
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -200,3 +210,53 @@ def test_a_re_upload_while_the_first_version_runs_ends_with_the_new_version(
         assert output["Metadata"]["dcmpress-source-etag"].strip('"') == new.strip('"')
         decoded = dcmread(io.BytesIO(output["Body"].read())).pixel_array
         assert (decoded == second.pixel_array).all()
+
+
+def test_a_full_redis_spools_the_event_and_it_is_enqueued_once_there_is_room(
+    stack_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis at ``maxmemory`` with ``noeviction`` refuses every write (OOM): the webhook
+    answers 200 with the message spooled, and enqueues it once Redis has room."""
+    queue = f"full-{uuid.uuid4().hex[:6]}"
+    with RedisServer(tmp_path / "redis", port=free_port()) as redis:
+        for name, value in {**stack_env, "DCMPRESS_REDIS_URL": redis.url}.items():
+            monkeypatch.setenv(name, value)
+        settings = WorkerSettings()
+        ledger = Ledger.for_events(redis.url, 86400, 3.0)
+        with Spool(tmp_path / "spool", 1 << 20) as spool:
+            intake = EventIntake(
+                create_app(settings), ledger, Storage(settings), queue,
+                S3Location(bucket=DEST), False, CompressionOptions(), EventFilter(),
+                batch_name=BATCH, spool=spool,
+            )  # fmt: skip
+            stop = threading.Event()
+            drain = threading.Thread(target=intake.drain_spool, args=(stop,), daemon=True)
+            drain.start()
+            server = serve_http(intake, "127.0.0.1", 0, None, lambda: True)
+            admin = Ledger.from_url(redis.url, 86400).redis
+            try:
+                admin.config_set("maxmemory", 1)  # full: every write refused
+                event = {"Records": [{
+                    "eventVersion": "2.1", "eventSource": "minio:s3",
+                    "eventName": "s3:ObjectCreated:Put",
+                    "s3": {"bucket": {"name": SOURCE},
+                           "object": {"key": "full.dcm", "size": 10, "eTag": "e1"}},
+                }]}  # fmt: skip
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{server.server_port}/", method="POST",
+                    data=json.dumps(event).encode(),
+                )  # fmt: skip
+                with urllib.request.urlopen(request, timeout=30) as reply:
+                    assert reply.status == 200
+                    assert json.loads(reply.read())["spooled"] == 1
+                assert spool.size > 0
+                admin.config_set("maxmemory", 0)  # room again
+                _wait(lambda: spool.size == 0, 30, "drained")
+                record = ledger.get_record(f"{BATCH}-{SOURCE}", "full.dcm")
+                assert record is not None and record.state == "queued"
+                assert _messages_per_key(ledger, queue) == Counter({"full.dcm": 1})
+            finally:
+                admin.config_set("maxmemory", 0)
+                server.shutdown()
+                stop.set()
+                drain.join(timeout=10)
