@@ -126,18 +126,38 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import reprlib
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote_plus
 
-__all__ = ["EventFormatError", "Kind", "ObjectEvent", "RejectedRecord", "parse_message"]
+__all__ = [
+    "MAX_JSON_VALUES",
+    "MAX_RECORDS",
+    "EventFormatError",
+    "Kind",
+    "ObjectEvent",
+    "RejectedRecord",
+    "parse_message",
+]
 
 Kind = Literal["created", "removed", "test", "other"]
 
 JsonObject = Mapping[str, object]
 
 SEAWEEDFS_BUCKETS_DIR = "/buckets"  # the filer's default buckets folder
+
+# What one message may cost, far above what a storage sends: one AWS, MinIO or Ceph
+# record is 60-90 JSON values, and a sender batches a few hundred records at most.
+# Parsing 250,000 values takes at most ~25 MB and ~0.15 s whatever their shape.
+MAX_JSON_VALUES = 250_000  # values and keys in one message, counted before parsing
+MAX_RECORDS = 10_000  # records of one message: its rejected ones are kept in memory
+
+# json.loads holds the GIL, so parsing more messages at once (64 webhook requests) would
+# add their memory without making anything faster
+_PARSING = threading.BoundedSemaphore(2)
 
 
 @dataclass(frozen=True)
@@ -192,8 +212,21 @@ def parse_message(
     Raises :class:`EventFormatError` for anything that is not a known event shape. With
     ``rejected`` given, one unreadable record of a ``Records`` message is appended there
     instead, so the records beside it are not lost with it.
+
+    The cost is bounded: text of more than :data:`MAX_JSON_VALUES` values is refused
+    before it is parsed, and a message of more than :data:`MAX_RECORDS` records as a
+    whole (both are :class:`EventFormatError`).
     """
-    return _dispatch(_load_body(body), seaweedfs_buckets_dir, inside_sns=False, rejected=rejected)
+    with _PARSING:
+        try:
+            return _dispatch(
+                _load_body(body), seaweedfs_buckets_dir, inside_sns=False, rejected=rejected
+            )
+        except EventFormatError as exc:
+            reason = str(exc)
+    # raised afresh: the caller keeps the error while it records the poison message, and
+    # the first one's traceback holds the frames that hold everything parsed
+    raise EventFormatError(reason)
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -203,31 +236,60 @@ def _load_body(body: object) -> JsonObject:
     """The message as a JSON object, whatever form it arrived in."""
     if isinstance(body, Mapping):
         return body
-    if isinstance(body, bytes | bytearray):
-        try:
-            # utf-8-sig: a byte-order mark some HTTP clients add is not an error
-            text = bytes(body).decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise EventFormatError(f"message body is not UTF-8 text ({exc.reason})") from exc
-    elif isinstance(body, str):
-        text = body
-    else:
+    if not isinstance(body, str | bytes | bytearray):
         raise EventFormatError(
             f"message body is a {type(body).__name__}, expected text, bytes or a JSON object"
         )
-    return _as_object(_load_json(text, "message body"), "message body")
+    parsed = _load_json(body, "message body")
+    if not isinstance(parsed, Mapping):
+        shown = _json_type(parsed)
+        del parsed  # a traceback keeps this frame: it must not keep a parsed poison body
+        raise EventFormatError(f"message body is {shown}, expected an object")
+    return parsed
 
 
-def _load_json(text: str, where: str) -> object:
-    """Parse JSON text, turning every parser failure into an EventFormatError."""
+def _load_json(data: str | bytes | bytearray, where: str) -> object:
+    """JSON text (or UTF-8 bytes) parsed within :data:`MAX_JSON_VALUES`; every failure is
+    an :class:`EventFormatError` naming ``where``.
+
+    The values are counted on the text before parsing, so a body made to be expensive
+    (``[{},{},...]``: 1.4 million objects, ~100 MB, in 4 MiB) costs a scan, not a parse.
+    """
+    text = data if isinstance(data, str) else _utf8_text(data, where)
+    values = _json_values_at_most(text)
+    if values > MAX_JSON_VALUES:
+        raise EventFormatError(
+            f"{where} holds up to {values:,} JSON values, more than any storage event "
+            f"notification ({MAX_JSON_VALUES:,}); it was not parsed"
+        )
+    # the reason is built inside the handler and raised outside it, so the error chains no
+    # parser frame (which holds the text) and nothing the parser built
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise EventFormatError(f"{where} is not JSON: {exc.msg} at character {exc.pos}") from exc
+        reason = f"{where} is not JSON: {exc.msg} at character {exc.pos}"
     except ValueError as exc:  # e.g. an integer literal longer than Python accepts
-        raise EventFormatError(f"{where} is not usable JSON: {exc}") from exc
-    except RecursionError as exc:  # absurdly deep nesting is a poison message too
-        raise EventFormatError(f"{where} is JSON nested too deeply to be an event") from exc
+        reason = f"{where} is not usable JSON: {exc}"
+    except RecursionError:  # absurdly deep nesting is a poison message too
+        reason = f"{where} is JSON nested too deeply to be an event"
+    raise EventFormatError(reason)
+
+
+def _utf8_text(data: bytes | bytearray, where: str) -> str:
+    """Bytes as text; raised outside the handler, so the error chains no copy of them."""
+    try:
+        # utf-8-sig: a byte-order mark some HTTP clients add is not an error
+        return bytes(data).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        reason = f"{where} is not UTF-8 text ({exc.reason})"
+    raise EventFormatError(reason)
+
+
+def _json_values_at_most(text: str) -> int:
+    """An upper bound of the values and keys in JSON text, without parsing it: each one
+    but the first follows a ``{``, ``[``, ``,`` or ``:`` (those inside strings count
+    too, so it never undercounts). Four scans of 4 MiB take about 12 ms."""
+    return 1 + sum(text.count(mark) for mark in "{[,:")
 
 
 def _dispatch(
@@ -257,11 +319,20 @@ def _dispatch(
     notification = _find_seaweedfs_notification(body)
     if notification is not None:
         return _parse_seaweedfs(body, notification, buckets_dir)
-    fields = ", ".join(sorted(str(name) for name in body)[:8]) or "none"
+    fields = ", ".join(sorted(str(name)[:40] for name in body)[:8]) or "none"
     raise EventFormatError(f"not a storage event notification this parser knows (fields: {fields})")
 
 
 # --- small typed readers -----------------------------------------------------------------
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+
+
+def _quoted(value: object) -> str:
+    """A value sent, as a reason quotes it: its repr cut to 80 characters (a reason goes
+    into the reply, the log and the poison list, never a whole body again)."""
+    return _SHORT.repr(value)
 
 
 def _json_type(value: object) -> str:
@@ -328,7 +399,7 @@ def _size(value: object, where: str) -> int | None:
     # at most 20 digits: every real size fits, and int() never meets its digit limit
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
         return int(value)
-    raise EventFormatError(f"{where} is {value!r}, expected a byte count")
+    raise EventFormatError(f"{where} is {_quoted(value)}, expected a byte count")
 
 
 def _etag(value: object, where: str) -> str | None:
@@ -344,7 +415,7 @@ def _form_decoded(raw: str, where: str) -> str:
     try:
         return unquote_plus(raw, errors="strict")
     except UnicodeDecodeError as exc:
-        raise EventFormatError(f"{where} {raw!r} is not percent-encoded UTF-8") from exc
+        raise EventFormatError(f"{where} {_quoted(raw)} is not percent-encoded UTF-8") from exc
 
 
 # --- AWS-shaped records: AWS S3, MinIO, Ceph ---------------------------------------------
@@ -381,6 +452,11 @@ def _parse_records_message(
         return [_parse_minio_key_only(body)]
     if not isinstance(records, list):
         raise EventFormatError(f"Records is {_json_type(records)}, expected an array")
+    if len(records) > MAX_RECORDS:
+        raise EventFormatError(
+            f"Records holds {len(records):,} records, more than any storage sends in one "
+            f"message ({MAX_RECORDS:,})"
+        )
     events = []
     for index, record in enumerate(records):
         where = f"Records[{index}]"
@@ -401,7 +477,9 @@ def _check_event_version(record: JsonObject, where: str) -> None:
     if version is None:
         return
     if not isinstance(version, str) or version.split(".", 1)[0] != "2":
-        raise EventFormatError(f"{where}.eventVersion is {version!r}, expected a 2.x version")
+        raise EventFormatError(
+            f"{where}.eventVersion is {_quoted(version)}, expected a 2.x version"
+        )
 
 
 def _parse_record(value: object, where: str) -> ObjectEvent:
@@ -411,7 +489,7 @@ def _parse_record(value: object, where: str) -> ObjectEvent:
     vendor, _, service = event_source.partition(":")
     if service != "s3" or not vendor:
         raise EventFormatError(
-            f"{where}.eventSource is {event_source!r}, not an S3 event source "
+            f"{where}.eventSource is {_quoted(event_source)}, not an S3 event source "
             "(pass the queue message body, not a whole Lambda event)"
         )
     _check_event_version(record, where)
@@ -445,7 +523,7 @@ def _parse_minio_key_only(body: JsonObject) -> ObjectEvent:
     bucket_and_key = _required_str(body, "Key", "message")
     bucket, _, key = bucket_and_key.partition("/")
     if not bucket or not key:
-        raise EventFormatError(f"message.Key is {bucket_and_key!r}, expected 'bucket/key'")
+        raise EventFormatError(f"message.Key is {_quoted(bucket_and_key)}, expected 'bucket/key'")
     return ObjectEvent(
         _s3_event_kind(event_name), "minio", event_name, bucket, key, None, None, None
     )
@@ -478,7 +556,7 @@ def _parse_sns(
         return _dispatch(inner, buckets_dir, inside_sns=True, rejected=rejected)
     if sns_type in ("SubscriptionConfirmation", "UnsubscribeConfirmation"):
         return [ObjectEvent("other", "aws", str(sns_type), "", "", None, None, None)]
-    raise EventFormatError(f"SNS message Type {sns_type!r} is not understood")
+    raise EventFormatError(f"SNS message Type {_quoted(sns_type)} is not understood")
 
 
 _EVENTBRIDGE_KINDS: dict[str, Kind] = {"Object Created": "created", "Object Deleted": "removed"}
@@ -488,7 +566,7 @@ def _parse_eventbridge(body: JsonObject) -> ObjectEvent:
     """An S3 event delivered through EventBridge; its key is not URL-encoded."""
     source = body.get("source")
     if source != "aws.s3":
-        raise EventFormatError(f"EventBridge event source is {source!r}, expected 'aws.s3'")
+        raise EventFormatError(f"EventBridge event source is {_quoted(source)}, expected 'aws.s3'")
     detail_type = _required_str(body, "detail-type", "event")
     detail = _as_object(body.get("detail"), "detail")
     bucket = _required_str(
@@ -570,7 +648,9 @@ def _parse_cloudevent(body: JsonObject) -> ObjectEvent:
     """
     ce_type = _required_str(body, "type", "CloudEvent")
     if not ce_type.startswith(_GCS_CLOUDEVENT_PREFIX):
-        raise EventFormatError(f"CloudEvent type {ce_type!r} is not a Cloud Storage object event")
+        raise EventFormatError(
+            f"CloudEvent type {_quoted(ce_type)} is not a Cloud Storage object event"
+        )
     action = ce_type.removeprefix(_GCS_CLOUDEVENT_PREFIX)
     data_value = body.get("data")
     if data_value is None and isinstance(body.get("data_base64"), str):

@@ -9,26 +9,35 @@ defaults users get are asserted as values.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
+import os
 import socket
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dcmpress.stack.samples import make_image, to_bytes
-from dcmpress.stack.services import SeaweedS3
+from dcmpress.stack.services import SeaweedS3, free_port
 from producer.listen import POISON_KEY, EventFilter, EventIntake
 from producer.webhook import WebhookLimits, WebhookServer, serve_http
 from tests.conftest import run_cli
+from worker import procfs
+from worker.codec.options import CompressionOptions
 from worker.runtime.app import create_app
 from worker.runtime.contract import S3Location
 from worker.runtime.ledger import Ledger
 from worker.runtime.storage import Storage
-from worker.settings import CompressionOptions, WorkerSettings
+from worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.integration
 TOKEN = "s3cret"
@@ -98,7 +107,7 @@ def reply_json(reply: bytes) -> dict[str, Any]:
 def test_the_defaults_users_get() -> None:
     assert WebhookLimits() == WebhookLimits(
         max_body_bytes=4 * 1024 * 1024, header_timeout=10.0, body_timeout=30.0,
-        max_concurrency=64, keep_alive=5,
+        max_concurrency=64, max_connections=1024, keep_alive=5,
     )  # fmt: skip
 
 
@@ -142,20 +151,48 @@ def test_headers_that_never_end_close_the_connection(server: WebhookServer) -> N
     assert reply == b"" and time.monotonic() - started < FAST.header_timeout + 2
 
 
-def test_connections_beyond_the_concurrency_limit_get_503(server: WebhookServer) -> None:
+def test_sockets_that_send_no_headers_hold_no_event_slot(
+    server: WebhookServer, bucket_pair: tuple[str, str]
+) -> None:
+    """100 connections sending nothing or half a header, more than the 8 event slots:
+    uvicorn's own limit counts open connections, so it must not be the event limit."""
     held = []
     try:
-        for _ in range(FAST.max_concurrency):
+        for number in range(100):
             sock = socket.create_connection(("127.0.0.1", server.server_port))
-            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")  # headers still coming
+            if number % 2:
+                sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")  # headers still coming
             held.append(sock)
-        time.sleep(0.2)
-        assert status_of(raw(server, request(b"{}"))) == 503
+        body = json.dumps({"Records": [s3_event(bucket_pair[0], "busy.dcm")]}).encode()
+        reply = raw(server, request(body))
+        assert status_of(reply) == 200 and reply_json(reply)["enqueued"] == 1
     finally:
         for sock in held:
             sock.close()
-    time.sleep(FAST.header_timeout + 0.5)  # their slots are free again
-    assert status_of(raw(server, request(b""))) == 200
+
+
+def test_requests_beyond_the_64_in_flight_get_503_until_one_ends(intake: EventIntake) -> None:
+    """The README's limit with its default: 64 requests being handled (their headers in,
+    their bodies still coming), the 65th answered 503; a request without the token is
+    answered 401 whatever the load, holding no slot."""
+    limits = WebhookLimits(max_body_bytes=64 * 1024, header_timeout=1.0, body_timeout=2.0)
+    webhook = serve_http(intake, "127.0.0.1", 0, TOKEN, lambda: True, limits)
+    held = []
+    try:
+        for _ in range(limits.max_concurrency):
+            sock = socket.create_connection(("127.0.0.1", webhook.server_port), timeout=10)
+            sock.sendall(request(b"0123456789")[:-10])  # the headers, then a stalled body
+            held.append(sock)
+        time.sleep(0.5)
+        assert status_of(raw(webhook, request(b"{}"))) == 503
+        unauthorised = request(b"{}").replace(f"Bearer {TOKEN}".encode(), b"Bearer guess")
+        assert status_of(raw(webhook, unauthorised)) == 401
+        assert [status_of(sock.recv(65536)) for sock in held] == [408] * len(held)
+        assert status_of(raw(webhook, request(b""))) == 200  # their slots are free again
+    finally:
+        for sock in held:
+            sock.close()
+        webhook.shutdown()
 
 
 def test_a_token_is_required(server: WebhookServer) -> None:
@@ -184,7 +221,8 @@ def test_one_bad_record_is_poisoned_alone_and_the_rest_enqueued(
     reply = raw(server, request(body))
     assert status_of(reply) == 200
     assert reply_json(reply) | {"batches": []} == {
-        "enqueued": 1, "duplicates": 0, "ignored": 0, "rejected": 1, "batches": [],
+        "enqueued": 1, "duplicates": 0, "ignored": 0, "rejected": 1, "spooled": 0,
+        "batches": [],
     }  # fmt: skip
     assert ledger.redis.llen(POISON_KEY) == before + 1
     entry = json.loads(ledger.redis.lindex(POISON_KEY, 0))  # type: ignore[arg-type]
@@ -195,17 +233,18 @@ def test_one_bad_record_is_poisoned_alone_and_the_rest_enqueued(
 def test_the_rejected_records_of_one_message_are_one_poison_entry(
     server: WebhookServer, intake: EventIntake, ledger: Ledger, bucket_pair: tuple[str, str]
 ) -> None:
-    """One good record beside 10,000 empty ones: one entry (a count and the first
-    reasons), not one entry, log line and Redis round trip per record."""
-    body = json.dumps({"Records": [s3_event(bucket_pair[0], "good2.dcm")] + [{}] * 10_000})
+    """One good record beside 9,999 empty ones (the most records a message may hold):
+    one entry (a count and the first reasons), not one entry, log line and Redis round
+    trip per record."""
+    body = json.dumps({"Records": [s3_event(bucket_pair[0], "good2.dcm")] + [{}] * 9_999})
     before = ledger.redis.llen(POISON_KEY)
     reply = raw(server, request(body.encode()), wait=60)
     assert status_of(reply) == 200
-    assert reply_json(reply)["enqueued"] == 1 and reply_json(reply)["rejected"] == 10_000
+    assert reply_json(reply)["enqueued"] == 1 and reply_json(reply)["rejected"] == 9_999
     assert ledger.redis.llen(POISON_KEY) == before + 1
     entry = json.loads(ledger.redis.lindex(POISON_KEY, 0))  # type: ignore[arg-type]
-    assert entry["reason"].startswith("10,000 records rejected: Records[1]:")
-    assert entry["reason"].endswith("(and 9,997 more)") and len(json.loads(entry["body"])) == 3
+    assert entry["reason"].startswith("9,999 records rejected: Records[1]:")
+    assert entry["reason"].endswith("(and 9,996 more)") and len(json.loads(entry["body"])) == 3
 
 
 def test_poison_while_redis_is_away_is_503_so_the_sender_retries(
@@ -308,3 +347,82 @@ def test_a_re_upload_without_an_etag_in_its_event_is_not_dropped(
     etag = client.head_object(Bucket=source, Key="scan.dcm")["ETag"].strip('"')
     record = ledger.get_record(intake.batch_for(source), "scan.dcm")
     assert record is not None and record.etag == etag[:12]
+
+
+# --- memory: a real listener process under hostile bodies --------------------------------
+
+MIB = 1024 * 1024
+
+
+def hostile_requests() -> list[tuple[bytes, dict[str, str]]]:
+    """4 MiB poison bodies, then the costliest shapes tried under the JSON-value bound
+    (each a poison message too): (body, headers)."""
+    size = 4 * MIB
+    binary_cloudevent = {"ce-specversion": "1.0", "ce-type": "com.example.other"}
+    return [
+        (b"[" + b",".join([b"{}"] * ((size - 2) // 3)) + b"]", {}),  # 1.4 million objects
+        (json.dumps({"Records": [{}] * ((size - 20) // 4)}, separators=(",", ":")).encode(), {}),
+        (b"[" + b",".join(b'{"%d":1.5}' % n for n in range(83_000)) + b"]", {}),
+        # one character outside the BMP: Python keeps 4 bytes for every one of the text
+        (('{"Records":[{"eventSource":"' + "a" * (size - 100) + '\U0001f600"}]}').encode(), {}),
+        # its body was parsed on the event loop, outside the bound on parses at once
+        (b"{" + b",".join(b'"%d":{"a":1.5}' % n for n in range(60_000)) + b"}",
+         binary_cloudevent),
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def listener_process(env: dict[str, str], dest: str, spool: Path) -> Iterator[tuple[int, int]]:
+    """``dcmpress listen --http`` in a child process with the default limits: (pid, port)."""
+    port = free_port()
+    with subprocess.Popen(
+        [sys.executable, "-m", "dcmpress", "listen", "--http", f"127.0.0.1:{port}",
+         "--token", TOKEN, "--dest", f"s3://{dest}/", "--spool-dir", str(spool)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env},
+    ) as proc:  # fmt: skip
+        assert proc.stdout is not None
+        # one log line per poison body: read them, or a full pipe would stop the listener
+        drain = threading.Thread(target=proc.stdout.read, daemon=True)
+        try:
+            for line in proc.stdout:
+                if line.strip() == "ready":
+                    break
+            drain.start()
+            yield proc.pid, port
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            if drain.is_alive():
+                drain.join(timeout=10)
+
+
+def post(port: int, body: bytes, headers: dict[str, str] | None = None) -> int:
+    """The status of an authorised POST of ``body`` (0: closed without an answer)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(request(body, headers))
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return status_of(b"".join(chunks))
+
+
+def test_hostile_bodies_keep_the_listener_within_its_memory_bound(
+    stack_env: dict[str, str], bucket_pair: tuple[str, str], tmp_path: Path
+) -> None:
+    """The README's bound: whatever the bodies within the limits (4 MiB, 64 at once), the
+    listener's RSS never grows more than 512 MiB (twice 64 bodies of 4 MiB) over an
+    idle one's. Before the bound, 200 sequential and 2 x 60 concurrent ``[{},{},...]``
+    bodies took it from 128 MB to a peak of 10 GB, and left it at 1 GB."""
+    with listener_process(stack_env, bucket_pair[1], tmp_path / "spool") as (pid, port):
+        assert post(port, b'{"Records": []}') == 200  # what every request needs is loaded
+        idle = procfs.peak_rss(pid)
+        assert idle is not None
+        hostile = hostile_requests()
+        for number in range(200):
+            assert post(port, *hostile[number % 2]) == 202
+        for _ in range(2):
+            with ThreadPoolExecutor(60) as pool:
+                statuses = list(pool.map(lambda n: post(port, *hostile[n % 5]), range(60)))
+            assert statuses == [202] * 60
+        peak = procfs.peak_rss(pid)
+    assert peak is not None and peak - idle < 512 * MIB

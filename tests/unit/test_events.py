@@ -10,12 +10,13 @@ import base64
 import copy
 import dataclasses
 import json
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from producer.events import EventFormatError, ObjectEvent, parse_message
+from producer.events import MAX_RECORDS, EventFormatError, ObjectEvent, parse_message
 
 # --- fixtures ----------------------------------------------------------------------------
 
@@ -943,3 +944,81 @@ def test_one_bad_record_beside_good_ones_can_be_set_apart() -> None:
     assert [(r.where, r.record) for r in rejected] == [("Records[1]", {"eventSource": "aws:s3"})]
     with pytest.raises(EventFormatError):  # nothing readable at all: poison as a whole
         parse_message({"Records": [{"x": 1}, {"y": 2}]}, rejected=[])
+
+
+# --- what one message may cost -----------------------------------------------------------
+
+FOUR_MIB = 4 * 1024 * 1024
+
+
+def pushed(resource: bytes) -> str:
+    """A Pub/Sub push whose base64 ``data`` is ``resource``: its values hide from a count
+    on the push request's own text."""
+    body = gcs_push()
+    body["message"]["data"] = base64.b64encode(resource).decode()
+    return json.dumps(body)
+
+
+EMPTY_OBJECTS = b"[" + b",".join([b"{}"] * ((FOUR_MIB - 2) // 3)) + b"]"  # 1.4 million
+
+
+@pytest.mark.parametrize(
+    ("body", "parses"),
+    [
+        (EMPTY_OBJECTS, 0),
+        (json.dumps({"Records": [{}] * ((FOUR_MIB - 20) // 4)}, separators=(",", ":")), 0),
+        (pushed(b"[" + b",".join([b"{}"] * 700_000) + b"]"), 1),  # the push request only
+    ],
+    ids=["array", "records", "pubsub-data"],
+)
+def test_a_body_of_more_values_than_any_notification_is_refused_without_parsing_it(
+    body: str | bytes, parses: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 4 MiB ``[{},{},...]`` parses into ~100 MB of objects: it is refused on a count of
+    its separators instead, so it costs a scan of the text."""
+    parsed: list[object] = []
+    loads = json.loads
+
+    def counted_loads(text: str | bytes) -> Any:
+        parsed.append(text)
+        return loads(text)
+
+    monkeypatch.setattr(json, "loads", counted_loads)
+    with pytest.raises(EventFormatError, match="more than any storage event notification"):
+        parse_message(body)
+    assert len(parsed) == parses
+
+
+def test_a_thousand_records_of_every_vendor_fit_the_bounds() -> None:
+    """A real sender batches a few hundred records at most; 1,000 of the largest fit."""
+    for message in (aws_message(aws_record()), minio_message(), ceph_message()):
+        body = json.dumps({**message, "Records": message["Records"] * 1000}, indent=2)
+        assert len(body) > 1_000_000
+        assert len(parse_message(body)) == 1000
+
+
+def test_more_records_than_any_storage_sends_are_poison_as_a_whole() -> None:
+    most: dict[str, list[Any]] = {"Records": [{}] * (MAX_RECORDS - 1) + [aws_record()]}
+    assert len(parse_message(most, rejected=[])) == 1
+    with pytest.raises(EventFormatError, match="more than any storage sends in one message"):
+        parse_message({"Records": [*most["Records"], aws_record()]}, rejected=[])
+
+
+def test_a_reason_quotes_a_value_sent_in_80_characters_at_most() -> None:
+    record = aws_record()
+    record["eventSource"] = "x" * 1_000_000
+    with pytest.raises(EventFormatError) as raised:
+        parse_message(aws_message(record))
+    assert len(str(raised.value)) < 250  # the reply, the log line and the poison list
+
+
+def test_a_poison_error_keeps_nothing_the_parse_built() -> None:
+    """The caller keeps the error while it records the poison message (a Redis round
+    trip, or seconds while Redis hangs): its traceback holds no parser frame, which would
+    hold every parsed object of the body, and it chains no other error."""
+    body = json.dumps({"Records": [{"eventSource": "aws:s3", "padding": [{}] * 1000}]})
+    with pytest.raises(EventFormatError) as raised:
+        parse_message(body)
+    frames = [frame.f_code.co_name for frame, _ in traceback.walk_tb(raised.value.__traceback__)]
+    assert frames[1:] == ["parse_message"]  # [0] is this test's own frame
+    assert raised.value.__context__ is None and raised.value.__cause__ is None
