@@ -7,8 +7,8 @@ For each target, on the same synthetic images in one run and on one core:
 * dcmpress: bytes in -> parse -> decode -> check -> encode -> serialise -> verify
   (decode the result again and compare) -> bytes out.
 
-Prints MB/s of raw pixel data for both and their ratio. Run:
-``python benchmarks/codec_engine.py [--images N] [--size 512]``.
+Prints MB/s of raw pixel data for both and their ratio. Run from the repository's root:
+``python -m benchmarks.codec_engine [--images N] [--size 512]``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pydicom.pixels.utils import compress
 
 from dcmpress.stack.samples import make_image, to_bytes
 from worker.codec.engine import process
+from worker.codec.options import CompressionOptions
 from worker.codec.targets import TARGETS, resolve_plugin
-from worker.settings import CompressionOptions
 
 
 def bare_seconds(files: list[bytes], target_name: str, plugin: str) -> float:

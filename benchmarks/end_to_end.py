@@ -19,33 +19,36 @@ the engine goes (:func:`breakdown`): the pipeline without Celery on the same obj
 (claim, HEAD, GET, engine, PUT, records), and each S3 request and a Redis round trip
 alone. Worker CPU less the pipeline's is Celery's, and what sharing the cores costs.
 
-Run: ``python benchmarks/end_to_end.py [--objects 60] [--size 512] [--processes 2]``.
+Run from the repository's root:
+``python -m benchmarks.end_to_end [--objects 60] [--size 512] [--processes N] [--target T]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from dcmpress.stack.cpu import tree_cpu_seconds
 from dcmpress.stack.samples import make_image, to_bytes
 from dcmpress.stack.services import CeleryWorker, RedisServer, SeaweedS3, dcmpress_env
 from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages
 from producer.sources import KeyFilter, listing_pages
 from worker.codec.engine import process
+from worker.codec.options import CompressionOptions
+from worker.procfs import tree_cpu_seconds
 from worker.runtime.app import create_app
 from worker.runtime.contract import BatchSpec, JobMessage, S3Location
 from worker.runtime.ledger import Ledger
 from worker.runtime.pipeline import Job, process_object
 from worker.runtime.storage import Storage
-from worker.settings import CompressionOptions, WorkerSettings
+from worker.settings import WorkerSettings
 
 
 @dataclass
@@ -56,6 +59,14 @@ class Measured:
     cpu: dict[str, float] = field(default_factory=dict)
     # CPU milliseconds, measured in this process (breakdown): per object or per request
     parts: dict[str, float] = field(default_factory=dict)
+    # wall seconds the workers spent in each pipeline stage, all objects together
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+def stage_shares(stages: dict[str, float]) -> dict[str, float]:
+    """Each stage's share of the workers' stage time, to two places."""
+    total = sum(stages.values()) or 1.0
+    return {name: round(seconds / total, 2) for name, seconds in stages.items()}
 
 
 def source_key(index: int) -> str:
@@ -80,22 +91,26 @@ def codec_only(files: list[bytes], target: str, processes: int) -> Measured:
         return Measured(time.perf_counter() - started, {"engine": cpu})
 
 
-def codec_only_seconds(files: list[bytes], target: str, processes: int) -> float:
-    """Wall seconds for the engine alone over ``files`` in a pool of ``processes``."""
-    return codec_only(files, target, processes).seconds
-
-
-def end_to_end_seconds(files: list[bytes], target: str, processes: int, root: Path) -> float:
-    """Wall seconds from the first enqueue to the last outcome, through the real stack."""
-    return end_to_end(files, target, processes, root).seconds
+@contextlib.contextmanager
+def _environment(env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """``env`` in ``os.environ`` (WorkerSettings reads it) while the stack runs."""
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def end_to_end(files: list[bytes], target: str, processes: int, root: Path) -> Measured:
     """From the first enqueue to the last outcome, through the real stack: wall seconds
     and the CPU seconds of the worker, the S3 server, Redis and the enqueuer."""
-    with RedisServer(root / "redis") as redis_server, SeaweedS3(root / "s3") as s3:
-        env = dcmpress_env(redis_server, s3)
-        os.environ.update(env)
+    with (
+        RedisServer(root / "redis") as redis_server,
+        SeaweedS3(root / "s3") as s3,
+        _environment(dcmpress_env(redis_server, s3)) as env,
+    ):
         client = s3.client()
         client.create_bucket(Bucket="bench-src")
         client.create_bucket(Bucket="bench-dst")
@@ -134,14 +149,8 @@ def end_to_end(files: list[bytes], target: str, processes: int, root: Path) -> M
             cpu["enqueue and wait"] = time.process_time() - own
             assert counts.get("done") == len(files), counts
             stages = {k[6:]: v for k, v in counts.items() if k.startswith("stage:")}
-            total = sum(stages.values())
-            print("  worker stage shares: " + " ".join(
-                f"{name}={seconds / total:.0%}" for name, seconds in stages.items()))  # fmt: skip
-            per_object = {name: seconds / len(files) * 1000 for name, seconds in stages.items()}
-            print("  worker stage ms per object (wall): " + " ".join(
-                f"{name}={ms:.1f}" for name, ms in per_object.items()))  # fmt: skip
         parts = breakdown(files, spec.model_copy(update={"batch": "bench-in-process"}), ledger)
-        return Measured(elapsed, cpu, parts)
+        return Measured(elapsed, cpu, parts, stages)
 
 
 def _cpu_ms(calls: Iterable[Callable[[], object]]) -> float:
@@ -236,6 +245,11 @@ def main() -> None:
     codec = codec_only(files, args.target, args.processes)
     with tempfile.TemporaryDirectory(prefix="dcmpress-bench-") as root:
         full = end_to_end(files, args.target, args.processes, Path(root))
+    print("  worker stage shares: " + " ".join(
+        f"{name}={share:.0%}" for name, share in stage_shares(full.stages).items()))  # fmt: skip
+    print("  worker stage ms per object (wall): " + " ".join(
+        f"{name}={seconds / args.objects * 1000:.1f}"
+        for name, seconds in full.stages.items()))  # fmt: skip
     print(f"{'':<12}{'objects/s':>10}{'MB/s':>8}")
     print(f"{'codec only':<12}{args.objects / codec.seconds:>10.1f}"
           f"{megabytes / codec.seconds:>8.1f}")  # fmt: skip

@@ -5,7 +5,8 @@
   the process's peak RSS is shown after two sizes (4x apart) so its flatness shows;
 * listing: M objects in a local SeaweedFS bucket, listed page by page and enqueued.
 
-Run: ``python benchmarks/enqueue_speed.py [--keys 200000] [--objects 5000]``.
+Run from the repository's root:
+``python -m benchmarks.enqueue_speed [--keys 200000] [--objects 5000]``.
 """
 
 from __future__ import annotations

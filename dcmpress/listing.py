@@ -18,8 +18,12 @@ starts (``..`` left after normalising) is refused too: list it as an absolute pa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
+import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +89,21 @@ class Listing:
     def where(self, number: int) -> str:
         """How an error names an entry."""
         return f"{self.name or self.path}, entry {number}"
+
+
+@contextlib.contextmanager
+def open_listing(files_from: Path | None, separator: bytes) -> Iterator[Listing | None]:
+    """The --files-from list (None without one); standard input (``-``) is copied to a
+    temporary file first, as the list is read twice (counted, then run)."""
+    if files_from is None:
+        yield None
+    elif str(files_from) == "-":
+        with tempfile.NamedTemporaryFile(prefix="dcmpress-list-") as spool:
+            shutil.copyfileobj(sys.stdin.buffer, spool)
+            spool.flush()
+            yield Listing(Path(spool.name), separator, name="standard input")
+    else:
+        yield Listing(files_from, separator)
 
 
 def output_root(out_dir: Path, entry: str, where: str) -> Path:

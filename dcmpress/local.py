@@ -23,9 +23,9 @@ from typing import Any, BinaryIO
 from dcmpress.listing import Listing, Outputs, output_root
 from worker.codec.engine import Result, process
 from worker.codec.frames import FRAMES_ABOVE
+from worker.codec.options import CompressionOptions
 from worker.errors import ConfigurationError, copied_when_failed, one_line
 from worker.policy import Policy
-from worker.settings import CompressionOptions
 
 
 @dataclass(frozen=True)

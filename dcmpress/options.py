@@ -1,4 +1,4 @@
-"""Compression flags generated from :class:`~worker.settings.CompressionOptions`.
+"""Compression flags generated from :class:`~worker.codec.options.CompressionOptions`.
 
 One source for every option: its name, type, default, help and ``DCMPRESS_*`` variable
 are the model's field; ``compress``, ``enqueue`` and ``listen`` all take the same flags
@@ -19,9 +19,9 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from dcmpress.console import fail, validation_message
+from worker.codec.options import CompressionOptions, EngineSettings
 from worker.codec.targets import resolve_plugin
 from worker.errors import ConfigurationError
-from worker.settings import CompressionOptions, EngineSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -1,29 +1,24 @@
 """A self-contained HTML report of one batch: totals and bar charts, viewable offline.
 
-The page has no JavaScript, no external URL and no web font: every chart is an inline
-SVG drawn here, so it opens from a file (or an e-mail attachment) in any browser. The
-chart data is embedded as well, in ``<script type="application/json" id="chart-data">``,
-and every bar is a ``<rect data-label=... data-value=...>`` inside an
-``<svg data-chart=...>``, so the page can be checked by machine against the ledger.
-
-Object keys, codes, messages, modalities and target names come from the archive and
-the workers, so all text is escaped.
+The page (:mod:`dcmpress.page`) has no JavaScript and no external resource; its charts
+are inline SVG (:mod:`dcmpress.charts`). The chart data is embedded as well, in
+``<script type="application/json" id="chart-data">``, and every bar carries its label and
+value, so the page can be checked by machine against the ledger.
 """
 
 from __future__ import annotations
 
 import bisect
-import html
-import json
 import math
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from dcmpress.charts import Chart, chart_card, human_bytes
+from dcmpress.page import document, escape, table, tiles
 from dcmpress.reports import report_rows
 from worker.errors import TERMINAL
 from worker.runtime.ledger import STATES, Ledger
@@ -259,20 +254,6 @@ def chart_data(rows: Iterable[dict[str, Any]], counts: dict[str, float]) -> dict
 # -- rendering ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Chart:
-    """How one entry of the chart data is drawn."""
-
-    name: str  # key in the chart data, and the svg's data-chart
-    title: str
-    value: str  # the field each bar shows
-    unit: str  # "bytes", "count" or "seconds"
-    color: str
-    horizontal: bool  # categories as rows (long labels) or columns (ordered bins)
-    note: str
-    wide: bool = False  # a whole row of the page rather than half
-
-
 CHARTS = (
     Chart("by_modality", "Savings by modality", "saved", "bytes", "#2f6db5", True,
           "Bytes saved by objects with an output, per source Modality (0008,0060)."),
@@ -281,239 +262,18 @@ CHARTS = (
     Chart("by_rule", "Savings by policy rule", "saved", "bytes", "#3d7f9e", True,
           "Bytes saved per rule of the batch's policy (copies and skips save nothing)."),
     Chart("ratio_histogram", "Compression ratio distribution", "count", "count", "#7b4fb3",
-          False, "Compressed objects per ratio (bytes in / bytes out)."),
+          False, "Compressed objects per ratio (bytes in / bytes out).",
+          axis="ratio (bytes in / bytes out)"),
     Chart("failures_by_code", "Failures by code", "count", "count", "#c0392b", True,
           "Failed objects per outcome code; copied unchanged unless storage refused them "
           "(or failed_output is none)."),
     Chart("psnr_histogram", "Quality of lossy results", "count", "count", "#8a5a1f", False,
-          "Lossy results per PSNR (dB, peak 2^Bits Stored - 1); 'identical' decoded exactly."),
+          "Lossy results per PSNR (dB, peak 2^Bits Stored - 1); 'identical' decoded exactly.",
+          axis="PSNR (dB)"),
     Chart("throughput", "Throughput over time", "objects", "count", "#d27b1a", False,
-          "Objects finished per minute (UTC, by the time of their last update).", wide=True),
+          "Objects finished per minute (UTC, by the time of their last update).", wide=True,
+          axis="UTC"),
 )  # fmt: skip
-
-CSS = """
-:root { color-scheme: light; }
-* { box-sizing: border-box; }
-body { margin: 0; padding: 24px 32px 40px; background: #f4f5f7; color: #1d2430;
-  font: 14px/1.45 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", "Liberation Sans",
-  Arial, sans-serif; }
-header { margin-bottom: 20px; }
-h1 { font-size: 22px; margin: 0 0 4px; }
-h1 code { font-size: 20px; background: #e3e7ee; padding: 1px 6px; border-radius: 4px; }
-h2 { font-size: 16px; margin: 0 0 2px; }
-.meta, .note { color: #5b6575; font-size: 12.5px; margin: 0 0 10px; }
-.grid { display: grid; gap: 18px; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); }
-.card { background: #fff; border: 1px solid #d9dee6; border-radius: 8px; padding: 16px 18px; }
-.card.wide { grid-column: 1 / -1; }
-table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
-th, td { text-align: left; padding: 5px 10px; border-bottom: 1px solid #eceff3;
-  vertical-align: top; }
-td.num { text-align: right; white-space: nowrap; }
-th { color: #5b6575; font-weight: 600; font-size: 12.5px; }
-.totals { display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr));
-  gap: 10px; margin-bottom: 14px; }
-.tile { background: #f7f8fa; border: 1px solid #e3e7ee; border-radius: 6px; padding: 8px 12px; }
-.tile b { display: block; font-size: 20px; font-variant-numeric: tabular-nums; }
-.tile span { color: #5b6575; font-size: 12.5px; }
-.failed b { color: #c0392b; }
-table.totals-table { width: auto; min-width: 520px; }
-.key { font-family: "DejaVu Sans Mono", "Liberation Mono", monospace; font-size: 12.5px;
-  word-break: break-all; }
-svg { display: block; max-width: 100%; height: auto; }
-svg text { font-family: inherit; fill: #1d2430; font-size: 12px; }
-svg text.small { font-size: 11px; }
-svg text.value { fill: #3a4350; }
-svg .axis { stroke: #b9c0cb; stroke-width: 1; }
-svg .grid { stroke: #eceff3; stroke-width: 1; }
-svg .muted { fill: #5b6575; }
-footer { margin-top: 22px; color: #5b6575; font-size: 12px; }
-"""
-
-NARROW_WIDTH = 560  # natural SVG widths: one chart per half / whole row at 1280 px
-WIDE_WIDTH = 1170
-ROW_HEIGHT = 26
-LABEL_WIDTH = 140
-VALUE_WIDTH = 130
-
-
-def human_bytes(value: float) -> str:
-    """``value`` bytes with a decimal unit (kB = 1000 bytes), e.g. ``12.3 MB``."""
-    sign = "-" if value < 0 else ""
-    value = abs(value)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{sign}{value:,.0f} {unit}" if unit == "B" else f"{sign}{value:,.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
-
-
-def _fmt(value: float, unit: str) -> str:
-    if unit == "seconds":  # CPU seconds: small ones too
-        return f"{value:,.0f} s" if value >= 100 else f"{value:.3g} s"
-    return human_bytes(value) if unit == "bytes" else f"{value:,.0f}"
-
-
-def _esc(text: object) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _tick(value: float, unit: str) -> str:
-    """An axis label: like :func:`_fmt`, without a trailing ``.0``."""
-    return _fmt(value, unit).replace(".0 ", " ")
-
-
-def axis_ticks(maximum: float, integer: bool, most: int = 5) -> list[float]:
-    """Evenly spaced axis values from 0 to at least ``maximum``: up to ``most`` steps of
-    1, 2, 2.5 or 5 x 10^n (whole steps only when ``integer``)."""
-    if maximum <= 0:
-        return [0.0, 1.0]
-    power = 10.0 ** math.floor(math.log10(maximum / most))
-    steps = [m * power for m in (1, 2, 2.5, 5, 10, 20)]
-    if integer:
-        steps = [s for s in steps if s >= 1 and s == int(s)] or [1.0]
-    step = next(s for s in steps if maximum / s <= most)
-    count = max(1, math.ceil(maximum / step - 1e-9))
-    return [step * i for i in range(count + 1)]
-
-
-def _bar(x: float, y: float, w: float, h: float, color: str, label: str, value: Any,
-         tip: str) -> str:  # fmt: skip
-    return (
-        f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(w, 0.0):.1f}" height="{max(h, 0.0):.1f}" '
-        f'rx="2" fill="{color}" data-label="{_esc(label)}" data-value="{_esc(value)}">'
-        f"<title>{_esc(tip)}</title></rect>"
-    )
-
-
-def _tip(chart: Chart, item: dict[str, Any]) -> str:
-    value = _fmt(item[chart.value], chart.unit)
-    if chart.unit == "bytes":
-        ratio = item["bytes_in"] / item["bytes_out"] if item["bytes_out"] else 0.0
-        return (
-            f"{item['label']}: {value} saved, {item['objects']:,} objects, "
-            f"{human_bytes(item['bytes_in'])} -> {human_bytes(item['bytes_out'])} "
-            f"({ratio:.2f}x)"
-        )
-    if chart.name == "throughput":
-        return f"{item['label']} UTC: {value} objects, {human_bytes(item['bytes_in'])} read"
-    return f"{item['label']}: {value}"
-
-
-def _svg_open(chart: Chart, width: int, height: float, label: str) -> str:
-    return (
-        f'<svg data-chart="{chart.name}" width="{width}" '
-        f'height="{height:.0f}" viewBox="0 0 {width} {height:.0f}" role="img" '
-        f'aria-label="{_esc(label)}">'
-    )
-
-
-def _empty_svg(chart: Chart, width: int) -> str:
-    return (
-        _svg_open(chart, width, 60, f"{chart.title}: no data")
-        + f'<text x="{width / 2}" y="34" text-anchor="middle" class="muted">'
-        "nothing to show</text></svg>"
-    )
-
-
-def _horizontal_svg(chart: Chart, items: list[dict[str, Any]], width: int) -> str:
-    """One row per category: label, bar, value (and object count for byte charts)."""
-    top, bottom = 6, 24
-    height = top + ROW_HEIGHT * len(items) + bottom
-    plot = width - LABEL_WIDTH - VALUE_WIDTH
-    peak = max(float(item[chart.value]) for item in items)
-    ticks = axis_ticks(peak, chart.unit == "count", most=4)
-    scale = ticks[-1]
-    parts = [_svg_open(chart, width, height, chart.title)]
-    for tick in ticks:
-        x = LABEL_WIDTH + plot * tick / scale
-        parts.append(
-            f'<line class="grid" x1="{x:.1f}" y1="{top}" x2="{x:.1f}" '
-            f'y2="{height - bottom}"/>'
-            f'<text x="{x:.1f}" y="{height - 7}" text-anchor="middle" class="muted small">'
-            f"{_esc(_tick(tick, chart.unit))}</text>"
-        )
-    for index, item in enumerate(items):
-        y = top + ROW_HEIGHT * index
-        value = item[chart.value]
-        label = str(item["label"])
-        shown = label if len(label) <= 20 else label[:19] + "\u2026"
-        length = plot * max(float(value), 0.0) / scale
-        text = _fmt(value, chart.unit)
-        if chart.unit == "bytes":
-            text += f" \u00b7 {item['objects']:,} obj"
-        baseline = y + ROW_HEIGHT / 2 + 4
-        parts.append(
-            f'<text x="{LABEL_WIDTH - 8}" y="{baseline:.1f}" text-anchor="end">'
-            f"{_esc(shown)}</text>"
-            + _bar(LABEL_WIDTH, y + 4, length, ROW_HEIGHT - 8, chart.color, label, value,
-                   _tip(chart, item))
-            + f'<text x="{LABEL_WIDTH + length + 6:.1f}" y="{baseline:.1f}" class="value">'
-            f"{_esc(text)}</text>"
-        )  # fmt: skip
-    parts.append(
-        f'<line class="axis" x1="{LABEL_WIDTH}" y1="{top}" x2="{LABEL_WIDTH}" '
-        f'y2="{height - bottom}"/></svg>'
-    )
-    return "".join(parts)
-
-
-def _vertical_svg(chart: Chart, items: list[dict[str, Any]], width: int) -> str:
-    """One column per ordered bin (ratio bins, minutes), labels thinned to fit."""
-    left, right, top, bottom, plot_height = 48, 12, 20, 42, 190
-    height = top + plot_height + bottom
-    plot = width - left - right
-    slot = min(plot / len(items), 56.0)  # a few minutes do not make a wall of colour
-    gap = min(slot * 0.22, 8.0)
-    ticks = axis_ticks(max(float(item[chart.value]) for item in items), chart.unit == "count")
-    scale = ticks[-1]
-    # x labels thinned so they do not overlap (about 6.2 px per character at 11 px)
-    widest = max(len(str(item["label"])) for item in items) * 6.2 + 4
-    every = max(1, math.ceil(widest / slot))
-    parts = [_svg_open(chart, width, height, chart.title)]
-    for tick in ticks:
-        y = top + plot_height * (1 - tick / scale)
-        parts.append(
-            f'<line class="grid" x1="{left}" y1="{y:.1f}" x2="{width - right}" '
-            f'y2="{y:.1f}"/><text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" '
-            f'class="muted small">{_esc(_tick(tick, chart.unit))}</text>'
-        )
-    axis = top + plot_height
-    for index, item in enumerate(items):
-        value = item[chart.value]
-        bar_height = plot_height * max(float(value), 0.0) / scale
-        x = left + slot * index
-        parts.append(
-            _bar(x + gap / 2, axis - bar_height, slot - gap, bar_height, chart.color,
-                 str(item["label"]), value, _tip(chart, item))
-        )  # fmt: skip
-        center = x + slot / 2
-        if value and slot >= 22:
-            parts.append(
-                f'<text x="{center:.1f}" y="{axis - bar_height - 5:.1f}" '
-                f'text-anchor="middle" class="value small">{_esc(_fmt(value, chart.unit))}</text>'
-            )
-        if index % every == 0:
-            parts.append(
-                f'<text x="{center:.1f}" y="{axis + 16}" text-anchor="middle" class="small">'
-                f"{_esc(item['label'])}</text>"
-            )
-    caption = "ratio (bytes in / bytes out)" if chart.name == "ratio_histogram" else "UTC"
-    parts.append(
-        f'<line class="axis" x1="{left}" y1="{axis}" x2="{width - right}" y2="{axis}"/>'
-        f'<text x="{left + slot * len(items) / 2:.1f}" y="{height - 6}" text-anchor="middle" '
-        f'class="muted small">{caption}</text></svg>'
-    )
-    return "".join(parts)
-
-
-def chart_svg(chart: Chart, items: list[dict[str, Any]]) -> str:
-    """The inline SVG of one chart (a "nothing to show" note when ``items`` is empty)."""
-    width = WIDE_WIDTH if chart.wide else NARROW_WIDTH
-    if not items:
-        return _empty_svg(chart, width)
-    if chart.horizontal:
-        return _horizontal_svg(chart, items, width)
-    return _vertical_svg(chart, items, width)
 
 
 def _when(epoch: int | None) -> str:
@@ -524,18 +284,14 @@ def _when(epoch: int | None) -> str:
 
 def _totals_html(totals: dict[str, Any]) -> str:
     ratio = f"{totals['ratio']:.2f}\u00d7" if totals["ratio"] else "-"
-    tiles = [
-        ("objects", f"{totals['objects']:,}", ""),
-        ("done", f"{totals['done']:,}", ""),
-        ("skipped", f"{totals['skipped']:,}", ""),
-        ("failed", f"{totals['failed']:,}", " failed" if totals["failed"] else ""),
-        ("saved", human_bytes(totals["saved"]), ""),
-        ("ratio of written objects", ratio, ""),
+    figures = [
+        ("objects", f"{totals['objects']:,}", "", ""),
+        ("done", f"{totals['done']:,}", "", ""),
+        ("skipped", f"{totals['skipped']:,}", "", ""),
+        ("failed", f"{totals['failed']:,}", "", "failed" if totals["failed"] else ""),
+        ("saved", human_bytes(totals["saved"]), "", ""),
+        ("ratio of written objects", ratio, "", ""),
     ]
-    tile_html = "".join(
-        f'<div class="tile{extra}"><b>{_esc(value)}</b><span>{_esc(name)}</span></div>'
-        for name, value, extra in tiles
-    )
     seconds = totals["seconds"]
     rows = [
         ("queued / running", f"{totals['queued']:,} / {totals['running']:,}"),
@@ -547,11 +303,11 @@ def _totals_html(totals: dict[str, Any]) -> str:
         ("last object finished", _when(totals["finished_at"])),
         ("elapsed", f"{seconds:,} s" if seconds is not None else "-"),
     ]
-    table = "".join(
-        f'<tr><th scope="row">{_esc(name)}</th><td class="num">{_esc(value)}</td></tr>'
+    rows_html = "".join(
+        f'<tr><th scope="row">{escape(name)}</th><td class="num">{escape(value)}</td></tr>'
         for name, value in rows
     )
-    return f'<div class="totals">{tile_html}</div><table class="totals-table">{table}</table>'
+    return f'{tiles(figures)}<table class="totals-table">{rows_html}</table>'
 
 
 def _quality_html(rows: list[dict[str, Any]]) -> str:
@@ -562,20 +318,19 @@ def _quality_html(rows: list[dict[str, Any]]) -> str:
     def db(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f}"
 
-    body = "".join(
-        f'<tr><td>{_esc(item["label"])}</td><td class="num">{item["objects"]:,}</td>'
-        f'<td class="num">{item["identical"]:,}</td><td class="num">{db(item["psnr_min"])}</td>'
-        f'<td class="num">{db(item["psnr_p5"])}</td><td class="num">{db(item["psnr_median"])}</td>'
-        f'<td class="num">{item["max_error"]:,}</td></tr>'
-        for item in rows
-    )
+    quality = table(
+        ["modality", "objects", "identical", "PSNR min", "PSNR p5", "PSNR median",
+         "largest max error"],
+        [[item["label"], f"{item['objects']:,}", f"{item['identical']:,}", db(item["psnr_min"]),
+          db(item["psnr_p5"]), db(item["psnr_median"]), f"{item['max_error']:,}"]
+         for item in rows],
+        {1, 2, 3, 4, 5, 6},
+    )  # fmt: skip
     return (
         '<section class="card wide" id="quality"><h2>Quality of lossy results by modality</h2>'
         '<p class="note">PSNR in dB against the largest value Bits Stored holds; 5 % of '
         "the results are at or below the p5 column; max error in stored pixel values.</p>"
-        "<table><thead><tr><th>modality</th><th>objects</th><th>identical</th>"
-        "<th>PSNR min</th><th>PSNR p5</th><th>PSNR median</th><th>largest max error</th>"
-        f"</tr></thead><tbody>{body}</tbody></table></section>"
+        f"{quality}</section>"
     )
 
 
@@ -583,56 +338,41 @@ def _failed_html(failed: list[dict[str, Any]], total: int) -> str:
     if not failed:
         return ""
     rows = "".join(
-        f'<tr><td class="key">{_esc(item["key"])}</td><td>{_esc(item["code"])}</td>'
+        f'<tr><td class="key">{escape(item["key"])}</td><td>{escape(item["code"])}</td>'
         f"<td>{'copied' if item.get('copied') else '-'}</td>"
-        f"<td>{_esc(item['message'])}</td></tr>"
+        f"<td>{escape(item['message'])}</td></tr>"
         for item in failed
     )
     more = f" (first {len(failed)} of {total:,}, by key)" if total > len(failed) else ""
     return (
-        f'<section class="card wide"><h2>Failed objects{_esc(more)}</h2>'
+        f'<section class="card wide"><h2>Failed objects{escape(more)}</h2>'
         '<p class="note">Full list: <code>dcmpress report BATCH --format csv</code>.</p>'
         "<table><thead><tr><th>key</th><th>code</th><th>output</th><th>message</th></tr></thead>"
         f"<tbody>{rows}</tbody></table></section>"
     )
 
 
-def _json_for_script(data: dict[str, Any]) -> str:
-    """JSON safe inside a ``<script>`` element (no ``</script>``, no ``<!--``)."""
-    text = json.dumps(data, sort_keys=True, ensure_ascii=False)
-    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-
-
 def render_html(batch: str, data: dict[str, Any]) -> str:
     """The whole report page for ``batch`` from :func:`chart_data`'s ``data``."""
     charts = "".join(
-        f'<section class="card{" wide" if chart.wide else ""}">'
-        f'<h2>{_esc(chart.title)}</h2><p class="note">{_esc(chart.note)}</p>'
-        f"{chart_svg(chart, data[chart.name])}</section>"
+        chart_card(chart, data[chart.name])
         for chart in CHARTS
         # by rule only with a policy, quality only with lossy results
         if chart.name not in ("by_rule", "psnr_histogram") or data[chart.name]
     )
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    title = f"dcmpress report \u2014 {batch}"
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>"
-        f"<header><h1>dcmpress report <code>{_esc(batch)}</code></h1>"
-        f'<p class="meta">Generated {_esc(generated)} from the ledger. Sizes in decimal '
-        "units (1 kB = 1000 bytes). Hover a bar for its exact figures.</p></header>"
+    meta = (
+        f"Generated {generated} from the ledger. Sizes in decimal units (1 kB = 1000 bytes). "
+        "Hover a bar for its exact figures."
+    )
+    body = (
         f'<section class="card wide" id="totals"><h2>Totals</h2>'
         f"{_totals_html(data['totals'])}</section>"
         f'<div class="grid" style="margin-top:18px">{charts}'
         f"{_quality_html(data['quality_by_modality'])}"
         f"{_failed_html(data['failed_objects'], data['totals']['failed'])}</div>"
-        "<footer>Self-contained page: no JavaScript, no external resources. The chart "
-        "data is embedded as JSON in <code>script#chart-data</code>.</footer>"
-        f'<script type="application/json" id="chart-data">{_json_for_script(data)}</script>'
-        "</body></html>\n"
     )
+    return document("report", batch, meta, body, "The chart data", "chart-data", data)
 
 
 def write_html(ledger: Ledger, batch: str, path: Path) -> None:

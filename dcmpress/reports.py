@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 if TYPE_CHECKING:
     from worker.runtime.ledger import Ledger
+    from worker.settings import WorkerSettings
 
 REPORT_FIELDS = (
     "key", "state", "code", "message", "bytes_in", "bytes_out", "ratio", "target",
@@ -109,3 +110,19 @@ def write_bundle(ledger: Ledger, batch: str, directory: Path) -> dict[str, int]:
             target.write(json.dumps({"batch": batch, **row}) + "\n")
             written[name] += 1
     return written
+
+
+def upload_report_set(
+    directory: Path, names: dict[str, int], out: str, settings: WorkerSettings
+) -> None:
+    """Put the files ``names`` of ``directory`` under ``out``, an ``s3://bucket/prefix``."""
+    from worker.runtime.contract import S3Location
+    from worker.runtime.storage import Storage  # boto3: only for a set written to S3
+
+    where = S3Location.parse(out)
+    storage = Storage(settings)
+    for name in names:
+        data = (directory / name).read_bytes()
+        if data:  # SeaweedFS hangs after empty PUTs; an empty file says nothing
+            kind = "text/html" if name.endswith(".html") else "text/plain"
+            storage.put(where.bucket, where.prefix + name, data, {}, content_type=kind)

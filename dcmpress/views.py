@@ -356,7 +356,7 @@ def summary_table(tally: Tally) -> Table:
 def estimate_tables(report: dict[str, Any]) -> list[Table]:
     """``dcmpress estimate``'s tables: the projection, per modality, per target, per
     stratum, and the outcomes of the compressed sample."""
-    from dcmpress.report_html import human_bytes
+    from dcmpress.charts import human_bytes
 
     saving, cpu, money = report["saving"], report["cpu"], report["money"]
     population, sample = report["population"], report["sample"]

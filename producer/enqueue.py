@@ -10,16 +10,16 @@ and the duplicates are absorbed by the worker (claim + terminal-record check).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from celery import Celery
 
-from producer.publish import BulkPublisher
+from producer.batches import save_finished, save_listing_point, save_manifest_point
 from producer.sources import ObjectRef
-from worker.runtime.contract import BatchSpec, JobMessage
+from worker.runtime.contract import BatchSpec
 from worker.runtime.ledger import ALREADY_DONE, ALREADY_QUEUED, QUEUED, Ledger, Record
+from worker.runtime.publish import JobSender
 
 
 @dataclass
@@ -35,8 +35,8 @@ class EnqueueReport:
     filtered: dict[str, int] = field(default_factory=dict)
 
 
-class Enqueuer:
-    """Sends job messages for one batch."""
+class Enqueuer(JobSender):
+    """Sends job messages for one batch, for the objects the ledger queues."""
 
     def __init__(
         self,
@@ -47,13 +47,8 @@ class Enqueuer:
         force: bool = False,
         rewrite: bool = False,
     ) -> None:
-        self.publisher = BulkPublisher(app, queue)
-        self.ledger = ledger
-        self.spec = spec
-        self.queue = queue
+        super().__init__(app, ledger, spec, queue, rewrite)
         self.force = force  # queue objects again whatever the ledger says of them
-        self.rewrite = rewrite  # and write outputs that exist already again
-        self._queue_noted = ""
 
     @property
     def atomic(self) -> bool:
@@ -72,8 +67,7 @@ class Enqueuer:
         """
         items = [(ref.key, ref.etag) for ref in refs]
         if self.atomic:
-            self._note_queue()
-            envelopes = self.publisher.envelopes(self._payloads(refs))
+            envelopes = self.envelopes(refs)
             # (a queued record has its message here: nothing to send again)
             verdicts = self.ledger.queue_many(
                 self.spec.batch, items, self.force, False, envelopes, self.queue
@@ -87,33 +81,6 @@ class Enqueuer:
         chosen = [ref for ref, verdict in zip(refs, verdicts, strict=True) if verdict == QUEUED]
         self.send(chosen)
         return len(chosen), verdicts.count(ALREADY_DONE), verdicts.count(ALREADY_QUEUED)
-
-    def send(self, refs: Iterable[ObjectRef]) -> int:
-        """Publish one job message per ref, as they are (the ledger decided already)."""
-        self._note_queue()
-        return self.publisher.publish(self._payloads(refs))
-
-    def _note_queue(self) -> None:
-        if self._queue_noted != self.queue:
-            # where the batch's messages go: the workers' automatic reconcile only
-            # checks batches of the queue they consume
-            self.ledger.note_queue(self.spec.batch, self.queue)
-            self._queue_noted = self.queue
-
-    def _payloads(self, refs: Iterable[ObjectRef]) -> Iterator[dict[str, Any]]:
-        # informational (Flower): with a policy, its rules choose per object
-        target = "policy" if self.spec.policy is not None else ",".join(self.spec.options.target)
-        for ref in refs:
-            yield JobMessage(
-                batch=self.spec.batch,
-                bucket=ref.bucket,
-                key=ref.key,
-                etag=ref.etag or None,
-                size=ref.size,
-                version_id=ref.version_id,
-                target=target,
-                rewrite=self.rewrite,
-            ).model_dump(exclude_none=True, exclude_defaults=True)
 
 
 def enqueue_pages(
@@ -134,9 +101,9 @@ def enqueue_pages(
         report.enqueued += sent
         report.already_done += done
         report.already_queued += queued
-        enqueuer.ledger.set_checkpoint(batch, last_key, report.enqueued)
+        save_listing_point(enqueuer.ledger, batch, last_key, report.enqueued)
         on_page(report)
-    enqueuer.ledger.mark_listing_done(batch, report.enqueued)
+    save_finished(enqueuer.ledger, batch, report.enqueued)
     return report
 
 
@@ -186,12 +153,12 @@ class ManifestRun:
                 report.already_queued += queued
             resuming = False
             for bucket, enqueuer in self.enqueuers.items():
-                enqueuer.ledger.set_checkpoint(
-                    enqueuer.spec.batch, f"manifest:{position}", self.reports[bucket].enqueued
+                save_manifest_point(
+                    enqueuer.ledger, enqueuer.spec.batch, position, self.reports[bucket].enqueued
                 )
             on_page(position)
         for bucket, enqueuer in self.enqueuers.items():
-            enqueuer.ledger.mark_listing_done(enqueuer.spec.batch, self.reports[bucket].enqueued)
+            save_finished(enqueuer.ledger, enqueuer.spec.batch, self.reports[bucket].enqueued)
         return position
 
 

@@ -31,16 +31,18 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
+from producer.batches import OnConflict, open_batch
 from producer.enqueue import Enqueuer
 from producer.events import EventFormatError, ObjectEvent, RejectedRecord, parse_message
 from producer.sources import ObjectRef
 from producer.spool import Spool
+from worker.codec.options import CompressionOptions
 from worker.errors import DcmpressError, one_line
+from worker.retry import Backoff
 from worker.runtime import contract
 from worker.runtime.contract import BatchSpec, S3Location
 from worker.runtime.ledger import Ledger
 from worker.runtime.storage import Storage
-from worker.settings import CompressionOptions
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +104,6 @@ UNAVAILABLE: tuple[type[Exception], ...] = (redis.RedisError, OperationalError)
 EVENT_REDIS_TIMEOUT = 3.0
 
 
-def _same_job(spec: BatchSpec, other: BatchSpec) -> bool:
-    """True if both specs make the same outputs in the same place."""
-    return (spec.dest, spec.in_place, spec.digest()) == (other.dest, other.in_place, other.digest())
-
-
 class EventIntake:
     """Turns parsed events into jobs in per-bucket, per-day batches."""
 
@@ -147,32 +144,23 @@ class EventIntake:
         day = dt.datetime.fromtimestamp(time.time() if received is None else received, dt.UTC)
         return f"events-{bucket}-{day:%Y%m%d}"
 
-    def _enqueuer(self, bucket: str, received: float | None) -> Enqueuer:
+    def _enqueuer(self, bucket: str, received: float | None = None) -> Enqueuer:
         batch = self.batch_for(bucket, received)
         enqueuer = self._enqueuers.get(batch)
         if enqueuer is None:
             wanted = BatchSpec(
-                batch=batch,
-                source=S3Location(bucket=bucket),
-                dest=self.dest,
-                in_place=self.in_place,
-                options=self.options,
-                created=time.time(),
-                policy=self.policy,
-            )
-            spec = self.ledger.get_batch(batch)
-            if spec is not None and not _same_job(spec, wanted):
-                # the listener was restarted with other options or another policy: the
-                # events from now on go to a batch of their own, never under the old spec
-                wanted = wanted.model_copy(update={"batch": f"{batch}-{wanted.digest()[:8]}"})
-                spec = self.ledger.get_batch(wanted.batch)
+                batch=batch, source=S3Location(bucket=bucket), dest=self.dest,
+                in_place=self.in_place, options=self.options, policy=self.policy,
+            )  # fmt: skip
+            # a listener restarted with other options or another policy: the events
+            # from now on go to a batch of their own, never under the old spec
+            opened = open_batch(self.ledger, wanted, OnConflict.FORK)
+            if opened.forked_from:
                 log.warning(
                     "batch %s has other options or another policy; events go to %s",
-                    batch, wanted.batch,
+                    opened.forked_from, opened.spec.batch,
                 )  # fmt: skip
-            spec = spec or wanted
-            self.ledger.save_batch(spec)
-            enqueuer = Enqueuer(self.app, self.ledger, spec, self.queue)
+            enqueuer = Enqueuer(self.app, self.ledger, opened.spec, self.queue)
             recent = list(self._enqueuers.items())[: self.KEEP_ENQUEUERS - 1]
             self._enqueuers = {batch: enqueuer, **dict(recent)}
         return enqueuer
@@ -340,7 +328,8 @@ class EventIntake:
         if isinstance(body, Mapping):
             text = json.dumps(body, default=str)
         else:
-            text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+            # 4,000 characters are at most 16,000 bytes: never decode a 4 MiB body whole
+            text = body[:16_000].decode("utf-8", "replace") if isinstance(body, bytes) else body
         entry = json.dumps({"at": time.time(), "source": source, "reason": reason,
                             "body": text[:4000]})  # fmt: skip
         log.error("rejected event message from %s: %s", source, reason)
@@ -348,6 +337,10 @@ class EventIntake:
             pipe.lpush(POISON_KEY, entry)
             pipe.ltrim(POISON_KEY, 0, POISON_KEEP - 1)
             pipe.execute()
+
+
+# waits between failed SQS receives (the queue or its endpoint away): 2, 4, ... 60 s
+RECEIVE_BACKOFF = Backoff(attempts=None, base=2.0, cap=60.0)
 
 
 class SqsListener:
@@ -415,7 +408,7 @@ class SqsListener:
             except Exception:
                 failures += 1
                 log.exception("SQS receive failed")
-                self.stopping.wait(min(60, 2**failures))
+                self.stopping.wait(RECEIVE_BACKOFF.delay(failures))
 
     def stop(self) -> None:
         """Ask :meth:`run` to return after the current poll."""

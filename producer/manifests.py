@@ -30,9 +30,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast
 from urllib.parse import unquote_plus
 
 from producer.sources import ObjectRef
+from worker.runtime.contract import S3Location
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
+
+    from worker.runtime.storage import Storage
 
 __all__ = [
     "ManifestError",
@@ -44,6 +47,7 @@ __all__ = [
     "read_inventory",
     "read_manifest",
     "read_s3_urls",
+    "storage_opener",
 ]
 
 Opener = Callable[[str], BinaryIO]
@@ -147,6 +151,18 @@ def open_local(location: str) -> BinaryIO:
     if path.endswith(".gz"):
         return cast(BinaryIO, gzip.open(path, "rb"))
     return open(path, "rb")  # the caller closes it
+
+
+def storage_opener(storage: Storage) -> Opener:
+    """An :data:`Opener` of ``s3://bucket/key`` through ``storage``, else of a local file."""
+
+    def open_location(location: str) -> BinaryIO:
+        if location.startswith("s3://"):
+            where = S3Location.parse(location)
+            return cast(BinaryIO, storage.open_stream(where.bucket, where.prefix))
+        return open_local(location)
+
+    return open_location
 
 
 class _Lines:

@@ -9,18 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from worker.runtime.contract import ObjectRef
 from worker.runtime.storage import Listed, Storage
 
-
-@dataclass(frozen=True)
-class ObjectRef:
-    """An object to enqueue."""
-
-    bucket: str
-    key: str
-    etag: str = ""
-    size: int | None = None
-    version_id: str | None = None
+__all__ = ["KeyFilter", "ObjectRef", "listing_pages"]
 
 
 @dataclass(frozen=True)

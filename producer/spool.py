@@ -35,6 +35,13 @@ OFFSET = "events.offset"
 LOCK = "spool.lock"
 
 
+def default_directory() -> Path:
+    """The spool of this user's listener: ``$XDG_STATE_HOME/dcmpress/spool``, else
+    ``~/.local/state/dcmpress/spool``."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "dcmpress" / "spool"
+
+
 class SpoolFull(Exception):
     """The spool holds ``max_bytes`` already: the message is not accepted."""
 

@@ -17,9 +17,9 @@ from pydicom.uid import RLELossless
 from dcmpress.options import compression_flags
 from dcmpress.stack.samples import to_bytes
 from worker.codec.engine import Result, process
+from worker.codec.options import CompressionOptions
 from worker.codec.plugins.htj2k import HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL
 from worker.codec.plugins.jpegxl import JPEG_XL_LOSSLESS
-from worker.settings import CompressionOptions
 
 
 def run(ds_or_bytes: Dataset | bytes, **options: Any) -> Result:

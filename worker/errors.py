@@ -11,6 +11,10 @@ Three families, caught by family by the callers:
 * :class:`ConfigurationError` - the operator asked for something impossible (an
   unknown target, a plugin that is not installed). Raised at start-up.
 
+Two more say what became of an object's claim: :class:`ClaimHeld` (another delivery
+works on it: a transient error, waited out) and :class:`ClaimLost` (another delivery
+took it over: this one stops and records nothing).
+
 Every code an object can end with is declared in :data:`CODES`; the README documents
 each one and a test keeps the two in step.
 """
@@ -289,6 +293,15 @@ class ConfigurationError(DcmpressError, ValueError):
 
 class TransientError(DcmpressError):
     """A failure that may go away on its own; the object is retried later."""
+
+
+class ClaimHeld(TransientError):
+    """Another worker is processing this object right now; try again later."""
+
+
+class ClaimLost(DcmpressError):
+    """Another delivery took this object's claim over while we worked: it finishes the
+    object, so this one stops without writing or recording anything."""
 
 
 class PermanentError(DcmpressError):

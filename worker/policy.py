@@ -53,8 +53,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
+from worker.codec.options import CompressionOptions
 from worker.errors import ConfigurationError
-from worker.settings import CompressionOptions
 
 Scalar = str | int | float | bool
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.I)

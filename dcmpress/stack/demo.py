@@ -23,16 +23,19 @@ from dcmpress.reports import report_rows
 from dcmpress.stack.samples import demo_files
 from dcmpress.stack.services import CeleryWorker, RedisServer, SeaweedS3, dcmpress_env
 from dcmpress.views import RateWindow, outcomes_table, render, snapshot
+from producer.batches import OnConflict, OpenedBatch, open_batch
 from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages
 from producer.sources import KeyFilter, listing_pages
+from worker.codec.options import CompressionOptions
 from worker.runtime.app import create_app
 from worker.runtime.contract import BatchSpec, S3Location
 from worker.runtime.ledger import Ledger
 from worker.runtime.storage import Storage
-from worker.settings import CompressionOptions, WorkerSettings
+from worker.settings import WorkerSettings
 
 SOURCE_BUCKET = "dicom-archive"
 DEST_BUCKET = "dicom-compressed"
+DEMO_BATCH = "demo"
 
 
 def run_demo(
@@ -86,24 +89,28 @@ def _run(
         )
         settings = WorkerSettings()
         ledger = Ledger.from_url(settings.redis_url, settings.retention_seconds)
-        spec = BatchSpec(
-            batch="demo",
-            source=S3Location(bucket=SOURCE_BUCKET),
-            dest=S3Location(bucket=DEST_BUCKET),
-            options=options,
-            created=time.time(),
-        )
-        ledger.save_batch(spec)
+        opened = open_demo_batch(ledger, options)
+        spec, resume = opened.spec, opened.resume
         enqueuer = Enqueuer(create_app(settings), ledger, spec, settings.queue)
-        pages = listing_pages(Storage(settings), SOURCE_BUCKET, "", "", KeyFilter())
-        report = enqueue_pages(enqueuer, pages, EnqueueReport(spec.batch), resuming=False)
-        console.print(f"  enqueued   {report.enqueued} jobs in batch 'demo'")
+        pages = listing_pages(Storage(settings), SOURCE_BUCKET, "", resume.after_key, KeyFilter())
+        report = enqueue_pages(enqueuer, pages, EnqueueReport(spec.batch), resume.interrupted)
+        console.print(f"  enqueued   {report.enqueued} jobs in batch '{spec.batch}'")
         _watch(ledger, spec.batch, console)
         console.print()
         console.print(outcomes_table(list(report_rows(ledger, spec.batch)), console.width))
         if keep:
             _keep_running(env, console)
         return report.enqueued
+
+
+def open_demo_batch(ledger: Ledger, options: CompressionOptions) -> OpenedBatch:
+    """The demo's batch: created in the demo's own empty Redis; one that exists with
+    another job is refused (a ledger that is not the demo's)."""
+    wanted = BatchSpec(
+        batch=DEMO_BATCH, source=S3Location(bucket=SOURCE_BUCKET),
+        dest=S3Location(bucket=DEST_BUCKET), options=options,
+    )  # fmt: skip
+    return open_batch(ledger, wanted, OnConflict.REFUSE)
 
 
 def _upload_samples(s3: SeaweedS3) -> int:

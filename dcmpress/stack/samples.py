@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import io
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -153,3 +154,14 @@ def demo_files() -> Iterator[tuple[str, bytes]]:
     for index, (name, kwargs) in enumerate(shapes):
         yield f"synthetic/{name}.dcm", to_bytes(make_image(seed=index, **kwargs))
     yield "synthetic/no-file-meta.dcm", without_file_meta(make_image(96, 96, bits_stored=12))
+
+
+def write_demo_files(directory: Path) -> int:
+    """Write :func:`demo_files` under ``directory``; return how many."""
+    count = 0
+    for name, data in demo_files():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        count += 1
+    return count

@@ -29,7 +29,8 @@ from tests.deploy.files import (
     render,
     uses_our_image,
 )
-from worker.settings import EngineSettings, WorkerSettings
+from worker.codec.options import EngineSettings
+from worker.settings import WorkerSettings
 
 README = (ROOT / "README.md").read_text()
 HEALTHCHECK_SCRIPT = "/opt/dcmpress/healthcheck.py"

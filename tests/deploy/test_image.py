@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dcmpress import cli
+from dcmpress.commands import local as local_commands
 from tests.deploy.files import DEPLOY, DOCKERFILE, ROOT, Instruction, dockerfile_instructions
 from worker.codec.targets import PluginStatus, all_plugin_status
 
@@ -109,7 +110,7 @@ def test_build_fails_when_dcmpress_doctor_reports_a_missing_plugin(
     assert CliRunner().invoke(cli.app, ["doctor", "--strict"]).exit_code == 0
     first = statuses[0]
     gone = PluginStatus(first.target, first.plugin, available=False, missing="requires jpeg_ls")
-    monkeypatch.setattr(cli, "all_plugin_status", lambda: [gone, *statuses[1:]])
+    monkeypatch.setattr(local_commands, "all_plugin_status", lambda: [gone, *statuses[1:]])
     failed = CliRunner().invoke(cli.app, ["doctor", "--strict"])
     assert failed.exit_code == 1
     assert f"{first.target.name}/{first.plugin.name}" in failed.output

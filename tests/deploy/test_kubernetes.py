@@ -13,7 +13,6 @@ from cloudcoil.models.keda import v1alpha1 as keda
 from cloudcoil.models.prometheus_operator import v1 as prometheus_operator
 from pydantic import BaseModel
 
-from producer.reconcile import UNACKED_KEY
 from tests.deploy.files import (
     DEPLOY,
     KUSTOMIZATIONS,
@@ -25,6 +24,7 @@ from tests.deploy.files import (
     render,
 )
 from worker.runtime.app import create_app
+from worker.runtime.reconcile import UNACKED_KEY
 from worker.settings import WorkerSettings
 
 # the oldest and the newest Kubernetes release kubernetes-validate bundles that we check

@@ -38,11 +38,12 @@ from producer.spool import Spool
 from producer.webhook import serve_http
 from tests.conftest import wait_for_batch
 from tests.faults.injection import faulty_env
+from worker.codec.options import CompressionOptions
 from worker.runtime.app import create_app
 from worker.runtime.contract import S3Location
 from worker.runtime.ledger import Ledger
 from worker.runtime.storage import Storage
-from worker.settings import CompressionOptions, WorkerSettings
+from worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

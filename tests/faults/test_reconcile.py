@@ -158,7 +158,7 @@ def test_the_automatic_check_waits_for_a_long_queue_and_runs_once_at_a_time(
     stack_env: dict[str, str], s3_server: SeaweedS3, bucket_pair: tuple[str, str],
     ledger: Ledger, settings: Any, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    from producer import reconcile
+    from worker.runtime import reconcile
     from worker.runtime.app import create_app
 
     env = {**stack_env, "DCMPRESS_QUEUE": f"long-{uuid.uuid4().hex[:6]}"}
@@ -192,8 +192,7 @@ def test_a_worker_stopping_during_its_check_lets_it_finish_and_release_the_lock(
     import threading
     from types import SimpleNamespace
 
-    from producer import reconcile
-    from worker.runtime import watchdog
+    from worker.runtime import reconcile, watchdog
     from worker.runtime.ledger import Keys
 
     running = threading.Event()

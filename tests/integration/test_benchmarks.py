@@ -1,4 +1,4 @@
-"""``benchmarks/run.py --quick`` runs end to end and reports every number it promises.
+"""``python -m benchmarks.run --quick`` runs end to end and reports every number it promises.
 
 Only the shape of the results is checked: every target on every reference set, positive
 throughputs and memory, a dcmpress / peer ratio for every peer tool on PATH. No
@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from benchmarks.harness.report import NOTES_MARKER, end_to_end_tables, write_results
+from benchmarks.harness.startup import files_to_pay_off
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +39,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DCMPRESS_", "AWS_"))}
     proc = subprocess.run(
         [
-            sys.executable, str(ROOT / "benchmarks" / "run.py"),
+            sys.executable, "-m", "benchmarks.run",
             "--quick", "--json", "--no-end-to-end", "--results", str(results_file),
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=900, env=env, check=False,
@@ -132,6 +135,21 @@ def test_the_results_file_holds_every_target(quick_run: tuple[dict[str, Any], Pa
         assert f"### {target}: MB/s" in text
 
 
+def test_rewriting_the_results_file_keeps_the_notes_below_the_tables(
+    quick_run: tuple[dict[str, Any], Path], tmp_path: Path
+) -> None:
+    results, results_file = quick_run
+    path = tmp_path / "RESULTS.md"
+    notes = f"{NOTES_MARKER}\n\n## Notes\n\nWritten by hand.\n"
+    path.write_text("# an older run\n\n### jpeg-ls: stale table\n\n" + notes)
+    write_results(results, path)
+    text = path.read_text()
+    assert text.startswith("# dcmpress benchmark results") and "stale" not in text
+    assert text.endswith(notes) and text.count(NOTES_MARKER) == 1
+    headings = [line for line in results_file.read_text().splitlines() if line.startswith("#")]
+    assert all(heading in text for heading in headings)  # the run's tables, every one
+
+
 def test_htj2k_jpegxl_and_auto_are_measured_beside_the_others(
     quick_run: tuple[dict[str, Any], Path],
 ) -> None:
@@ -191,28 +209,20 @@ def test_start_up_payoff_is_reported_for_every_peer_run(
     ],
 )
 def test_files_to_pay_off(
-    monkeypatch: pytest.MonkeyPatch,
-    start_up: float,
-    per_file: float,
-    peer_per_file: float,
-    expected: int | None,
+    start_up: float, per_file: float, peer_per_file: float, expected: int | None
 ) -> None:
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import run  # benchmarks/run.py
-
-    assert run.files_to_pay_off(start_up, per_file, peer_per_file) == expected
+    assert files_to_pay_off(start_up, per_file, peer_per_file) == expected
 
 
-def test_an_end_to_end_run_reports_where_the_worker_cpu_goes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_end_to_end_run_reports_where_the_worker_cpu_goes(tmp_path: Path) -> None:
     """One small end-to-end run through the real stack (SeaweedFS, Redis, a Celery
     worker), in a child process as the benchmark runs it: its numbers, and the tables
     RESULTS.md shows them in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DCMPRESS_", "AWS_"))}
     script = (
-        "import json, sys; from pathlib import Path; sys.path.insert(0, 'benchmarks'); "
-        "import run; print(json.dumps(run._end_to_end_run('rle', 128, 4, 1, Path(sys.argv[1]))))"
+        "import json, sys; from pathlib import Path; "
+        "from benchmarks.harness.stack import end_to_end_run; "
+        "print(json.dumps(end_to_end_run('rle', 128, 4, 1, Path(sys.argv[1]))))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path)],
@@ -228,11 +238,9 @@ def test_an_end_to_end_run_reports_where_the_worker_cpu_goes(
     parts = measured["in_process_cpu_ms"]
     _positive(parts, "pipeline", "engine", "head", "get", "put", "redis")
     assert parts["pipeline"] > parts["engine"]  # the pipeline runs the engine and more
+    assert set(measured["worker_stage_shares"]) >= {"fetch", "upload"}
 
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import run  # benchmarks/run.py
-
-    throughput, where = run.end_to_end_tables({"processes": 1, "runs": [measured]})
+    throughput, where = end_to_end_tables({"processes": 1, "runs": [measured]})
     assert throughput.rows[0][:3] == ("rle", "128x128 12-bit", "4")
     assert where.rows[0][0] == "rle" and len(where.rows[0]) == len(where.headers)
     assert "| rle | 128x128 12-bit |" in where.markdown()

@@ -18,7 +18,7 @@ from pydicom import examples
 from dcmpress import local
 from dcmpress.stack.samples import make_image, to_bytes
 from tests.support import independent_decode, read, source_pixels
-from worker.settings import CompressionOptions
+from worker.codec.options import CompressionOptions
 
 pytestmark = pytest.mark.integration
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from worker import procfs
+
 pytestmark = pytest.mark.integration
 
 
@@ -33,16 +35,13 @@ def test_demo_compresses_the_sample_bucket_and_cleans_up(tmp_path: Path) -> None
     assert (tmp_path / "redis").exists()  # --workdir is the user's: kept
 
 
-def _processes_using(path: Path) -> list[str]:
+def _processes_using(path: Path) -> list[int]:
     """PIDs of processes whose command line names ``path``."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if str(path) in cmdline.read_text():
-                found.append(cmdline.parent.name)
-        except OSError:
-            continue
-    return found
+    return [
+        process.pid
+        for process in procfs.all_processes()
+        if any(str(path) in argument for argument in procfs.command_line(process.pid))
+    ]
 
 
 def _clean_env() -> dict[str, str]:

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from pydicom.uid import RLELossless
 
-from dcmpress.stack.cpu import tree_cpu_seconds
 from dcmpress.stack.samples import make_image, to_bytes
 from dcmpress.stack.services import CeleryWorker, SeaweedS3
 from tests.conftest import _remove_bucket, run_cli, wait_for_batch
+from worker.procfs import tree_cpu_seconds
 from worker.runtime.ledger import Ledger
 
 pytestmark = pytest.mark.integration

@@ -14,22 +14,10 @@ import pytest
 from dcmpress.stack.samples import make_image, to_bytes
 from dcmpress.stack.services import CeleryWorker, SeaweedS3, free_port
 from tests.conftest import run_cli, wait_for_batch
+from worker import procfs
 from worker.runtime.ledger import Ledger
 
 pytestmark = pytest.mark.integration
-
-
-def _children(pid: int) -> list[int]:
-    """Live child processes of ``pid`` (the prefork pool)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
 
 
 def test_a_killed_pool_process_does_not_lose_its_object(
@@ -58,7 +46,7 @@ def test_a_killed_pool_process_does_not_lose_its_object(
                 break
             time.sleep(0.05)
         assert worker.pid is not None
-        children = _children(worker.pid)
+        children = procfs.children(worker.pid)
         assert children, "no pool process found"
         for child in children:
             os.kill(child, signal.SIGKILL)  # the pool process dies mid-encode

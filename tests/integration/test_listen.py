@@ -23,11 +23,12 @@ from dcmpress.stack.services import CeleryWorker, SeaweedS3, free_port
 from producer.listen import POISON_KEY, EventFilter, EventIntake, SqsListener
 from producer.webhook import serve_http
 from tests.conftest import wait_for_batch
+from worker.codec.options import CompressionOptions
 from worker.runtime.app import create_app
 from worker.runtime.contract import S3Location
 from worker.runtime.ledger import Ledger
 from worker.runtime.storage import Storage
-from worker.settings import CompressionOptions, WorkerSettings
+from worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

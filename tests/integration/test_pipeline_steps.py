@@ -23,14 +23,15 @@ from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages
 from producer.sources import KeyFilter, ObjectRef, listing_pages
 from tests.support import independent_decode, read, source_pixels
 from worker.codec.frames import FRAMES_ABOVE
-from worker.errors import PermanentError, TransientError
+from worker.codec.options import CompressionOptions
+from worker.errors import ClaimHeld, PermanentError, TransientError
 from worker.runtime import contract
 from worker.runtime.app import create_app
 from worker.runtime.contract import BatchSpec, JobMessage, S3Location
 from worker.runtime.ledger import Keys, Ledger, Record
-from worker.runtime.pipeline import ClaimHeld, Job, process_object
+from worker.runtime.pipeline import Job, process_object
 from worker.runtime.storage import Storage
-from worker.settings import CompressionOptions, WorkerSettings
+from worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.integration
 

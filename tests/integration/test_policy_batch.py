@@ -21,12 +21,13 @@ from tests.conftest import run_cli, wait_for_batch
 from tests.integration.test_pipeline import upload
 from tests.support import read
 from tests.synthetic import segmentation
+from worker.codec.options import CompressionOptions
 from worker.runtime import contract
 from worker.runtime.app import create_app
 from worker.runtime.contract import S3Location
 from worker.runtime.ledger import Ledger
 from worker.runtime.storage import Storage
-from worker.settings import CompressionOptions, WorkerSettings
+from worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """The bulk publisher writes exactly the message Celery itself would write.
 
-`producer/publish.py` copies the envelope Celery's own `as_task_v2` and kombu's Redis
+`worker/runtime/publish.py` copies the envelope Celery's own `as_task_v2` and kombu's Redis
 channel build for the first message of a call. This test holds that copy against the
 installed Celery and kombu (pinned to the tested minor release in pyproject.toml):
 one message through `app.send_task`, one through the publisher, compared field by
@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from producer.publish import BulkPublisher
 from worker.runtime.app import create_app
 from worker.runtime.contract import TASK_COMPRESS
 from worker.runtime.ledger import Ledger
+from worker.runtime.publish import BulkPublisher
 from worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.integration

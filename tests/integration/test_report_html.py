@@ -310,6 +310,9 @@ def test_lossy_quality_is_shown_as_a_distribution_per_modality() -> None:
     check_bars(page, data)
     assert "<b>MR</b>" not in page and "&lt;b&gt;MR&lt;/b&gt;" in page
     assert 'id="quality"' in page and "PSNR p5" in page
+    # each column chart says what its bins are (the PSNR histogram's axis once said UTC)
+    psnr_svg = page.split('data-chart="psnr_histogram"', 1)[1].split("</svg>", 1)[0]
+    assert ">PSNR (dB)</text>" in psnr_svg and ">UTC<" not in psnr_svg
     plain = chart_data(rows[-1:], {"done": 1.0})
     assert plain["psnr_histogram"] == plain["quality_by_modality"] == []
     assert 'id="quality"' not in render_html("b", plain)

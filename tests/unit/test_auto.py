@@ -17,9 +17,9 @@ from dcmpress.stack.samples import make_image, to_bytes
 from tests.support import assert_lossless, from_file, options_probe, read, run, source_pixels
 from worker.codec import auto
 from worker.codec.engine import Result, process
+from worker.codec.options import CompressionOptions
 from worker.codec.targets import TARGETS
 from worker.errors import PermanentError
-from worker.settings import CompressionOptions
 
 DEFAULT_CANDIDATES = ["jpeg-ls", "j2k", "rle", "htj2k"]
 

@@ -17,8 +17,8 @@ from dcmpress.console import masked
 from dcmpress.options import FLAGS
 from dcmpress.views import batches_table, doctor_table, outcomes_table
 from tests.support import options_probe
+from worker.codec.options import CompressionOptions
 from worker.codec.targets import all_plugin_status
-from worker.settings import CompressionOptions
 
 
 @pytest.mark.parametrize("command", ["compress", "enqueue", "listen"])

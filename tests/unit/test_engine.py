@@ -19,10 +19,10 @@ from worker.codec import compress as compress_module
 from worker.codec import verify as verify_module
 from worker.codec.engine import process
 from worker.codec.isolation import CodecCrashed, run_isolated
+from worker.codec.options import CompressionOptions, EngineSettings
 from worker.codec.plugins import gdcm as gdcm_plugin
 from worker.codec.targets import TARGETS, resolve_plugin
 from worker.errors import CODES, ConfigurationError, PermanentError
-from worker.settings import CompressionOptions, EngineSettings
 
 
 def test_text_file_is_not_dicom_and_copied_by_default() -> None:

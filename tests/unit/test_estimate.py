@@ -23,14 +23,14 @@ from dcmpress.estimate import (
     money,
     price_per_gb_month,
     read_header,
+    render_estimate_html,
     size_class,
 )
-from dcmpress.estimate_html import render_estimate_html
 from dcmpress.stack.samples import make_image, to_bytes
 from producer.sources import KeyFilter
+from worker.codec.options import CompressionOptions
 from worker.codec.parse import HeaderIncomplete
 from worker.codec.parse import read_header as parse_header
-from worker.settings import CompressionOptions
 
 
 def test_size_classes_are_log_scale_by_four() -> None:

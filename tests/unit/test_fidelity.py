@@ -37,9 +37,9 @@ from tests.synthetic import (
 from worker.codec import compress as compress_module
 from worker.codec.engine import process
 from worker.codec.lossy import derived
+from worker.codec.options import CompressionOptions
 from worker.codec.targets import source_decoding_plugin
 from worker.errors import PermanentError, one_line
-from worker.settings import CompressionOptions
 
 LOSSLESS = ["jpeg-ls", "rle", "j2k"]
 

@@ -30,7 +30,7 @@ from worker.codec import frames as frames_module
 from worker.codec import parse
 from worker.codec.engine import Result, process
 from worker.codec.frames import FRAMES_ABOVE, GROUP_BYTES, WRITE_CHUNK_BYTES
-from worker.settings import CompressionOptions
+from worker.codec.options import CompressionOptions
 
 CASES: dict[str, dict[str, Any]] = {
     "12-bit": {"rows": 40, "cols": 48, "frames": 5, "bits_stored": 12},

@@ -25,9 +25,9 @@ from pydicom.uid import ImplicitVRLittleEndian
 from dcmpress.stack.samples import make_image, to_bytes
 from tests.support import LOSSLESS_CASES, assert_lossless, from_file, read, run, source_pixels
 from worker.codec.engine import Result, process
+from worker.codec.options import CompressionOptions
 from worker.codec.plugins.htj2k import HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL
 from worker.codec.targets import get_target, plugin_status
-from worker.settings import CompressionOptions
 
 HTJ2K_TARGETS = ["htj2k", "htj2k-rpcl"]  # the second: an earlier name of the first
 UIDS = {"htj2k": HTJ2K_LOSSLESS_RPCL, "htj2k-rpcl": HTJ2K_LOSSLESS_RPCL}

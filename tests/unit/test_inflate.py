@@ -32,10 +32,11 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGLSLossless
 from dcmpress.stack.samples import make_image
 from tests.support import assert_lossless, from_file, independent_decode, source_pixels
 from tests.synthetic import with_syntax
+from worker import procfs
 from worker.codec import inflate
 from worker.codec.engine import process
 from worker.codec.inflate import cgroup_memory_limit, usable_memory
-from worker.settings import CompressionOptions, EngineSettings
+from worker.codec.options import CompressionOptions, EngineSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
@@ -121,21 +122,11 @@ def assert_frames_equal(written: bytes, rows: int, cols: int, frames: int) -> No
     assert count == frames
 
 
-def open_descriptors() -> set[str]:
-    """This process's open file descriptors (Linux), or nothing to compare elsewhere."""
-    fds = Path("/proc/self/fd")
-    return set(os.listdir(fds)) if fds.exists() else set()
-
-
 CHILD = """
 import json, sys
 from worker.codec.engine import process
-from worker.settings import CompressionOptions
-
-def peak():  # the process's peak resident set, in bytes
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
+from worker.procfs import peak_rss
+from worker.codec.options import CompressionOptions
 
 source, mode, output = sys.argv[1:4]
 with open(source, "rb") as file:
@@ -147,7 +138,7 @@ with open(source, "rb") as file:
         with open(output, "wb") as out:
             out.write(result.output if isinstance(result.output, bytes) else result.output.read())
 print(json.dumps({"state": result.state, "code": result.code, "message": result.message,
-                  "warnings": result.warnings, "peak": peak()}))
+                  "warnings": result.warnings, "peak": peak_rss()}))
 """
 
 
@@ -159,7 +150,7 @@ def volume_256_mib(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+@pytest.mark.skipif(procfs.peak_rss() is None, reason="reads VmHWM from /proc")
 @pytest.mark.parametrize("mode", ["bytes", "file"])
 def test_a_256_mib_deflated_object_peaks_under_300_mib(
     volume_256_mib: Path, mode: str, tmp_path: Path
@@ -199,7 +190,7 @@ def test_an_object_inflating_past_the_limit_is_stopped_there(
     assert len(data) < MIB
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     options = CompressionOptions(max_inflated_mb=8)
-    descriptors = open_descriptors()
+    descriptors = procfs.open_descriptors()
     tracemalloc.start()
     try:
         if mode == "bytes":
@@ -217,7 +208,7 @@ def test_an_object_inflating_past_the_limit_is_stopped_there(
     assert result.copied and result.output is None  # the source, unchanged
     assert peak - len(data) < 12 * MIB, f"peak {peak / MIB:.1f} MiB"
     assert list(tmp_path.iterdir()) == []
-    assert open_descriptors() == descriptors
+    assert procfs.open_descriptors() == descriptors
 
 
 def test_the_limit_counts_the_inflated_data_set_not_the_file() -> None:
@@ -251,7 +242,7 @@ def test_a_small_deflated_object_compresses_losslessly(case: dict[str, Any], tar
 def test_a_deflated_multi_frame_object_takes_the_frame_path(deferred: None) -> None:
     ds = make_image(40, 48, frames=5, bits_stored=12)
     expected = source_pixels(ds)
-    descriptors = open_descriptors()
+    descriptors = procfs.open_descriptors()
     result, written = from_file(deflated(ds), CompressionOptions(target="jpeg-ls", min_ratio=0))
     np.testing.assert_array_equal(independent_decode(written), expected)
     assert result.state == "done"
@@ -261,7 +252,7 @@ def test_a_deflated_multi_frame_object_takes_the_frame_path(deferred: None) -> N
     result.output.seek(0)
     np.testing.assert_array_equal(independent_decode(result.output.read()), expected)
     result.close()
-    assert open_descriptors() == descriptors  # the spools and outputs are closed
+    assert procfs.open_descriptors() == descriptors  # the spools and outputs are closed
 
 
 def _first_block_corrupt(ds: Dataset) -> bytes:

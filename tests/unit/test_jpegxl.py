@@ -25,9 +25,9 @@ from dcmpress.stack.samples import make_image, to_bytes
 from tests.support import LOSSLESS_CASES, assert_lossless, from_file, read, run, source_pixels
 from tests.synthetic import with_syntax
 from worker.codec.engine import Result, process
+from worker.codec.options import CompressionOptions
 from worker.codec.plugins.jpegxl import JPEG_XL_LOSSLESS
 from worker.codec.targets import TARGETS, auto_candidates, plugin_status
-from worker.settings import CompressionOptions
 
 IMAGES = LOSSLESS_CASES
 

@@ -12,8 +12,8 @@ import pytest
 from dcmpress import listing as listing_module
 from dcmpress.listing import Listing, Outputs, output_root
 from dcmpress.local import Job, count_jobs, plan_listed, run_job
+from worker.codec.options import CompressionOptions
 from worker.errors import ConfigurationError
-from worker.settings import CompressionOptions
 
 
 def written(tmp_path: Path, data: bytes, name: str = "list") -> Path:

@@ -11,8 +11,8 @@ import pytest
 
 from dcmpress import local
 from dcmpress.local import Job, count_jobs, files_under, plan_jobs, run_all
+from worker.codec.options import CompressionOptions
 from worker.errors import ConfigurationError
-from worker.settings import CompressionOptions
 
 
 def make_tree(root: Path) -> None:

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from dcmpress.cli import app
 from dcmpress.stack.samples import make_image, to_bytes
+from worker.codec.options import CompressionOptions
 from worker.errors import ConfigurationError
 from worker.policy import Attribute, parse_policy, parse_size
-from worker.settings import CompressionOptions
 
 POLICY = """
 [[rule]]

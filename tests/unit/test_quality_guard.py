@@ -13,8 +13,8 @@ from pydicom.dataset import Dataset
 from dcmpress.stack.samples import make_image, to_bytes
 from tests.support import from_file, read, run, source_pixels
 from worker.codec.engine import process
+from worker.codec.options import CompressionOptions
 from worker.policy import parse_policy
-from worker.settings import CompressionOptions
 
 
 def noisy(rows: int = 64, cols: int = 64, frames: int = 1) -> Dataset:

@@ -27,7 +27,7 @@ from dcmpress.stack.samples import make_image, to_bytes
 from tests.support import independent_decode, run, source_pixels
 from tests.synthetic import enhanced_ct, mr_with_embedded_overlays, private_part10, with_syntax
 from worker.codec.engine import process
-from worker.settings import CompressionOptions
+from worker.codec.options import CompressionOptions
 
 Mutation = Callable[[Dataset], None]
 TARGETS = (

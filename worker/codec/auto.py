@@ -26,130 +26,54 @@ sample's encoded frames (``on 3 of 400 frames``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 
-from pydicom.dataset import Dataset
-
-from worker.codec.compress import (
-    PIXEL_DATA,
-    SourceImage,
-    check_supported,
-    decode_source,
-    encode_pixels,
-    serialize,
-)
+from worker.codec.compress import SourceImage, check_supported, decode_source, encode_pixels
 from worker.codec.frames import Plan
 from worker.codec.isolation import CodecCrashed
-from worker.codec.plugins.base import Plugin
+from worker.codec.options import CompressionOptions
 from worker.codec.targets import Target, resolve_plugin
+from worker.codec.trials import Trial
 from worker.codec.verify import Verification, verify
-from worker.errors import (
-    PermanentError,
-    UnsupportedImage,
-    check_interrupted,
-    raise_outside_causes,
-)
-from worker.settings import CompressionOptions
+from worker.errors import PermanentError, UnsupportedImage, check_interrupted, raise_outside_causes
 from worker.timing import StageTimer
 
 SAMPLE_FRAMES = 3  # frames of a large multi-frame object every candidate encodes
 
-# encodes the image to one target: (encoded data set, plugin used, a note on the plugin)
-EncodeWith = Callable[[Target], tuple[Dataset, Plugin, str]]
 
+class Smallest:
+    """``auto`` on an image held whole, as a way of the engine's target loop: every
+    candidate encodes the image first, then the smallest result is checked, the next
+    smallest if it does not verify. When no candidate made a result, their refusals
+    are offered (or, if every one crashed, their errors)."""
 
-@dataclass
-class Trial:
-    """What one candidate made of the image (or of the sample), or why it made nothing."""
+    falls_through = True
 
-    target: Target
-    plugin: Plugin | None = None
-    size: int = 0  # bytes of the output, or of the sample's encoded frames
-    seconds: float = 0.0  # of the encoding alone
-    output: bytes = b""
-    encoded: Dataset | None = None  # the result's data set, without its Pixel Data
-    note: str = ""  # a plugin that crashed and the one that took over
-    refusal: UnsupportedImage | None = None
-    error: PermanentError | None = None  # a crash, or a failed verification
+    def __init__(
+        self,
+        source: SourceImage,
+        attempt: Callable[[Target], Trial],
+        options: CompressionOptions,
+    ) -> None:
+        self.source = source
+        self.attempt = attempt  # one candidate's trial, encoded and serialised
+        self.options = options
+        self.tried: list[Trial] = []
 
-    @property
-    def made(self) -> bool:
-        """The candidate produced a result."""
-        return self.refusal is None and self.error is None
+    def trials(self) -> Iterator[Trial]:
+        """Every candidate's trial, the results in :func:`ranked` order."""
+        self.tried = [self.attempt(target) for target in self.options.targets()]
+        order = ranked(self.tried, self.options.prefer_speed)
+        yield from order or [trial for trial in self.tried if trial.refusal] or self.tried
 
+    def check(self, trial: Trial) -> Verification:
+        """Verify the candidate's output, held in memory."""
+        assert isinstance(trial.output, bytes)  # an image held whole is written in memory
+        return verify(trial.output, self.source, trial.target, self.options.jls_error)
 
-@dataclass(frozen=True)
-class Picked:
-    """The winner of a whole object, verified, and the notice for its record."""
-
-    trial: Trial
-    checked: Verification
-    notice: str
-
-
-def pick(
-    source: SourceImage, options: CompressionOptions, stage: StageTimer, encode_with: EncodeWith
-) -> Picked | list[UnsupportedImage]:
-    """Encode ``source`` with every candidate; return the smallest that verifies, or every
-    candidate's refusal when none took the image.
-
-    Raises the first candidate's PermanentError when none made a result (all crashed)
-    or none of the results verified.
-    """
-    trials = [
-        _whole_trial(source, target, options, stage, encode_with) for target in options.targets()
-    ]
-    order = ranked(trials, options.prefer_speed)
-    if not order:
-        refusals = [trial.refusal for trial in trials if trial.refusal is not None]
-        if refusals:
-            return refusals
-        raise next(trial.error for trial in trials if trial.error is not None)
-    for trial in order:
-        checked = Verification(0, None)
-        if options.verify:
-            check_interrupted()
-            try:
-                with stage("verify"):
-                    checked = verify(trial.output, source, trial.target, options.jls_error)
-            except PermanentError as exc:
-                raise_outside_causes(exc)
-                trial.error, trial.output = exc, b""
-                continue
-        chosen = notice(trials, trial, options.prefer_speed)
-        for other in trials:
-            if other is not trial:
-                other.output = b""  # only the winner is written
-        return Picked(trial, checked, chosen)
-    raise next(trial.error for trial in order if trial.error is not None)
-
-
-def _whole_trial(
-    source: SourceImage,
-    target: Target,
-    options: CompressionOptions,
-    stage: StageTimer,
-    encode_with: EncodeWith,
-) -> Trial:
-    check_interrupted()
-    try:
-        check_supported(source, target, options)
-        started = time.perf_counter()
-        with stage("encode"):
-            encoded, plugin, note = encode_with(target)
-        seconds = time.perf_counter() - started
-        check_interrupted()
-        with stage("serialize"):
-            output = serialize(encoded)
-    except UnsupportedImage as exc:
-        raise_outside_causes(exc)
-        return Trial(target, refusal=exc)
-    except PermanentError as exc:  # every plugin of the candidate crashed
-        raise_outside_causes(exc)
-        return Trial(target, error=exc)
-    del encoded[PIXEL_DATA]  # written into the output already
-    return Trial(target, plugin, len(output), seconds, output, encoded, note)
+    def notices(self, kept: Trial) -> list[str]:
+        """Which candidate won, and what each reached."""
+        return [notice(self.tried, kept, self.options.prefer_speed)]
 
 
 def rank_on_sample(

@@ -35,6 +35,7 @@ from pydicom.uid import (
 from worker.codec.colour import ask_colour_transform, describe_colour, refuse_outside_iod
 from worker.codec.isolation import CodecCrashed
 from worker.codec.lossy import mark_lossy, refuse_lossy
+from worker.codec.options import DEFAULT_J2K_CR, CompressionOptions
 from worker.codec.overlays import (
     HighBits,
     embedded_overlay_groups,
@@ -47,7 +48,6 @@ from worker.codec.repair import resolve_ambiguous_vrs, swap_words_to_little_endi
 from worker.codec.targets import Plugin, Target, source_decoding_plugin
 from worker.codec.viewers import refuse_viewer_failures
 from worker.errors import PermanentError, UnsupportedImage, raise_outside_causes
-from worker.settings import DEFAULT_J2K_CR, CompressionOptions
 
 # Tags of the pixel data variants; only (7FE0,0010) Pixel Data can be compressed.
 FLOAT_PIXEL_DATA = 0x7FE00008

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 import warnings
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
 
 from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
@@ -33,6 +35,7 @@ from worker.codec.compress import (
 )
 from worker.codec.frames import (
     FRAMES_ABOVE,
+    Encoded,
     Plan,
     encode_groups,
     first_frame,
@@ -42,9 +45,11 @@ from worker.codec.frames import (
 )
 from worker.codec.inflate import native_source
 from worker.codec.isolation import CodecCrashed
+from worker.codec.options import CompressionOptions
 from worker.codec.parse import read_dataset
 from worker.codec.syntaxes import describe
 from worker.codec.targets import TARGETS, Plugin, Target, plugin_status, resolve_plugin
+from worker.codec.trials import Trial, Way
 from worker.codec.verify import Verification, verify
 from worker.errors import (
     CODES,
@@ -59,7 +64,6 @@ from worker.errors import (
     raise_outside_causes,
 )
 from worker.policy import Policy, Rule
-from worker.settings import CompressionOptions
 from worker.timing import StageTimer
 
 log = logging.getLogger(__name__)
@@ -296,12 +300,7 @@ def _process(
     result = _by_rule(rule, size) or _classify(ds, size, options)
     if result is None:
         frames = None if isinstance(data, bytes | bytearray) else plan(ds, data, frames_above)
-        if frames is not None and options.auto:
-            result = _compress_frames_auto(frames, size, options, stage)
-        elif frames is not None:
-            result = _compress_frames(frames, size, options, stage)
-        else:
-            result = _compress_parsed(ds, size, options, stage)
+        result = _compress(ds, frames, size, options, stage)
     result.modality = modality
     if rule is not None:
         result.rule = rule.name
@@ -327,47 +326,178 @@ def _by_rule(rule: Rule | None, size: int) -> Result | None:
     return Result("skipped", "policy_skip", f"rule {rule.name!r}: not written", size)
 
 
-def _compress_parsed(
-    ds: Dataset, size: int, options: CompressionOptions, stage: StageTimer
+def _compress(
+    ds: Dataset, frames: Plan | None, size: int, options: CompressionOptions, stage: StageTimer
 ) -> Result:
+    """Compress the image whole, or a group of frames at a time when ``frames`` plans it;
+    for ``auto`` these rank the candidates on a sample first, then take them in order."""
+    sampled: list[str] = []  # the sample's notice, for every outcome
+    if frames is not None and options.auto:
+        ranked, notice = auto.rank_on_sample(frames, options, stage)
+        options, sampled = options.model_copy(update={"target": ranked}), [notice]
     check_interrupted()  # at every stage boundary: a time limit stops the work here
     try:
-        with stage("decode"):
-            source = decode_source(ds)
+        with stage("decode"):  # what the targets' checks look at
+            source = decode_source(ds) if frames is None else first_frame(frames)
         refuse_kept_high_bits(source, options)
     except UnsupportedImage as exc:
         raise_outside_causes(exc)
-        return _unsupported([exc], size, options)
-    if options.auto:
-        return _compress_auto(source, size, options, stage)
+        return _with_notices(_unsupported([exc], size, options), sampled)
+    way: Way
+    if frames is not None:
+        way = _FrameGroups(source, options, stage, frames)
+    elif options.auto:
+        way = auto.Smallest(source, _Whole(source, options, stage).attempt, options)
+    else:
+        way = _Whole(source, options, stage)
+    return _with_notices(_first_kept(way, size, options, stage), sampled)
+
+
+def _first_kept(way: Way, size: int, options: CompressionOptions, stage: StageTimer) -> Result:
+    """The target loop: the first of the way's trials whose output verifies and passes
+    the quality guard is the result. A refusal, or a result outside the guard, gives way
+    to the next (none left: unsupported); a result that does not verify, or a crash of
+    every plugin, fails the object unless the way falls through (``auto``)."""
     refusals: list[UnsupportedImage] = []
-    for target in options.targets():
-        check_interrupted()
-        try:
-            check_supported(source, target, options)
-            with stage("encode"):
-                encoded, plugin, note = _encode_any_plugin(
-                    partial(encode, source, target, options=options), target, options
-                )
-            check_interrupted()
-            with stage("serialize"):
-                output = serialize(encoded)
-        except UnsupportedImage as exc:
-            raise_outside_causes(exc)
-            refusals.append(exc)
+    failures: list[PermanentError] = []
+    for trial in way.trials():
+        if trial.refusal is not None:
+            refusals.append(trial.refusal)
             continue
-        checked = Verification(0, None)
-        if options.verify:
-            check_interrupted()
-            with stage("verify"):
-                checked = verify(output, source, target, options.jls_error)
-        guard = quality_refusal(target, checked, options)
+        try:
+            if trial.error is not None:
+                raise trial.error
+            checked = Verification(0, None)
+            if options.verify:
+                check_interrupted()
+                with stage("verify"):
+                    checked = way.check(trial)
+        except PermanentError as exc:
+            trial.discard()
+            if not way.falls_through:
+                raise
+            raise_outside_causes(exc)
+            trial.error = exc
+            failures.append(exc)
+            continue
+        except BaseException:
+            trial.discard()
+            raise
+        guard = quality_refusal(trial.target, checked, options)
         if guard is not None:
+            trial.discard()
             refusals.append(guard)
             continue
-        result = _finish(size, output, encoded, target, plugin, checked, note, options)
-        return _with_notices(result, [*source.notices, *_guarded(refusals)])
+        assert trial.encoded is not None and trial.plugin is not None  # a trial that made one
+        try:
+            result = _finish(size, trial.output, trial.encoded, trial.target, trial.plugin,
+                             checked, trial.note, options)  # fmt: skip
+        except BaseException:
+            trial.discard()
+            raise
+        return _with_notices(result, [*trial.notices, *_guarded(refusals), *way.notices(trial)])
+    if failures:
+        raise failures[0]
     return _unsupported(refusals, size, options)
+
+
+E = TypeVar("E")  # what a way's encoder gives: a data set, or spooled frame groups
+
+
+@dataclass
+class _Fixed(ABC, Generic[E]):
+    """The targets in their given order, each encoded when the loop reaches it."""
+
+    source: SourceImage  # what the targets' checks look at
+    options: CompressionOptions
+    stage: StageTimer
+    falls_through = False
+
+    def trials(self) -> Iterator[Trial]:
+        """Each target's trial, made when it is reached."""
+        return (self.attempt(target) for target in self.options.targets())
+
+    def attempt(self, target: Target) -> Trial:
+        """Encode and write the image with ``target``; a refusal or a crash of every
+        plugin is kept in the trial."""
+        check_interrupted()
+        try:
+            check_supported(self.source, target, self.options)
+            started = time.perf_counter()
+            with self.stage("encode"):
+                encoded, plugin, note = _encode_any_plugin(
+                    self._encoder(target), target, self.options
+                )
+            seconds = time.perf_counter() - started
+            check_interrupted()
+            with self.stage("serialize"):
+                output, header, notes = self._write(encoded, target)
+        except UnsupportedImage as exc:
+            raise_outside_causes(exc)
+            return Trial(target, refusal=exc)
+        except PermanentError as exc:  # every plugin of the target crashed
+            raise_outside_causes(exc)
+            return Trial(target, error=exc)
+        return Trial(target, plugin, size_of(output), seconds, output, header, note, notices=notes)
+
+    def notices(self, kept: Trial) -> list[str]:
+        """Nothing to say of the choice: the first target that took the image."""
+        return []
+
+    @abstractmethod
+    def check(self, trial: Trial) -> Verification:
+        """Decode the trial's output and compare it with the source."""
+
+    @abstractmethod
+    def _encoder(self, target: Target) -> Callable[[Plugin], E]:
+        """Encoding with ``target``, given the plugin."""
+
+    @abstractmethod
+    def _write(self, encoded: E, target: Target) -> tuple[bytes | BinaryIO, Dataset, list[str]]:
+        """The output, its data set (without Pixel Data) and its record's notices."""
+
+
+class _Whole(_Fixed[Dataset]):
+    """The image held whole: every frame encoded in one call, the output in memory."""
+
+    def _encoder(self, target: Target) -> Callable[[Plugin], Dataset]:
+        return partial(encode, self.source, target, options=self.options)
+
+    def _write(self, encoded: Dataset, target: Target) -> tuple[bytes, Dataset, list[str]]:
+        output = serialize(encoded)
+        del encoded[PIXEL_DATA]  # written into the output already
+        return output, encoded, self.source.notices
+
+    def check(self, trial: Trial) -> Verification:
+        """Decode the output in memory and compare it with the source."""
+        assert isinstance(trial.output, bytes)
+        return verify(trial.output, self.source, trial.target, self.options.jls_error)
+
+
+@dataclass
+class _FrameGroups(_Fixed[Encoded]):
+    """A large native multi-frame object a group of frames at a time (see
+    :mod:`worker.codec.frames`), ``source`` its first frame: the output is a temporary
+    file."""
+
+    frames: Plan
+
+    def _encoder(self, target: Target) -> Callable[[Plugin], Encoded]:
+        return partial(encode_groups, self.frames, target, options=self.options)
+
+    def _write(self, encoded: Encoded, target: Target) -> tuple[BinaryIO, Dataset, list[str]]:
+        try:
+            output, written = write_output(self.frames, encoded, self.source, target, self.options)
+        finally:
+            encoded.close()
+        return output, written, encoded.high_bits.notices(int(self.source.dataset.HighBit))
+
+    def check(self, trial: Trial) -> Verification:
+        """Decode the written file frame by frame and compare each with the source."""
+        assert not isinstance(trial.output, bytes)
+        return verify_output(
+            trial.output, self.frames, self.source, trial.target, self.options.jls_error
+        )
 
 
 def quality_refusal(
@@ -393,96 +523,12 @@ def _guarded(refusals: list[UnsupportedImage]) -> list[str]:
     return [refusal.message for refusal in refusals if refusal.code == "quality_guard"]
 
 
-def _compress_auto(
-    source: SourceImage, size: int, options: CompressionOptions, stage: StageTimer
-) -> Result:
-    """The ``auto`` target: the smallest verified result of its candidates
-    (:mod:`worker.codec.auto`), recorded under the winner's name with a notice."""
-
-    def encode_with(target: Target) -> tuple[Dataset, Plugin, str]:
-        return _encode_any_plugin(partial(encode, source, target, options=options), target, options)
-
-    picked = auto.pick(source, options, stage, encode_with)
-    if not isinstance(picked, auto.Picked):
-        return _unsupported(picked, size, options)
-    won = picked.trial
-    assert won.encoded is not None and won.plugin is not None  # a trial that made a result
-    result = _finish(
-        size, won.output, won.encoded, won.target, won.plugin, picked.checked, won.note, options
-    )
-    return _with_notices(result, [*source.notices, picked.notice])
-
-
-def _compress_frames_auto(
-    frames: Plan, size: int, options: CompressionOptions, stage: StageTimer
-) -> Result:
-    """``auto`` for a large multi-frame object: its candidates ranked on a sample of
-    frames, then the object compressed as for that target list."""
-    ranked, notice = auto.rank_on_sample(frames, options, stage)
-    result = _compress_frames(frames, size, options.model_copy(update={"target": ranked}), stage)
-    result.notices = [*result.notices, notice]
-    if result.state == "done":
-        result.message = one_line(f"{result.message}; {notice}")
-    return result
-
-
 def _with_notices(result: Result, notices: list[str]) -> Result:
-    result.notices = notices
-    if result.state == "done" and result.notices:
-        result.message = one_line(f"{result.message}; " + "; ".join(result.notices))
+    """``result`` with ``notices`` added; a done result's message says them too."""
+    result.notices = [*result.notices, *notices]
+    if result.state == "done" and notices:
+        result.message = one_line(f"{result.message}; " + "; ".join(notices))
     return result
-
-
-def _compress_frames(
-    frames: Plan, size: int, options: CompressionOptions, stage: StageTimer
-) -> Result:
-    """:func:`_compress_parsed` for a large native multi-frame object, a group of
-    frames at a time (see :mod:`worker.codec.frames`); the output is a temporary file."""
-    check_interrupted()
-    try:
-        with stage("decode"):
-            first = first_frame(frames)  # what the targets' checks look at
-        refuse_kept_high_bits(first, options)
-    except UnsupportedImage as exc:
-        raise_outside_causes(exc)
-        return _unsupported([exc], size, options)
-    refusals: list[UnsupportedImage] = []
-    for target in options.targets():
-        check_interrupted()
-        try:
-            check_supported(first, target, options)
-            with stage("encode"):
-                encoded, plugin, note = _encode_any_plugin(
-                    partial(encode_groups, frames, target, options=options), target, options
-                )
-            check_interrupted()
-            try:
-                with stage("serialize"):
-                    output, written = write_output(frames, encoded, first, target, options)
-            finally:
-                encoded.close()
-        except UnsupportedImage as exc:
-            raise_outside_causes(exc)
-            refusals.append(exc)
-            continue
-        try:
-            checked = Verification(0, None)
-            if options.verify:
-                check_interrupted()
-                with stage("verify"):
-                    checked = verify_output(output, frames, first, target, options.jls_error)
-            guard = quality_refusal(target, checked, options)
-            if guard is not None:
-                output.close()
-                refusals.append(guard)
-                continue
-            result = _finish(size, output, written, target, plugin, checked, note, options)
-        except BaseException:
-            output.close()
-            raise
-        notices = encoded.high_bits.notices(int(first.dataset.HighBit))
-        return _with_notices(result, [*notices, *_guarded(refusals)])
-    return _unsupported(refusals, size, options)
 
 
 def _classify(ds: Dataset, size: int, options: CompressionOptions) -> Result | None:

@@ -50,12 +50,12 @@ from worker.codec.compress import (
     refuse_kept_high_bits,
     serialize,
 )
+from worker.codec.options import CompressionOptions
 from worker.codec.overlays import HighBits, embedded_overlay_groups
 from worker.codec.plugins.base import Plugin
 from worker.codec.targets import Target
 from worker.codec.verify import EXACT_DECODING, Difference, Verification, within_bound
 from worker.errors import PermanentError, raise_outside_causes
-from worker.settings import CompressionOptions
 
 # Native multi-frame Pixel Data at least this large goes frame group by frame group
 FRAMES_ABOVE = 32 * 1024 * 1024

@@ -37,10 +37,11 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from worker.codec.frames import FRAMES_ABOVE
+from worker.codec.options import CompressionOptions
 from worker.codec.parse import looks_like_raw_dataset
 from worker.cores import CGROUP
 from worker.errors import PermanentError, raise_outside_causes
-from worker.settings import CompressionOptions, WorkerSettings
+from worker.settings import WorkerSettings
 from worker.timing import StageTimer
 
 MIB = 1024 * 1024

@@ -11,13 +11,14 @@ import contextlib
 import functools
 import hashlib
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from worker.codec.options import CompressionOptions
 from worker.errors import ConfigurationError
-from worker.settings import CompressionOptions
 
 if TYPE_CHECKING:
     from worker.policy import Policy
@@ -138,6 +139,17 @@ class S3Location(BaseModel):
 
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """An object to enqueue: what a job message names."""
+
+    bucket: str
+    key: str
+    etag: str = ""
+    size: int | None = None
+    version_id: str | None = None
 
 
 class JobMessage(BaseModel):

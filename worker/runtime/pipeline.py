@@ -15,9 +15,12 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from worker import procfs
 from worker.codec.engine import Result, process
 from worker.errors import (
     TERMINAL,
+    ClaimHeld,
+    ClaimLost,
     DcmpressError,
     PermanentError,
     TransientError,
@@ -31,15 +34,6 @@ from worker.runtime.storage import Fetched, Storage
 from worker.timing import StageTimer
 
 log = logging.getLogger(__name__)
-
-
-class ClaimHeld(TransientError):
-    """Another worker is processing this object right now; try again later."""
-
-
-class ClaimLost(DcmpressError):
-    """Another delivery took this object's claim over while we worked: it finishes the
-    object, so this one stops without writing or recording anything."""
 
 
 # This worker's identity in claim owners: random per worker (main) process and
@@ -62,6 +56,15 @@ class Job:
     max_attempts: int
     stage: StageTimer = field(default_factory=StageTimer)
     heartbeat: _Heartbeat | None = None  # while the object is claimed
+    output: tuple[str, str] = field(init=False)  # (bucket, key) of the object's output
+
+    def __post_init__(self) -> None:
+        self.output = self.spec.output_key(self.message.key)
+
+    @property
+    def output_url(self) -> str:
+        """``s3://bucket/key`` of the object's output."""
+        return "s3://{}/{}".format(*self.output)
 
     @property
     def batch(self) -> str:
@@ -149,12 +152,10 @@ def _holder_was_my_child_and_died(holder: str) -> bool:
     if boot != WORKER_BOOT or not pid_text.isdigit():
         return False
     try:
-        with open(f"/proc/{int(pid_text)}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie is dead
-    except FileNotFoundError:
-        return True
-    except OSError:
+        stat = procfs.read_stat(int(pid_text))
+    except OSError:  # /proc not readable: not known to be dead
         return False
+    return stat is None or not stat.running  # gone, or a zombie
 
 
 class _Heartbeat(threading.Thread):
@@ -311,7 +312,7 @@ def _written_before_fetch(job: Job) -> dict[str, str] | None:
     if job.message.rewrite or job.spec.in_place or not job.message.etag:
         return None
     with job.stage("fetch"):
-        metadata = job.storage.output_metadata(*job.spec.output_key(job.key))
+        metadata = job.storage.output_metadata(*job.output)
     return metadata if _same_output(job, metadata, job.message.etag) else None
 
 
@@ -329,7 +330,7 @@ def _written_after_fetch(job: Job, running: Record, fetched: Fetched) -> dict[st
     # the message's ETag is unknown, or no longer the object's: a newer version (whose
     # own message may have written it already) or a late event of an older one
     with job.stage("fetch"):
-        metadata = job.storage.output_metadata(*job.spec.output_key(job.key))
+        metadata = job.storage.output_metadata(*job.output)
     return metadata if _same_output(job, metadata, fetched.etag) else None
 
 
@@ -365,7 +366,7 @@ def _finish_written(job: Job, running: Record, metadata: dict[str, str]) -> dict
         if not job.ledger.transition(job.batch, job.key, final, message, guard=_version(job)):
             return superseded(job, final)
     summary = outcome(job, final, message)
-    summary["output"] = "s3://{}/{}".format(*job.spec.output_key(job.key))
+    summary["output"] = job.output_url
     log.info("object finished", extra={"dcmpress": summary})
     return summary
 
@@ -382,7 +383,7 @@ def _compress(job: Job, fetched: Fetched) -> Result:
 def _write(job: Job, fetched: Fetched, result: Result) -> str | None:
     """Upload the result or copy the source as the result says; return the output URL."""
     spec = job.spec
-    bucket, key = spec.output_key(job.key)
+    bucket, key = job.output
     metadata = contract.output_metadata(
         source_etag=fetched.etag,
         source_key=job.key,
@@ -400,10 +401,10 @@ def _write(job: Job, fetched: Fetched, result: Result) -> str | None:
     if result.output is not None:
         if_match = fetched.etag if spec.in_place else None
         job.storage.put(bucket, key, result.output, metadata, if_match=if_match)
-        return f"s3://{bucket}/{key}"
+        return job.output_url
     if result.copy_source and not spec.in_place:
         job.storage.copy(job.message.bucket, job.key, fetched.version_id, bucket, key, metadata)
-        return f"s3://{bucket}/{key}"
+        return job.output_url
     return None  # in place: the source stays as it is; or nothing to write
 
 
@@ -492,7 +493,7 @@ def _copy_failed(job: Job, error: PermanentError) -> tuple[str, int]:
     """Copy the source of an object that failed outside the engine (a lost worker, a
     time limit) unchanged to its output key; return the URL and the bytes copied."""
     source = job.storage.head(job.message.bucket, job.key, job.message.version_id)
-    bucket, key = job.spec.output_key(job.key)
+    bucket, key = job.output
     metadata = contract.output_metadata(
         source_etag=source.etag,
         source_key=job.key,
@@ -503,7 +504,7 @@ def _copy_failed(job: Job, error: PermanentError) -> tuple[str, int]:
         copied=True,
     )
     job.storage.copy(job.message.bucket, job.key, job.message.version_id, bucket, key, metadata)
-    return f"s3://{bucket}/{key}", source.size
+    return job.output_url, source.size
 
 
 def outcome(job: Job, record: Record, message: str) -> dict[str, Any]:

@@ -8,8 +8,8 @@ credentials come from the standard AWS chain.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
-import random
 import tempfile
 import time
 import uuid
@@ -35,6 +35,7 @@ from botocore.exceptions import (
 
 from worker.codec.frames import FRAMES_ABOVE
 from worker.errors import DcmpressError, PermanentError, TransientError
+from worker.retry import Backoff
 from worker.runtime.contract import META_WRITE_ID
 from worker.settings import WorkerSettings
 
@@ -159,7 +160,8 @@ class Storage:
         # although the server stored it (a second write of the same output: a new
         # version, a second event downstream). _write_once looks first.
         self.writer: Any = client(1)
-        self.write_attempts = settings.s3_max_attempts
+        # a write S3 answered with an error is tried again after up to 2, 4, 8... 20 s
+        self.write_retries = Backoff(attempts=settings.s3_max_attempts, base=2.0, cap=20.0)
         chunk = settings.multipart_threshold_mb * 1024 * 1024
         self.threshold = chunk
         # objects at least this large are downloaded to a file, where the engine takes
@@ -279,7 +281,7 @@ class Storage:
         carries our write id the write took place, and is not made again.
         """
         metadata = {**metadata, META_WRITE_ID: uuid.uuid4().hex}
-        for attempt in range(1, self.write_attempts + 1):
+        for attempt in itertools.count(1):  # ends in a return or a raise (its last try)
             try:
                 write(metadata)
                 return
@@ -300,9 +302,9 @@ class Storage:
                         log.info("%s: stored although the answer was lost; not written "
                                  "again", action)  # fmt: skip
                         return
-                if not isinstance(error, TransientError) or attempt == self.write_attempts:
+                if not isinstance(error, TransientError) or self.write_retries.last(attempt):
                     raise error from exc
-                time.sleep(random.uniform(0.0, min(20.0, 2.0**attempt)))  # full jitter
+                time.sleep(self.write_retries.delay(attempt))
 
     def _landed(self, bucket: str, key: str, write_id: str) -> bool:
         """True if the object carries ``write_id``; looked at up to three times

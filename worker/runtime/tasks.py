@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import signal
 import socket
 import time
@@ -29,20 +28,26 @@ from pydantic import ValidationError
 from worker.errors import (
     INTERRUPTION_PROBES,
     INTERRUPTIONS,
+    ClaimHeld,
+    ClaimLost,
     ConfigurationError,
     PermanentError,
     TransientError,
     one_line,
 )
+from worker.retry import Backoff
 from worker.runtime import logs, metrics
 from worker.runtime.contract import TASK_COMPRESS, BatchSpec, JobMessage
 from worker.runtime.ledger import Ledger
-from worker.runtime.pipeline import ClaimHeld, ClaimLost, Job, finish_failure, process_object
+from worker.runtime.pipeline import Job, finish_failure, process_object
 from worker.runtime.storage import Storage
 from worker.settings import WorkerSettings, masked
 
 log = logging.getLogger(__name__)
 LEDGER_AWAY_PAUSE = 5.0  # seconds before a message the ledger could not serve goes back
+# a delivery that found its object claimed looks again as late as after this failed try
+# (up to 16 s), without using up a retry
+CLAIM_WAIT_AFTER = 5
 
 
 class SoftLimitWatch:
@@ -111,6 +116,12 @@ class Context:
                 return None
             self.specs[batch] = spec
         return self.specs[batch]
+
+    @property
+    def retries(self) -> Backoff:
+        """The retry policy of transient failures: ``max_retries`` retries, waits up to
+        ``retry_backoff_max`` seconds."""
+        return Backoff(attempts=self.settings.max_retries + 1, cap=self.settings.retry_backoff_max)
 
 
 _context: Context | None = None
@@ -248,11 +259,6 @@ def _remove_metrics_files(**_: Any) -> None:
     metrics.cleanup_directory()
 
 
-def backoff(retries: int, cap: int) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, 2**retries)] seconds."""
-    return float(random.uniform(0.0, min(cap, 2**retries)))
-
-
 # max_retries=None: Celery itself never gives up on a retry (its default of 3 would drop
 # the message after the fourth failure, with no record); our own bound is
 # DCMPRESS_MAX_RETRIES, and reaching it records failed/retries_exhausted.
@@ -333,18 +339,16 @@ def _run(self: Task[Any, Any], ctx: Context, job: Job, known_batch: bool) -> dic
         waiting = job.message.model_copy(update={"claim_waits": job.message.claim_waits + 1})
         # (capped like any countdown: a wait longer than half the visibility timeout
         # would be delivered again meanwhile)
-        _retry(
-            self, exc, backoff(4, ctx.settings.retry_backoff_max), waiting.model_dump(mode="json")
-        )
+        _retry(self, exc, ctx.retries.delay(CLAIM_WAIT_AFTER), waiting.model_dump(mode="json"))
     except TransientError as exc:
         retries = self.request.retries - job.message.claim_waits
-        if retries >= ctx.settings.max_retries:
+        if ctx.retries.last(retries + 1):
             return finish_failure(
                 job,
                 PermanentError("retries_exhausted", f"{exc} (after {retries} retries)"),
                 job.ledger.get_record(job.batch, job.key),
             )
-        delay = backoff(retries, ctx.settings.retry_backoff_max)
+        delay = ctx.retries.delay(retries + 1)
         log.warning("transient error, retrying in %.1fs: %s", delay, exc)
         metrics.RETRIES.labels("transient").inc()
         _retry(self, exc, delay, job.message.model_dump(mode="json"))

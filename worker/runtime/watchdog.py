@@ -1,11 +1,11 @@
 """The workers' automatic reconcile: objects no message will finish are sent again.
 
 A Celery worker bootstep starts one thread in each worker's main process. Every
-``tick`` it runs :func:`producer.reconcile.reconcile_stalled` (one worker at a time,
-under a Redis lock): a batch with pending objects and no activity for
+``tick`` it runs :func:`worker.runtime.reconcile.reconcile_stalled` (one worker at a
+time, under a Redis lock): a batch with pending objects and no activity for
 ``DCMPRESS_RECONCILE_AFTER`` seconds is checked, and what has no live message,
-unacknowledged delivery or claim is sent again. The check is the producer's (it
-publishes job messages); the worker only hosts it, being the process that always runs.
+unacknowledged delivery or claim is sent again. ``dcmpress reconcile`` runs the same
+check; the worker hosts the automatic one, being the process that always runs.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ class ReconcileWatch(bootsteps.StartStopStep):
                 )  # fmt: skip
 
     def _run(self, app: Any, settings: WorkerSettings) -> None:
-        from producer.reconcile import reconcile_stalled
         from worker.runtime.ledger import Ledger
+        from worker.runtime.reconcile import reconcile_stalled
 
         ledger = Ledger.from_url(settings.redis_url, settings.retention_seconds)
         while not self.stopped.wait(tick_seconds(settings.reconcile_after)):

@@ -10,8 +10,8 @@ from pydicom.dataset import Dataset
 
 if TYPE_CHECKING:
     from worker.codec.compress import SourceImage
+    from worker.codec.options import CompressionOptions
     from worker.codec.targets import Target
-    from worker.settings import CompressionOptions
 
 T = TypeVar("T")
 

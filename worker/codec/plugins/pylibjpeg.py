@@ -15,8 +15,8 @@ from worker.errors import UnsupportedImage
 
 if TYPE_CHECKING:
     from worker.codec.compress import SourceImage
+    from worker.codec.options import CompressionOptions
     from worker.codec.targets import Target
-    from worker.settings import CompressionOptions
 
 J2K_MIN_SIDE = 32
 

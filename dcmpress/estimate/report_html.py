@@ -1,19 +1,19 @@
 """The ``dcmpress estimate --html`` page: self-contained, like the batch report.
 
-No JavaScript, no external resource: the charts are inline SVG drawn by
-:mod:`dcmpress.report_html`, and the whole estimate is embedded as JSON in
-``<script type="application/json" id="estimate-data">``. Keys, modalities, rule names,
-codes and messages come from the archive, so every text is escaped.
+The page is :mod:`dcmpress.page`'s and its charts are :mod:`dcmpress.charts`'; the whole
+estimate is embedded as JSON in ``<script type="application/json" id="estimate-data">``.
+Keys, modalities, rule names, codes and messages come from the archive, so every text
+is escaped.
 """
 
 from __future__ import annotations
 
-import html
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dcmpress.report_html import CSS, Chart, _json_for_script, chart_svg, human_bytes
+from dcmpress.charts import Chart, chart_card, human_bytes
+from dcmpress.page import document, escape, table, tiles
 
 CHARTS = (
     Chart("by_modality", "Projected savings by modality", "saved", "bytes", "#2f6db5", True,
@@ -25,62 +25,34 @@ CHARTS = (
 )  # fmt: skip
 
 
-def _esc(text: object) -> str:
-    return html.escape(str(text), quote=True)
-
-
 def _ratio(value: float | None) -> str:
     return f"{value:.2f}\u00d7" if value else "-"
-
-
-def _table(head: list[str], rows: list[list[object]], numeric: set[int]) -> str:
-    header = "".join(f"<th>{_esc(cell)}</th>" for cell in head)
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td class="num">{_esc(cell)}</td>' if index in numeric else f"<td>{_esc(cell)}</td>"
-            for index, cell in enumerate(row)
-        )
-        + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _tiles(report: dict[str, Any]) -> str:
     saving, cpu, money = report["saving"], report["cpu"], report["money"]
     level = f"{saving['confidence']:.0%}"
-    tiles = [
+    return tiles([
         ("bytes saved", human_bytes(saving["bytes"]),
-         f"{human_bytes(saving['low'])} \u2013 {human_bytes(saving['high'])} ({level})"),
-        ("ratio of written objects", _ratio(saving["ratio"]), ""),
+         f"{human_bytes(saving['low'])} \u2013 {human_bytes(saving['high'])} ({level})", ""),
+        ("ratio of written objects", _ratio(saving["ratio"]), "", ""),
         ("CPU core-hours", f"{cpu['core_hours']:,.4g}",
-         f"{cpu['low']:,.4g} \u2013 {cpu['high']:,.4g} ({level})"),
+         f"{cpu['low']:,.4g} \u2013 {cpu['high']:,.4g} ({level})", ""),
         ("saving per month", f"${money['monthly']:,.2f}",
-         f"${money['monthly_low']:,.2f} \u2013 ${money['monthly_high']:,.2f}"),
-        ("saving per year", f"${money['yearly']:,.2f}", ""),
+         f"${money['monthly_low']:,.2f} \u2013 ${money['monthly_high']:,.2f}", ""),
+        ("saving per year", f"${money['yearly']:,.2f}", "", ""),
         ("objects listed", f"{report['population']['objects']:,}",
-         human_bytes(report["population"]["bytes"])),
-    ]  # fmt: skip
-    return '<div class="totals">' + "".join(
-        f'<div class="tile"><b>{_esc(value)}</b><span>{_esc(name)}'
-        + (f"<br>{_esc(extra)}" if extra else "")
-        + "</span></div>"
-        for name, value, extra in tiles
-    ) + "</div>"  # fmt: skip
+         human_bytes(report["population"]["bytes"]), ""),
+    ])  # fmt: skip
 
 
 def render_estimate_html(report: dict[str, Any]) -> str:
-    """The whole page for :func:`dcmpress.estimate.build_report`'s ``report``."""
+    """The whole page for :func:`dcmpress.estimate.report.build_report`'s ``report``."""
     data = {**report, "cpu_by_target": sorted(
         report["by_target"], key=lambda row: (-row["cpu_seconds"], row["label"])
     )}  # fmt: skip
-    charts = "".join(
-        f'<section class="card"><h2>{_esc(chart.title)}</h2><p class="note">'
-        f"{_esc(chart.note)}</p>{chart_svg(chart, data[chart.name])}</section>"
-        for chart in CHARTS
-    )
-    strata = _table(
+    charts = "".join(chart_card(chart, data[chart.name]) for chart in CHARTS)
+    strata = table(
         ["size", "kind", "rule", "objects", "bytes", "headers", "samples", "ratio", "saved",
          "rates from"],
         [[s["size_class"], s["kind"], s["rule"] or "", f"{s['objects']:,}",
@@ -90,8 +62,8 @@ def render_estimate_html(report: dict[str, Any]) -> str:
         {3, 4, 5, 6, 7, 8},
     )  # fmt: skip
     domains = "".join(
-        f'<section class="card"><h2>Per {_esc(title)}</h2>'
-        + _table(
+        f'<section class="card"><h2>Per {escape(title)}</h2>'
+        + table(
             [title, "objects", "bytes in", "saved", "ratio", "core-hours", "samples"],
             [
                 [
@@ -110,7 +82,7 @@ def render_estimate_html(report: dict[str, Any]) -> str:
         + "</section>"
         for name, title in (("by_modality", "modality"), ("by_target", "target"))
     )
-    outcomes = _table(
+    outcomes = table(
         ["outcome", "code", "objects"],
         [[row["outcome"], row["code"], row["count"]] for row in report["outcomes"]],
         {2},
@@ -119,14 +91,14 @@ def render_estimate_html(report: dict[str, Any]) -> str:
     if report["failed_samples"]:
         failed = (
             '<section class="card wide"><h2>Failed samples</h2>'
-            + _table(
+            + table(
                 ["key", "code", "message"],
                 [[row["key"], row["code"], row["message"]] for row in report["failed_samples"]],
                 set(),
             )
             + "</section>"
         )
-    notes = "".join(f"<li>{_esc(note)}</li>" for note in report["notes"])
+    notes = "".join(f"<li>{escape(note)}</li>" for note in report["notes"])
     sample, money = report["sample"], report["money"]
     meta = (
         f"{sample['headers']:,} headers read ({human_bytes(sample['header_bytes_read'])}), "
@@ -136,25 +108,15 @@ def render_estimate_html(report: dict[str, Any]) -> str:
         + f"; {money['storage_class']} at ${money['price_per_gb_month']:g} per GB-month "
         f"({money['price_source']}). Generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC}."
     )
-    title = f"dcmpress estimate \u2014 {report['source']}"
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>"
-        f"<header><h1>dcmpress estimate <code>{_esc(report['source'])}</code></h1>"
-        f'<p class="meta">{_esc(meta)}</p></header>'
+    body = (
         f'<section class="card wide" id="totals"><h2>Projection</h2>{_tiles(report)}'
         f'<ul class="note">{notes}</ul></section>'
         f'<div class="grid" style="margin-top:18px">{charts}{domains}'
         f'<section class="card wide"><h2>Strata</h2>{strata}</section>'
         f'<section class="card"><h2>Outcomes of the compressed sample</h2>{outcomes}</section>'
         f"{failed}</div>"
-        "<footer>Self-contained page: no JavaScript, no external resources. The estimate "
-        "is embedded as JSON in <code>script#estimate-data</code>.</footer>"
-        f'<script type="application/json" id="estimate-data">{_json_for_script(data)}</script>'
-        "</body></html>\n"
     )
+    return document("estimate", report["source"], meta, body, "The estimate", "estimate-data", data)
 
 
 def write_estimate_html(report: dict[str, Any], path: Path) -> None:
