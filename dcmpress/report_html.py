@@ -21,7 +21,8 @@ from dcmpress.charts import Chart, chart_card, human_bytes
 from dcmpress.page import document, escape, table, tiles
 from dcmpress.reports import report_rows
 from worker.errors import TERMINAL
-from worker.runtime.ledger import STATES, Ledger
+from worker.runtime.ledger import Ledger
+from worker.runtime.records import STATES
 
 # Upper edges of the ratio bins (the last bin is open): <1, 1-1.5, ..., 6-10, >=10.
 RATIO_EDGES = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0)

@@ -112,7 +112,7 @@ class BatchStatus:
     def by_rule(self) -> list[tuple[str, int, float, float]]:
         """(rule name, finished objects, bytes in and out of those written) per rule of
         the batch's policy that decided any object, in the policy's order."""
-        from worker.runtime.ledger import to_base36  # redis: not at the CLI's import
+        from worker.runtime.records import to_base36
 
         rows = []
         for number, name in enumerate(self.rule_names, 1):

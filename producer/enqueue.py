@@ -18,8 +18,9 @@ from celery import Celery
 from producer.batches import save_finished, save_listing_point, save_manifest_point
 from producer.sources import ObjectRef
 from worker.runtime.contract import BatchSpec
-from worker.runtime.ledger import ALREADY_DONE, ALREADY_QUEUED, QUEUED, Ledger, Record
+from worker.runtime.ledger import ALREADY_DONE, ALREADY_QUEUED, QUEUED, Ledger
 from worker.runtime.publish import JobSender
+from worker.runtime.records import Record
 
 
 @dataclass

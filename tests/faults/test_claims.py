@@ -18,8 +18,9 @@ from dcmpress.stack.services import SeaweedS3
 from tests.integration.test_pipeline_steps import make_job, spec_for
 from worker.errors import ClaimHeld, ClaimLost
 from worker.runtime import pipeline
-from worker.runtime.ledger import Keys, Ledger, Record
+from worker.runtime.ledger import Keys, Ledger
 from worker.runtime.pipeline import WORKER_BOOT, process_object
+from worker.runtime.records import Record
 from worker.runtime.storage import Storage
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,8 @@ import pytest
 from dcmpress.stack.samples import make_image, to_bytes
 from dcmpress.stack.services import CeleryWorker, SeaweedS3
 from tests.conftest import run_cli, wait_for_batch
-from worker.runtime.ledger import Ledger, Record
+from worker.runtime.ledger import Ledger
+from worker.runtime.records import Record
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -28,8 +28,9 @@ from worker.errors import ClaimHeld, PermanentError, TransientError
 from worker.runtime import contract
 from worker.runtime.app import create_app
 from worker.runtime.contract import BatchSpec, JobMessage, S3Location
-from worker.runtime.ledger import Keys, Ledger, Record
+from worker.runtime.ledger import Keys, Ledger
 from worker.runtime.pipeline import Job, process_object
+from worker.runtime.records import Record
 from worker.runtime.storage import Storage
 from worker.settings import WorkerSettings
 

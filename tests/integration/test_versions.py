@@ -16,7 +16,8 @@ from producer.enqueue import Enqueuer
 from producer.sources import ObjectRef
 from worker.runtime.app import create_app
 from worker.runtime.contract import BatchSpec, S3Location
-from worker.runtime.ledger import ALREADY_DONE, ALREADY_QUEUED, QUEUED, Ledger, Record
+from worker.runtime.ledger import ALREADY_DONE, ALREADY_QUEUED, QUEUED, Ledger
+from worker.runtime.records import Record
 from worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.integration

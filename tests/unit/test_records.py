@@ -7,7 +7,7 @@ import pytest
 
 from worker.codec.targets import ALIASES, TARGETS
 from worker.errors import CODES
-from worker.runtime.ledger import CODE_TAGS, PLUGIN_TAGS, TARGET_TAGS, Record, worker_tag
+from worker.runtime.records import CODE_TAGS, PLUGIN_TAGS, TARGET_TAGS, Record, worker_tag
 
 # Redis's default hash-max-listpack-value: one longer value makes its shard a hash table
 LISTPACK_VALUE = 64

@@ -85,7 +85,7 @@ def test_rules_are_shown_by_name_with_their_objects_and_saving() -> None:
 
 
 def test_a_record_names_its_rule_compactly_and_old_records_still_read() -> None:
-    from worker.runtime.ledger import Record
+    from worker.runtime.records import Record
 
     record = Record(state="done", code="compressed", bytes_in=10, bytes_out=4, rule=37)
     assert record.encode().endswith("|11")  # base 36

@@ -29,7 +29,8 @@ from worker.errors import (
 )
 from worker.runtime import contract
 from worker.runtime.contract import BatchSpec, JobMessage
-from worker.runtime.ledger import Ledger, Record, short_etag
+from worker.runtime.ledger import Ledger
+from worker.runtime.records import Record, short_etag
 from worker.runtime.storage import Fetched, Storage
 from worker.timing import StageTimer
 

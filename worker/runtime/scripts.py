@@ -1,0 +1,180 @@
+"""The ledger's Lua scripts, each atomic in Redis: moving an object from one record to
+another keeps the batch counters exact (the old record's contributions are removed, the
+new one's added). :class:`~worker.runtime.ledger.Ledger` registers and calls them."""
+
+from __future__ import annotations
+
+from worker.runtime.records import CODE_TAGS
+
+# Lua shared by the scripts below: parse a record, and move one object from its old
+# record to a new one while accumulating the batch counter changes in ``delta``.
+LUA_RECORDS = (
+    "local code_names = {"
+    + ", ".join(f"{tag}='{name}'" for name, tag in CODE_TAGS.items())
+    + "}\n"
+    + """
+local function split(s)
+  local out = {}
+  for part in (s .. '|'):gmatch('([^|]*)|') do out[#out + 1] = part end
+  return out
+end
+local names = {q='queued', r='running', d='done', s='skipped', f='failed'}
+local function terminal(c) return c == 'd' or c == 's' or c == 'f' end
+local function code(r)
+  if r[2] == '' and r[1] == 'd' then return 'compressed' end
+  return code_names[r[2]] or r[2]
+end
+local delta = {}
+local examples = {}
+local finished, started = false, false
+local function add(field, n) delta[field] = (delta[field] or 0) + n end
+-- per policy rule (record field 14, base 36): objects, and bytes of those written
+local function rule(r, sign)
+  local id = r[14]
+  if id == nil or id == '' then return end
+  add('rule:' .. id, sign)
+  if tonumber(r[4], 36) > 0 then
+    add('rule_in:' .. id, sign * tonumber(r[3], 36))
+    add('rule_out:' .. id, sign * tonumber(r[4], 36))
+  end
+end
+local function move(objects, messages, field, old, value, message, retention)
+  if old then
+    local o = split(old)
+    add(names[o[1]], -1)
+    if terminal(o[1]) then
+      add('bytes_in', -tonumber(o[3], 36))
+      add('bytes_out', -tonumber(o[4], 36))
+      if tonumber(o[4], 36) > 0 then add('written_in', -tonumber(o[3], 36)) end
+      add('code:' .. code(o), -1)
+      rule(o, -1)
+    end
+  end
+  local n = split(value)
+  redis.call('HSET', objects, field, value)
+  redis.call('EXPIRE', objects, retention)
+  add(names[n[1]], 1)
+  if terminal(n[1]) then
+    add('bytes_in', tonumber(n[3], 36))
+    add('bytes_out', tonumber(n[4], 36))
+    if tonumber(n[4], 36) > 0 then add('written_in', tonumber(n[3], 36)) end
+    add('code:' .. code(n), 1)
+    rule(n, 1)
+    finished = true
+    if n[1] == 'f' then examples['example:' .. code(n)] = field end
+  end
+  if n[1] == 'r' then started = true end
+  if message ~= '' then
+    redis.call('HSET', messages, field, message)
+    redis.call('EXPIRE', messages, retention)
+  elseif old then
+    redis.call('HDEL', messages, field)
+  end
+end
+local function flush(counts, batch, now, retention)
+  for field, n in pairs(delta) do
+    if n ~= 0 then redis.call('HINCRBY', counts, field, n) end
+  end
+  for field, key in pairs(examples) do redis.call('HSET', batch, field, key) end
+  if finished then redis.call('HSET', counts, 'finished_at', now) end
+  if started then redis.call('HSETNX', counts, 'started_at', now) end
+  redis.call('EXPIRE', counts, retention)
+end
+"""
+)
+
+# Sets records (KEYS: counts, batch, then objects/messages shard per item; ARGV:
+# retention, now, then field/value/message/guard per item), keeping the counters exact
+# and the latest failed key per code as an example (batch hash, ``example:{code}``).
+# A guard (``=`` and the ETag a delivery started with) leaves a record alone that a
+# newer version of the object queued meanwhile: that version is the object's job now.
+# Returns per item 1 (set) or 0 (superseded, left alone).
+TRANSITION = (
+    LUA_RECORDS
+    + """
+local retention, now = ARGV[1], ARGV[2]
+local result = {}
+for i = 1, (#KEYS - 2) / 2 do
+  local objects = KEYS[2 * i + 1]
+  local field, guard = ARGV[4 * i - 1], ARGV[4 * i + 2]
+  local old = redis.call('HGET', objects, field)
+  result[i] = 1
+  if old and guard ~= '' then
+    local o = split(old)
+    if o[1] == 'q' and o[10] ~= guard:sub(2) then result[i] = 0 end
+  end
+  if result[i] == 1 then
+    move(objects, KEYS[2 * i + 2], field, old, ARGV[4 * i], ARGV[4 * i + 1], retention)
+  end
+end
+flush(KEYS[1], KEYS[2], ARGV[2], retention)
+return result
+"""
+)
+
+# The producer's check-and-queue, atomic per call (KEYS: counts, batch, the broker's
+# queue list, then objects/messages shard per item; ARGV: retention, now, now in base
+# 36, force, resend_queued, then field/etag/message per item). An item queued now gets
+# its message pushed in the same step when one is given (the broker is this Redis), so
+# a queued record always has its message, even when the caller never hears the reply.
+# Returns per item: 0 queued now (send it, unless pushed), 1 already finished for this
+# ETag, 2 already queued or running for this ETag. Another ETag is a new version of the
+# object, a new job: the newest version wins.
+QUEUE = (
+    LUA_RECORDS
+    + """
+local retention, now, now36 = ARGV[1], ARGV[2], ARGV[3]
+local force, resend = ARGV[4] == '1', ARGV[5] == '1'
+local result = {}
+for i = 1, (#KEYS - 3) / 2 do
+  local objects = KEYS[2 * i + 2]
+  local field, etag, message = ARGV[3 * i + 3], ARGV[3 * i + 4], ARGV[3 * i + 5]
+  local old = redis.call('HGET', objects, field)
+  local verdict, attempts, lost = 0, '0', '0'
+  if old then
+    local o = split(old)
+    local same = etag == '' or o[10] == etag
+    if same then
+      attempts = o[5]
+      -- deaths so far count on when a message is only sent again; a forced retry or
+      -- resume gives the object its attempts afresh
+      if not force then lost = o[12] or '0' end
+    end
+    -- a running object is never queued twice for one version (an orphan: `dcmpress
+    -- reconcile`); a new version waits for the running delivery's claim
+    if o[1] == 'r' and same then verdict = 2
+    elseif same and not force and terminal(o[1]) then verdict = 1
+    elseif same and not force and not resend then verdict = 2 end
+  end
+  if verdict == 0 then
+    local value = 'q||0|0|' .. attempts .. '|||0||' .. etag .. '|' .. now36 .. '|' .. lost
+    move(objects, KEYS[2 * i + 3], field, old, value, '', retention)
+    if message ~= '' then redis.call('LPUSH', KEYS[3], message) end
+  end
+  result[i] = verdict
+end
+-- when objects were last queued: the messages follow at once, so the automatic
+-- reconcile leaves a batch alone for a while after it
+redis.call('HSET', KEYS[2], 'queued_at', now)
+flush(KEYS[1], KEYS[2], now, retention)
+return result
+"""
+)
+
+# Deletes a claim only if we still own it (it may have lapsed and been re-taken).
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# Extends a claim we own, takes it back if it lapsed and nobody took it; 0 if another
+# owner holds it now.
+RENEW = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
+end
+return 0
+"""
