@@ -127,8 +127,8 @@ def _explain_acl_refusal(
         todo = "its key and channel patterns included"
     return (
         f"Redis at {redis_url} refused {refused.describe()} to user {user} ({reason}); give "
-        f"that user the ACL rules of README 'TLS, Redis users, secrets' "
-        f"(worker/runtime/acl.py), {todo}"
+        f"that user the ACL rules of 'TLS, Redis users, secrets' (docs/guides/security.md; "
+        f"worker/runtime/acl.py), {todo}"
     )
 
 

@@ -13,7 +13,7 @@ id for a job
   :class:`BatchConflict`, :attr:`OnConflict.FORK` gives the job a batch of its own,
   ``{id}-{digest}``, created or resumed like any other.
 
-The entry points and their choice (README, "Batches"):
+The entry points and their choice (docs/guides/bucket.md, "Batches"):
 
 - ``dcmpress enqueue``, from a listing or a manifest: refuse. The operator is there
   to read the error, and a batch they named is the one they will watch.

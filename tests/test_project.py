@@ -1,4 +1,4 @@
-"""The project's own promises: lint, types, README in step with the code, CI script."""
+"""The project's own promises: lint, types, documentation in step with the code, CI script."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from tests import docs
+from worker.codec.options import CompressionOptions
 from worker.errors import CODES
-from worker.settings import CompressionOptions, WorkerSettings
+from worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -33,15 +35,17 @@ def test_code_is_lint_and_type_clean(command: tuple[str, ...]) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_every_outcome_code_is_documented_in_the_readme() -> None:
-    documented = set(re.findall(r"^\| `([a-z_]+)` \| (?:done|skipped|failed) \|", README, re.M))
+def test_every_outcome_code_is_documented() -> None:
+    table = docs.section("Outcome codes")
+    documented = set(re.findall(r"^\| `([a-z_]+)` \| (?:done|skipped|failed) \|", table, re.M))
     assert documented == set(CODES)
 
 
 @pytest.mark.parametrize("model", [CompressionOptions, WorkerSettings])
-def test_every_setting_is_documented_in_the_readme(model: type[BaseModel]) -> None:
+def test_every_setting_is_documented_in_the_configuration(model: type[BaseModel]) -> None:
+    configuration = docs.section("Configuration")
     for name in model.model_fields:
-        assert f"`DCMPRESS_{name.upper()}`" in README
+        assert f"`DCMPRESS_{name.upper()}`" in configuration
 
 
 def _block_after(marker: str) -> str:
@@ -61,8 +65,9 @@ def test_quick_start_runs_the_demo() -> None:
 
 
 def _layout_paths() -> set[str]:
-    """The paths the README's layout drawing names, rebuilt from its indentation."""
-    match = re.search(r"<!-- layout -->\s*```\n(.+?)\n```", README, re.S)
+    """The paths the layout drawing (docs, "Development") names, rebuilt from its
+    indentation."""
+    match = re.search(r"<!-- layout -->\s*```\n(.+?)\n```", docs.holding("<!-- layout -->"), re.S)
     assert match, "layout block"
     stack: list[str] = []
     paths = set()
@@ -74,7 +79,7 @@ def _layout_paths() -> set[str]:
     return paths
 
 
-def test_readme_draws_the_layout_as_it_is() -> None:
+def test_the_docs_draw_the_layout_as_it_is() -> None:
     drawn = {path for path in _layout_paths() if path.endswith(".py")}
     modules = {
         str(path.relative_to(ROOT))
@@ -86,7 +91,7 @@ def test_readme_draws_the_layout_as_it_is() -> None:
 
 
 def test_every_guarantee_names_tests_that_exist() -> None:
-    section = README.split("## Guarantees", 1)[1].split("\n## ", 1)[0]
+    section = docs.section("Guarantees")
     named = re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?`", section)
     assert len(named) >= 10
     for path, test in named:

@@ -15,8 +15,8 @@ Two more say what became of an object's claim: :class:`ClaimHeld` (another deliv
 works on it: a transient error, waited out) and :class:`ClaimLost` (another delivery
 took it over: this one stops and records nothing).
 
-Every code an object can end with is declared in :data:`CODES`; the README documents
-each one and a test keeps the two in step.
+Every code an object can end with is declared in :data:`CODES`;
+docs/reference/outcome-codes.md documents each one and a test keeps the two in step.
 """
 
 from __future__ import annotations

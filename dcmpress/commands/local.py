@@ -146,7 +146,7 @@ def doctor(
     console = Console()
     statuses = all_plugin_status()
     console.print(doctor_table(statuses, console.width))
-    console.print(f"{len(CODES)} outcome codes; see README 'Outcome codes'.")
+    console.print(f"{len(CODES)} outcome codes; see docs/reference/outcome-codes.md.")
     missing = [f"{s.target.name}/{s.plugin.name}" for s in statuses if not s.available]
     if strict and missing:
         raise fail(f"missing plugins: {', '.join(missing)}", EXIT_FAILED)

@@ -16,10 +16,10 @@ from tornado.options import options as tornado_options
 from typer.testing import CliRunner
 
 from dcmpress.cli import app as dcmpress_app
+from tests import docs
 from tests.deploy.files import (
     DOCKERFILE,
     KUSTOMIZATIONS,
-    ROOT,
     compose_environment,
     config_map_data,
     dockerfile_instructions,
@@ -32,7 +32,7 @@ from tests.deploy.files import (
 from worker.codec.options import EngineSettings
 from worker.settings import WorkerSettings
 
-README = (ROOT / "README.md").read_text()
+DOCUMENTED = docs.everything()
 HEALTHCHECK_SCRIPT = "/opt/dcmpress/healthcheck.py"
 
 
@@ -95,7 +95,7 @@ def _check_dcmpress(argv: list[str]) -> None:
 def _check_celery(argv: list[str]) -> None:
     assert argv[1:3] == ["-A", "worker"], f"not the dcmpress app: {argv}"
     subcommand = argv[3]
-    assert f"celery -A worker {subcommand}" in README, f"README does not document {argv[:4]}"
+    assert f"celery -A worker {subcommand}" in DOCUMENTED, f"the docs do not show {argv[:4]}"
     options = _options_in(argv[4:])
     if subcommand == "flower":  # Flower parses its own (tornado) options
         unknown = {o for o in options if o.lstrip("-").replace("_", "-") not in tornado_options}

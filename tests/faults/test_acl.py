@@ -2,7 +2,7 @@
 
 A ``redis-server`` of the test's own, with the default user off, an ``admin`` user
 for the test and a ``dcmpress`` user holding exactly the rules of
-:func:`worker.runtime.acl.acl_rules` (what the README tells operators to set). The
+:func:`worker.runtime.acl.acl_rules` (what the docs tell operators to set). The
 producer, a worker as deployed (gossip and mingle on), ``status``, ``report``,
 ``retry``, ``reconcile``, the listener's webhook and Flower all run as that user, and
 the server's ACL LOG must show no refusal but the one the rules make on purpose.
@@ -29,6 +29,7 @@ import redis
 
 from dcmpress.stack.samples import make_image, to_bytes
 from dcmpress.stack.services import CeleryWorker, SeaweedS3, find_redis_server, free_port
+from tests import docs
 from tests.conftest import run_cli, wait_for_batch
 from tests.flower import ok, running_flower
 from tests.integration.test_listen import minio_event, post
@@ -37,8 +38,8 @@ from worker.runtime.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-README = (ROOT / "README.md").read_text()
-QUEUE = "dcmpress"  # the default, so that the rules are exactly the README's
+SECURITY = "TLS, Redis users, secrets"  # the docs' section that quotes the rules
+QUEUE = "dcmpress"  # the default, so that the rules are exactly the documented ones
 # Left out, and done without: the workers' persistence check (CONFIG GET), redis-py's
 # naming of its connections (CLIENT SETINFO). Redis 6.2 logs commands, 7.x subcommands.
 DELIBERATE = {"config", "config|get", "client", "client|setinfo"}
@@ -119,10 +120,11 @@ def listening(env: dict[str, str], dest: str, workdir: Path) -> Iterator[str]:
         proc.wait(20)
 
 
-def test_the_readme_quotes_the_rules_the_tests_use() -> None:
-    assert f"ACL SETUSER dcmpress reset on >PASSWORD {acl_rules()}\n" in README
+def test_the_docs_quote_the_rules_the_tests_use() -> None:
+    section = docs.section(SECURITY)
+    assert f"ACL SETUSER dcmpress reset on >PASSWORD {acl_rules()}\n" in section
     counts = f"{len(COMMANDS)} commands, {len(KEY_PATTERNS)} key patterns and "
-    assert counts + f"{len(channel_patterns())} channels" in " ".join(README.split())
+    assert counts + f"{len(channel_patterns())} channels" in " ".join(section.split())
     assert "~orders*" in acl_rules("orders") and "+select" in acl_rules(db=2)
     assert "&/2.celery.pidbox" in acl_rules(db=2) and "~orders*" not in acl_rules()
 
@@ -205,5 +207,6 @@ def test_a_missing_permission_is_one_line_naming_it_and_the_fix(
     [line] = [line for line in lines if line.startswith("error:")]
     assert line.startswith("error: Redis at redis://dcmpress:***@127.0.0.1:"), line
     assert re.search(f"refused ({refused}) to user dcmpress", line), line
-    assert re.search(todo, line) and "README 'TLS, Redis users, secrets'" in line, line
+    page = docs.where(SECURITY).relative_to(docs.ROOT)
+    assert re.search(todo, line) and f"'{SECURITY}' ({page};" in line, line
     assert acl_redis.url.split(":")[2].split("@")[0] not in line  # the password

@@ -294,9 +294,10 @@ def test_flower_and_the_workers_replies_hold_no_secret(
     password_redis: RedisServer, stack_env: dict[str, str], s3_server: SeaweedS3,
     bucket_pair: tuple[str, str], tmp_path: Path,
 ) -> None:  # fmt: skip
-    """The README's "Secrets appear in no output", for what Flower and the workers'
-    remote control show: a real worker and Flower on a Redis with a password, one job,
-    then every Flower page and API and every inspect reply is searched."""
+    """The docs' "Secrets appear in no output" (docs/guides/security.md), for what
+    Flower and the workers' remote control show: a real worker and Flower on a Redis
+    with a password, one job, then every Flower page and API and every inspect reply is
+    searched."""
     from worker.runtime.app import create_app
     from worker.settings import WorkerSettings
 

@@ -172,9 +172,9 @@ def test_sockets_that_send_no_headers_hold_no_event_slot(
 
 
 def test_requests_beyond_the_64_in_flight_get_503_until_one_ends(intake: EventIntake) -> None:
-    """The README's limit with its default: 64 requests being handled (their headers in,
-    their bodies still coming), the 65th answered 503; a request without the token is
-    answered 401 whatever the load, holding no slot."""
+    """The documented limit with its default (docs/guides/events.md): 64 requests being
+    handled (their headers in, their bodies still coming), the 65th answered 503; a
+    request without the token is answered 401 whatever the load, holding no slot."""
     limits = WebhookLimits(max_body_bytes=64 * 1024, header_timeout=1.0, body_timeout=2.0)
     webhook = serve_http(intake, "127.0.0.1", 0, TOKEN, lambda: True, limits)
     held = []
@@ -409,10 +409,11 @@ def post(port: int, body: bytes, headers: dict[str, str] | None = None) -> int:
 def test_hostile_bodies_keep_the_listener_within_its_memory_bound(
     stack_env: dict[str, str], bucket_pair: tuple[str, str], tmp_path: Path
 ) -> None:
-    """The README's bound: whatever the bodies within the limits (4 MiB, 64 at once), the
-    listener's RSS never grows more than 512 MiB (twice 64 bodies of 4 MiB) over an
-    idle one's. Before the bound, 200 sequential and 2 x 60 concurrent ``[{},{},...]``
-    bodies took it from 128 MB to a peak of 10 GB, and left it at 1 GB."""
+    """The documented bound (docs/guides/events.md): whatever the bodies within the
+    limits (4 MiB, 64 at once), the listener's RSS never grows more than 512 MiB (twice
+    64 bodies of 4 MiB) over an idle one's. Before the bound, 200 sequential and 2 x 60
+    concurrent ``[{},{},...]`` bodies took it from 128 MB to a peak of 10 GB, and left
+    it at 1 GB."""
     with listener_process(stack_env, bucket_pair[1], tmp_path / "spool") as (pid, port):
         assert post(port, b'{"Records": []}') == 200  # what every request needs is loaded
         idle = procfs.peak_rss(pid)

@@ -43,7 +43,7 @@ def test_bulk_messages_match_celerys_own(settings: WorkerSettings, ledger: Ledge
     theirs, ours = _pop(ledger, celery_queue), _pop(ledger, bulk_queue)
 
     assert set(ours) == set(theirs)
-    # one deliberate difference: argsrepr is the job as JSON (what Flower shows, README)
+    # one deliberate difference: argsrepr is the job as JSON (what Flower shows, as documented)
     assert ours["headers"]["argsrepr"] == json.dumps([payload], ensure_ascii=False)
     drop = PER_MESSAGE_HEADERS | {"argsrepr"}
     assert {k: v for k, v in ours["headers"].items() if k not in drop} == {

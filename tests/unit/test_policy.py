@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from dcmpress.cli import app
 from dcmpress.stack.samples import make_image, to_bytes
+from tests import docs
 from worker.codec.options import CompressionOptions
 from worker.errors import ConfigurationError
 from worker.policy import Attribute, parse_policy, parse_size
@@ -174,9 +175,8 @@ def test_policy_check_shows_the_rule_each_sample_takes(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "no default rule" in bad.output
 
 
-def test_the_readmes_example_policy_is_valid() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme.split("\n## Policies\n", 1)[1].split("\n## ", 1)[0]
+def test_the_docs_example_policy_is_valid() -> None:
+    section = docs.section("Policies")
     example = section.split("```toml\n", 1)[1].split("```", 1)[0]
     policy = parse_policy(example)
     policy.check(CompressionOptions())

@@ -1,11 +1,11 @@
 """Property: over the Image Pixel module's attribute space, a lossless target returns the
-source pixels bit for bit, or refuses the image with the specific code the README names.
+source pixels bit for bit, or refuses the image with the specific code the docs name.
 
 Each example draws Rows, Columns, Number of Frames (present or absent), Samples per
 Pixel with a fitting Photometric Interpretation, Planar Configuration, Bits Allocated,
 Bits Stored, High Bit, Pixel Representation, a native transfer syntax and pixel values
 over the whole stored range (extremes included), sometimes with bits set above High
-Bit. The expected outcome comes from the README's rules ("Inputs that are not simple",
+Bit. The expected outcome comes from the docs' rules ("Inputs that are not simple",
 "Bits above High Bit and embedded overlays", "Outcome codes") and the encoding profiles
 of PS3.5 8.2, not from the engine; the pixels are decoded by another library than the
 engine's verifier (tests/support.py).
@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -41,6 +40,7 @@ from pydicom.uid import (
 )
 
 from dcmpress.stack.samples import make_image, pattern
+from tests import docs
 from tests.support import assert_lossless, read, run, source_pixels
 from worker.codec.engine import Result
 from worker.codec.targets import TARGETS
@@ -65,9 +65,9 @@ settings.register_profile(
 )
 PROFILE = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "dcmpress-fast"))
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-# code -> state, from the README's "Outcome codes" table
-DOCUMENTED = dict(re.findall(r"^\| `([a-z_]+)` \| (done|skipped|failed) \|", README, re.M))
+# code -> state, from the docs' "Outcome codes" table
+OUTCOME_CODES = docs.section("Outcome codes")
+DOCUMENTED = dict(re.findall(r"^\| `([a-z_]+)` \| (done|skipped|failed) \|", OUTCOME_CODES, re.M))
 
 PHOTOMETRICS = {1: ("MONOCHROME2", "MONOCHROME1", "PALETTE COLOR"), 3: ("RGB", "YBR_FULL")}
 SYNTAX_UIDS = {"jpeg-ls": JPEGLSLossless, "j2k": JPEG2000Lossless, "rle": RLELossless}
@@ -92,7 +92,7 @@ def _profile(
 
 @dataclass(frozen=True)
 class Limits:
-    """What a lossless target can take: the README's limits, then the PS3.5 profile."""
+    """What a lossless target can take: the docs' limits, then the PS3.5 profile."""
 
     bits_allocated: frozenset[int]  # after Bits Allocated 32 / Stored <= 16 moves to 16
     max_bits_stored: int
@@ -310,7 +310,7 @@ Outcome = tuple[str, str]  # (code, the target that compressed the image, or "")
 
 
 def expected_outcomes(image: Image, targets: list[str], high_bits: str) -> set[Outcome]:
-    """Every outcome the README's rules allow, in the engine's order: High Bit, then
+    """Every outcome the docs' rules allow, in the engine's order: High Bit, then
     ``high_bits``, then each target in turn (a refusal's code is the first target's)."""
     if image.high_bit != image.bits_stored - 1:
         return {("unsupported_high_bit", "")}
@@ -354,7 +354,7 @@ def in_profile(profile: Profile, image: Image, bits_allocated: int) -> bool:
 
 
 def assert_specific_refusal(result: Result) -> None:
-    """A refusal names a code the README documents, in its state, never internal_error."""
+    """A refusal names a code the docs document, in its state, never internal_error."""
     assert result.code != "internal_error", result.message
     assert result.state in ("skipped", "failed"), (result.state, result.code, result.message)
     assert result.code in DOCUMENTED, f"undocumented code {result.code!r}: {result.message}"
@@ -364,7 +364,7 @@ def assert_specific_refusal(result: Result) -> None:
 
 def assert_compressed_exactly(result: Result, image: Image, ds: Dataset, target: str) -> None:
     """Bit-identical pixels, decoded independently, and the Image Pixel attributes the
-    README's rules give the result."""
+    docs' rules give the result."""
     expected = image.expected_pixels()
     np.testing.assert_array_equal(source_pixels(ds), expected, "the test built the wrong image")
     if target == "jpeg-ls" and image.bits_stored in GDCM_REFUSES_JPEG_LS_BITS_STORED:

@@ -65,7 +65,7 @@ class Target:
     options: frozenset[str]  # which compress() options apply to this target
     summary: str
     # pydicom decoding plugins for verification, the least CPU per decode first
-    # (measured: see README). Not the fastest in a lone process: python-gdcm decodes
+    # (measured: benchmarks/RESULTS.md). Not the fastest in a lone process: python-gdcm decodes
     # JPEG 2000 on a thread per CPU, 1.4-1.5x faster alone but 1.1-1.2x the CPU, and slower
     # once every core runs a worker process
     decoders: tuple[str, ...] = ()

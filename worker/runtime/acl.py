@@ -13,8 +13,8 @@ tell whether a Redis without AOF saves RDB snapshots, and say nothing about it),
 does without when refused (Redis 7.0 refuses the rule itself).
 
 ACL checks the commands and keys of Lua scripts too, so their commands are listed.
-``tests/faults/test_acl.py`` runs the whole job as a user with exactly these rules; the
-README quotes :func:`acl_rules`.
+``tests/faults/test_acl.py`` runs the whole job as a user with exactly these rules;
+docs/guides/security.md quotes :func:`acl_rules`.
 """
 
 from __future__ import annotations

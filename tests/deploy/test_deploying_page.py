@@ -1,4 +1,4 @@
-"""The README's "Deploying" section: where it stands, and that what it says is so."""
+"""The "Deploying" page of the docs: where it stands, and that what it says is so."""
 
 from __future__ import annotations
 
@@ -6,22 +6,22 @@ import re
 
 import yaml
 
+from tests import docs
 from tests.deploy.files import DEPLOY, ROOT, duration_seconds, env_example
-
-README = (ROOT / "README.md").read_text()
 
 
 def _section() -> str:
-    return README.split("\n## Deploying\n", 1)[1].split("\n## ", 1)[0]
+    return docs.section("Deploying")
 
 
 def test_deploying_comes_immediately_before_development() -> None:
-    headings = re.findall(r"^## (.+)$", README, re.M)
-    assert headings.index("Deploying") + 1 == headings.index("Development")
+    titles = docs.nav_titles()
+    assert titles.index("Deploy") + 1 == titles.index("Development")
+    assert docs.where("Deploying") == docs.DOCS / "deploy.md"
 
 
-def test_every_deploy_path_the_readme_names_exists() -> None:
-    named = set(re.findall(r"`(deploy/[\w./-]+)`", README))
+def test_every_deploy_path_the_docs_name_exists() -> None:
+    named = set(re.findall(r"`(deploy/[\w./-]+)`", docs.everything()))
     assert len(named) >= 6
     for path in named:
         assert (ROOT / path).exists(), path
@@ -29,8 +29,8 @@ def test_every_deploy_path_the_readme_names_exists() -> None:
         assert (DEPLOY / "kubernetes" / path).is_dir(), path
 
 
-def test_deploy_is_drawn_in_the_readme_layout() -> None:
-    layout = README.split("<!-- layout -->", 1)[1].split("```", 2)[1]
+def test_deploy_is_drawn_in_the_docs_layout() -> None:
+    layout = docs.holding("<!-- layout -->").split("<!-- layout -->", 1)[1].split("```", 2)[1]
     lines = layout.splitlines()
     start = lines.index(next(line for line in lines if line.startswith("deploy/")))
     drawn = {line.split()[0] for line in lines[start + 1 :] if line.startswith("  ")}
