@@ -25,7 +25,7 @@ from tests.conftest import run_cli, wait_for_batch
 from tests.faults.injection import STAGES, faulty_env, paused
 from tests.faults.outputs import put_sources, tally
 from tests.faults.proxy import FaultProxy
-from tests.integration.test_faults import _children
+from worker import procfs
 from worker.runtime.ledger import Ledger
 
 pytestmark = pytest.mark.integration
@@ -82,7 +82,7 @@ def test_pool_processes_killed_at_every_stage_lose_and_duplicate_nothing(
         batch, images = _start_batch(env, s3_server, source, dest)
         _wait_all_paused(tmp_path)
         assert worker.pid is not None
-        children = _children(worker.pid)
+        children = procfs.children(worker.pid)
         assert len(children) == len(STAGES)
         for child in children:
             os.kill(child, signal.SIGKILL)
