@@ -339,7 +339,7 @@ class EventIntake:
             pipe.execute()
 
 
-# waits between failed SQS receives (the queue or its endpoint away): 2, 4, ... 60 s
+# waits between failed SQS receives (the queue or its endpoint away): up to 2, 4, ... 60 s
 RECEIVE_BACKOFF = Backoff(attempts=None, base=2.0, cap=60.0)
 
 
