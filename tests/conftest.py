@@ -7,6 +7,8 @@ themselves with their own buckets and batch ids.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import sys
@@ -132,6 +134,16 @@ def run_cli(
         env={**os.environ, "COLUMNS": "160", **env},
         check=False,
     )
+
+
+def queued_keys(ledger: Ledger, queue: str) -> list[str]:
+    """Object keys of the Celery messages waiting in ``queue`` (read from Redis)."""
+    keys = []
+    for raw in ledger.redis.lrange(queue, 0, -1):  # type: ignore[union-attr]
+        envelope = json.loads(raw)
+        args, _, _ = json.loads(base64.b64decode(envelope["body"]))
+        keys.append(args[0]["key"])
+    return keys
 
 
 def wait_for_batch(

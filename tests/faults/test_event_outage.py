@@ -12,7 +12,6 @@ new version's.
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
@@ -36,8 +35,10 @@ from dcmpress.stack.services import CeleryWorker, RedisServer, SeaweedS3, free_p
 from producer.listen import EventFilter, EventIntake
 from producer.spool import Spool
 from producer.webhook import serve_http
-from tests.conftest import wait_for_batch
+from tests.conftest import queued_keys, wait_for_batch
 from tests.faults.injection import faulty_env
+from tests.faults.test_redis_restart import AofRedis
+from tests.integration.test_listen import minio_event
 from worker.codec.options import CompressionOptions
 from worker.runtime.app import create_app
 from worker.runtime.contract import S3Location
@@ -49,15 +50,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 OUTAGE_SECONDS = 30  # each outage; the drain backs off to its longest wait (10 s) in it
 SOURCE, DEST, BATCH = "hook-src", "hook-dst", "outage"
-
-
-class AofRedis(RedisServer):
-    """A redis-server that keeps an append-only file (what it had comes back)."""
-
-    def _argv(self) -> list[str]:
-        argv = super()._argv()
-        argv[argv.index("--appendonly") + 1] = "yes"
-        return argv
 
 
 @contextmanager
@@ -91,14 +83,6 @@ def _wait(done: Callable[[], bool], timeout: float, what: str) -> None:
     while not done():
         assert time.monotonic() < deadline, f"not {what} after {timeout} s"
         time.sleep(0.2)
-
-
-def _messages_per_key(ledger: Ledger, queue: str) -> Counter[str]:
-    keys: Counter[str] = Counter()
-    for raw in ledger.redis.lrange(queue, 0, -1):  # type: ignore[union-attr]
-        body = json.loads(base64.b64decode(json.loads(raw)["body"]))
-        keys[body[0][0]["key"]] += 1
-    return keys
 
 
 def _records(ledger: Ledger, batch: str) -> dict[str, str]:
@@ -164,7 +148,7 @@ def test_a_sender_that_never_retries_loses_nothing_while_redis_is_away_or_hung(
             upload(12, 16)
             _wait(lambda: len(_records(ledger, batch)) == 16, 60, "16 records")
             assert set(_records(ledger, batch).values()) == {"queued"}
-            per_key = _messages_per_key(ledger, queue)
+            per_key = Counter(queued_keys(ledger, queue))
             assert per_key == Counter({key: 1 for key in keys}), per_key  # one job each
             assert b"waiting" in log.read_bytes()  # the restart said what it replays
             with CeleryWorker(env, tmp_path / "worker", concurrency=1):
@@ -237,15 +221,9 @@ def test_a_full_redis_spools_the_event_and_it_is_enqueued_once_there_is_room(
             admin = Ledger.from_url(redis.url, 86400).redis
             try:
                 admin.config_set("maxmemory", 1)  # full: every write refused
-                event = {"Records": [{
-                    "eventVersion": "2.1", "eventSource": "minio:s3",
-                    "eventName": "s3:ObjectCreated:Put",
-                    "s3": {"bucket": {"name": SOURCE},
-                           "object": {"key": "full.dcm", "size": 10, "eTag": "e1"}},
-                }]}  # fmt: skip
                 request = urllib.request.Request(
                     f"http://127.0.0.1:{server.server_port}/", method="POST",
-                    data=json.dumps(event).encode(),
+                    data=json.dumps(minio_event(SOURCE, "full.dcm", 10, "e1")).encode(),
                 )  # fmt: skip
                 with urllib.request.urlopen(request, timeout=30) as reply:
                     assert reply.status == 200
@@ -255,7 +233,7 @@ def test_a_full_redis_spools_the_event_and_it_is_enqueued_once_there_is_room(
                 _wait(lambda: spool.size == 0, 30, "drained")
                 record = ledger.get_record(f"{BATCH}-{SOURCE}", "full.dcm")
                 assert record is not None and record.state == "queued"
-                assert _messages_per_key(ledger, queue) == Counter({"full.dcm": 1})
+                assert Counter(queued_keys(ledger, queue)) == Counter({"full.dcm": 1})
             finally:
                 admin.config_set("maxmemory", 0)
                 server.shutdown()

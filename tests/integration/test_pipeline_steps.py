@@ -6,9 +6,7 @@ mid-flight) uses monkeypatching; everything else is real.
 
 from __future__ import annotations
 
-import base64
 import io
-import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ from dcmpress.stack.samples import make_image, to_bytes
 from dcmpress.stack.services import SeaweedS3
 from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages
 from producer.sources import KeyFilter, ObjectRef, listing_pages
+from tests.conftest import queued_keys
 from tests.support import independent_decode, read, source_pixels
 from worker.codec.frames import FRAMES_ABOVE
 from worker.codec.options import CompressionOptions
@@ -268,16 +267,6 @@ def _pages_then_break(pages: Iterator[Any], after: int) -> Iterator[Any]:
         yield page
 
 
-def _queued_keys(ledger: Ledger, queue: str) -> list[str]:
-    """Object keys of the Celery messages waiting in ``queue`` (read from Redis)."""
-    keys = []
-    for raw in ledger.redis.lrange(queue, 0, -1):  # type: ignore[union-attr]
-        envelope = json.loads(raw)
-        args, _, _ = json.loads(base64.b64decode(envelope["body"]))
-        keys.append(args[0]["key"])
-    return keys
-
-
 def test_interrupted_enqueue_resumes_after_its_checkpoint(
     ledger: Ledger, storage: Storage, s3_server: SeaweedS3, bucket_pair: tuple[str, str],
     settings: WorkerSettings, monkeypatch: pytest.MonkeyPatch,
@@ -303,7 +292,7 @@ def test_interrupted_enqueue_resumes_after_its_checkpoint(
     resumed = listing_pages(storage, source, "", info["checkpoint"], KeyFilter())
     report = enqueue_pages(enqueuer, resumed, EnqueueReport(spec.batch), True)
     assert report.enqueued == 5
-    assert sorted(_queued_keys(ledger, queue)) == keys  # every key exactly once
+    assert sorted(queued_keys(ledger, queue)) == keys  # every key exactly once
     assert "listing_done" in ledger.batch_info(spec.batch)
     assert ledger.counts(spec.batch)["queued"] == 25
 

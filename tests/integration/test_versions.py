@@ -7,13 +7,13 @@ overwriting the record of a newer one queued while it ran.
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import pytest
 
 from producer.enqueue import Enqueuer
 from producer.sources import ObjectRef
+from tests.conftest import queued_keys
 from worker.runtime.app import create_app
 from worker.runtime.contract import BatchSpec, S3Location
 from worker.runtime.ledger import ALREADY_DONE, ALREADY_QUEUED, QUEUED, Ledger
@@ -28,18 +28,6 @@ def _batch(ledger: Ledger) -> BatchSpec:
                      dest=S3Location(bucket="dst"))  # fmt: skip
     ledger.save_batch(spec)
     return spec
-
-
-def _keys_in(ledger: Ledger, queue: str) -> list[str]:
-    """The object key of every message in ``queue``."""
-    import base64
-
-    keys = []
-    for raw in ledger.redis.lrange(queue, 0, -1):  # type: ignore[union-attr]
-        envelope = json.loads(raw)
-        body = json.loads(base64.b64decode(envelope["body"]))
-        keys.append(body[0][0]["key"])
-    return sorted(keys)
 
 
 def test_a_new_version_of_a_running_object_is_a_new_job(ledger: Ledger) -> None:
@@ -93,11 +81,11 @@ def test_messages_are_pushed_in_the_step_that_queues_them(
     assert enqueuer.atomic  # the broker is the ledger's Redis
     refs = [ObjectRef("src", f"{n}.dcm", f"e{n}") for n in range(3)]
     assert enqueuer.enqueue(refs, resend_queued=False) == (3, 0, 0)
-    assert _keys_in(ledger, queue) == ["0.dcm", "1.dcm", "2.dcm"]
+    assert sorted(queued_keys(ledger, queue)) == ["0.dcm", "1.dcm", "2.dcm"]
     # the same events again: no message; a new version of one: one message
     again = [*refs, ObjectRef("src", "1.dcm", "e1-new")]
     assert enqueuer.enqueue(again, resend_queued=False) == (1, 0, 3)
-    assert _keys_in(ledger, queue) == ["0.dcm", "1.dcm", "1.dcm", "2.dcm"]
+    assert sorted(queued_keys(ledger, queue)) == ["0.dcm", "1.dcm", "1.dcm", "2.dcm"]
 
 
 def test_without_a_reply_the_object_is_still_queued_with_its_message(
@@ -123,4 +111,4 @@ def test_without_a_reply_the_object_is_still_queued_with_its_message(
         enqueuer.enqueue([ObjectRef("src", "x.dcm", "e")], resend_queued=False)
     monkeypatch.setattr(ledger, "queue_many", real)
     assert enqueuer.enqueue([ObjectRef("src", "x.dcm", "e")], resend_queued=False) == (0, 0, 1)
-    assert _keys_in(ledger, queue) == ["x.dcm"]  # "duplicate" means: its message exists
+    assert sorted(queued_keys(ledger, queue)) == ["x.dcm"]  # "duplicate" means: its message exists
