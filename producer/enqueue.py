@@ -68,20 +68,14 @@ class Enqueuer(JobSender):
         """
         items = [(ref.key, ref.etag) for ref in refs]
         if self.atomic:
-            envelopes = self.envelopes(refs)
             # (a queued record has its message here: nothing to send again)
             verdicts = self.ledger.queue_many(
-                self.spec.batch, items, self.force, False, envelopes, self.queue
+                self.spec.batch, items, self.force, False, self.envelopes(refs), self.queue
             )
-            return (
-                verdicts.count(QUEUED),
-                verdicts.count(ALREADY_DONE),
-                verdicts.count(ALREADY_QUEUED),
-            )
-        verdicts = self.ledger.queue_many(self.spec.batch, items, self.force, resend_queued)
-        chosen = [ref for ref, verdict in zip(refs, verdicts, strict=True) if verdict == QUEUED]
-        self.send(chosen)
-        return len(chosen), verdicts.count(ALREADY_DONE), verdicts.count(ALREADY_QUEUED)
+        else:
+            verdicts = self.ledger.queue_many(self.spec.batch, items, self.force, resend_queued)
+            self.send(ref for ref, verdict in zip(refs, verdicts, strict=True) if verdict == QUEUED)
+        return verdicts.count(QUEUED), verdicts.count(ALREADY_DONE), verdicts.count(ALREADY_QUEUED)
 
 
 def enqueue_pages(

@@ -21,8 +21,8 @@ from dcmpress.commands.common import (
     ExcludeSuffix,
     MinSize,
     Suffix,
-    connect,
     policy_text,
+    settings_or_exit,
 )
 from dcmpress.console import EXIT_FAILED, fail
 from dcmpress.options import compression_flags
@@ -112,7 +112,7 @@ def listen(
     except ConfigurationError as exc:
         raise fail(str(exc)) from None
     policy_given = policy_text(policy, options)
-    settings, _ = connect()
+    settings = settings_or_exit()  # (its ledger client is the event path's own, below)
     ledger, celery_app = _event_clients(settings)
     spool = _open_spool(spool_dir, spool_max_mb) if http else None
     intake = EventIntake(
@@ -132,6 +132,7 @@ def listen(
     threads: list[threading.Thread] = []
     listener: SqsListener | None = None
     server = None
+    drain: threading.Thread | None = None
     if sqs:
         client = boto3.session.Session().client(
             "sqs", endpoint_url=sqs_endpoint_url, region_name=settings.s3_region
@@ -152,9 +153,10 @@ def listen(
 
         if spool is not None:
             pending = len(spool)
-            threads.append(
-                threading.Thread(target=intake.drain_spool, args=(stop,), name="spool", daemon=True)
+            drain = threading.Thread(
+                target=intake.drain_spool, args=(stop,), name="spool", daemon=True
             )
+            threads.append(drain)
             console.print(
                 f"spool {spool.directory}: {pending:,} event message(s) waiting"
                 if pending else f"spool {spool.directory}",
@@ -180,6 +182,8 @@ def listen(
         if server:
             server.shutdown()
         stop.set()  # the spool's drain stops between two messages
+        if drain is not None:
+            drain.join(timeout=10)  # (one message at most: its Redis calls give up in 3 s)
         if spool is not None:
             spool.close()
         console.print("stopped")
