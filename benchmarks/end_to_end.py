@@ -38,8 +38,8 @@ from pathlib import Path
 
 from dcmpress.stack.samples import make_image, to_bytes
 from dcmpress.stack.services import CeleryWorker, RedisServer, SeaweedS3, dcmpress_env
-from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages
-from producer.sources import KeyFilter, listing_pages
+from producer.feeder import Feeder, ListingCursor, Step
+from producer.sources import KeyFilter
 from worker.codec.engine import process
 from worker.codec.options import CompressionOptions
 from worker.procfs import tree_cpu_seconds
@@ -126,13 +126,16 @@ def end_to_end(files: list[bytes], target: str, processes: int, root: Path) -> M
                 options=CompressionOptions(target=[target]), created=time.time(),
             )  # fmt: skip
             ledger.save_batch(spec)
-            enqueuer = Enqueuer(create_app(settings), ledger, spec, settings.queue)
+            storage = Storage(settings)
+            feeder = Feeder(
+                create_app(settings), ledger, storage, spec, settings.queue,
+                settings.feed_high_water, ListingCursor(storage, spec.source, "", KeyFilter()),
+            )  # fmt: skip
             before = {name: tree_cpu_seconds(pid, reaped=True) for name, pid in parties.items()}
             main_before = tree_cpu_seconds(worker.pid, descendants=False)
             own = time.process_time()
             started = time.perf_counter()
-            pages = listing_pages(Storage(settings), "bench-src", "", "", KeyFilter())
-            enqueue_pages(enqueuer, pages, EnqueueReport("bench"), resuming=False)
+            assert feeder.run(lambda step: False) is Step.FINISHED
             while True:
                 counts = ledger.counts("bench")
                 if counts.get("done", 0) + counts.get("failed", 0) >= len(files):

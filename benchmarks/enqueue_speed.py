@@ -1,7 +1,8 @@
-"""Producer speed: keys/s from a manifest and from a bucket listing into real Redis.
+"""Feeder speed: keys/s from a manifest and from a bucket listing into real Redis.
 
 * manifest: a generated S3 Batch Operations CSV of N keys, read streaming, checked
-  against the ledger (Lua check-and-queue) and published to the Celery queue;
+  against the ledger and pushed to the Celery queue in the same Lua call, by the
+  feeder (``producer/feeder.py``) with a mark above N (no waiting for workers);
   the process's peak RSS is shown after two sizes (4x apart) so its flatness shows;
 * listing: M objects in a local SeaweedFS bucket, listed page by page and enqueued.
 
@@ -19,9 +20,9 @@ import time
 from pathlib import Path
 
 from dcmpress.stack.services import RedisServer, SeaweedS3, dcmpress_env
-from producer.enqueue import Enqueuer, EnqueueReport, ManifestRun, enqueue_pages
+from producer.feeder import Feeder, ListingCursor, ManifestCursor, Step
 from producer.manifests import open_local, read_manifest
-from producer.sources import KeyFilter, listing_pages
+from producer.sources import KeyFilter
 from worker.runtime.app import create_app
 from worker.runtime.contract import BatchSpec, S3Location
 from worker.runtime.ledger import Ledger
@@ -42,17 +43,15 @@ def manifest_rate(root: Path, keys: int, settings: WorkerSettings) -> tuple[floa
     manifest = root / f"manifest-{keys}.csv"
     write_manifest(manifest, keys)
     ledger = Ledger.from_url(settings.redis_url, settings.retention_seconds)
-    app = create_app(settings)
-    batch = f"bench-{keys}"
-
-    def make(bucket: str) -> Enqueuer:
-        spec = BatchSpec(batch=batch, source=S3Location(bucket=bucket),
-                         dest=S3Location(bucket="out"), created=time.time())  # fmt: skip
-        ledger.save_batch(spec)
-        return Enqueuer(app, ledger, spec, f"bench-queue-{keys}")
-
+    storage = Storage(settings)
+    spec = BatchSpec(batch=f"bench-{keys}", source=S3Location(bucket="archive"),
+                     dest=S3Location(bucket="out"), created=time.time())  # fmt: skip
+    ledger.save_batch(spec)
+    cursor = ManifestCursor(read_manifest(str(manifest), open_local), 0)
+    feeder = Feeder(create_app(settings), ledger, storage, spec, f"bench-queue-{keys}",
+                    keys + 1, cursor)  # fmt: skip
     started = time.perf_counter()
-    ManifestRun(make).run(read_manifest(str(manifest), open_local), skip=0)
+    assert feeder.run(lambda step: False) is Step.FINISHED
     elapsed = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert ledger.redis.llen(f"bench-queue-{keys}") == keys
@@ -69,10 +68,12 @@ def listing_rate(root: Path, objects: int, settings: WorkerSettings, s3: Seaweed
     spec = BatchSpec(batch="bench-list", source=S3Location(bucket="bench-list"),
                      dest=S3Location(bucket="out"), created=time.time())  # fmt: skip
     ledger.save_batch(spec)
-    enqueuer = Enqueuer(create_app(settings), ledger, spec, "bench-list-queue")
+    storage = Storage(settings)
     started = time.perf_counter()
-    pages = listing_pages(Storage(settings), "bench-list", "", "", KeyFilter())
-    enqueue_pages(enqueuer, pages, EnqueueReport("bench-list"), resuming=False)
+    cursor = ListingCursor(storage, spec.source, "", KeyFilter())
+    feeder = Feeder(create_app(settings), ledger, storage, spec, "bench-list-queue",
+                    objects + 1, cursor)  # fmt: skip
+    assert feeder.run(lambda step: False) is Step.FINISHED
     return objects / (time.perf_counter() - started)
 
 

@@ -30,6 +30,7 @@ class BatchStatus:
     info: dict[str, str]
     taken_at: float
     rule_names: tuple[str, ...] = ()  # of the batch's policy, in order; () without one
+    paused: str = ""  # why the workers pause (storage failing, worker/runtime/breaker.py)
 
     @property
     def finished(self) -> int:
@@ -128,9 +129,13 @@ class BatchStatus:
 def snapshot(ledger: Ledger, batch: str, names: tuple[str, ...] | None = None) -> BatchStatus:
     """Read the batch's counters now; ``names`` are its policy's rule names, read from
     its spec when not given (a view that refreshes reads them once)."""
+    from worker.runtime.breaker import read_pause
+
     if names is None:
         names = rule_names(ledger, batch)
-    return BatchStatus(batch, ledger.counts(batch), ledger.batch_info(batch), time.time(), names)
+    pause = read_pause(ledger.redis)
+    return BatchStatus(batch, ledger.counts(batch), ledger.batch_info(batch), time.time(), names,
+                       pause.describe() if pause else "")  # fmt: skip
 
 
 def rule_names(ledger: Ledger, batch: str) -> tuple[str, ...]:
@@ -141,6 +146,18 @@ def rule_names(ledger: Ledger, batch: str) -> tuple[str, ...]:
     except ConfigurationError:  # a policy this release cannot read: its objects say so
         policy = None
     return tuple(rule.name for rule in policy.rule) if policy is not None else ()
+
+
+def _pacing(plan_json: str) -> str:
+    """The feed's pacing in words, from its stored plan ("" if none)."""
+    from pydantic import ValidationError
+
+    from producer.feeder import FeedPlan
+
+    try:
+        return FeedPlan.model_validate_json(plan_json).pacing() if plan_json else ""
+    except ValidationError:  # written by another release
+        return ""
 
 
 def render(status: BatchStatus, previous: BatchStatus | None = None, note: str = "") -> Table:
@@ -165,6 +182,13 @@ def render(status: BatchStatus, previous: BatchStatus | None = None, note: str =
     table.add_column("value", justify="right")
     listing = "complete" if "listing_done" in status.info else "in progress"
     table.add_row("listing", f"{listing}, {status.info.get('enqueued', '0')} enqueued")
+    feed_state = status.info.get("feed_state", "")
+    if feed_state and "listing_done" not in status.info:
+        since = dt.datetime.fromtimestamp(int(status.info.get("feed_state_at", 0) or 0))
+        table.add_row("feed", f"{escape(feed_state)} (since {since:%H:%M:%S})")
+    pacing = _pacing(status.info.get("feed", ""))
+    if pacing:
+        table.add_row("pacing", escape(pacing))
     for state in ("queued", "running", "done", "skipped", "failed"):
         table.add_row(state, f"{int(counts.get(state, 0)):,}")
     bar = Table.grid(padding=(0, 1))
@@ -182,6 +206,8 @@ def render(status: BatchStatus, previous: BatchStatus | None = None, note: str =
     window = "last minute" if previous is not None else "average"
     table.add_row(f"rate ({window})", f"{rate:,.1f} objects/s, {megabytes:,.2f} MB/s")
     table.add_row("ETA", eta)
+    if status.paused and not status.complete:
+        table.add_row("paused", f"{escape(status.paused)}; the workers resume when it answers")
     if note:
         table.add_row("check", note)
     resent = int(status.info.get("reconciled_sent", 0) or 0)

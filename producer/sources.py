@@ -24,6 +24,8 @@ class KeyFilter:
     exclude_prefixes: tuple[str, ...] = ()  # e.g. the destination inside the source
     min_size: int = 1  # zero-byte objects are never DICOM
     max_size: int | None = None
+    # a later pass of a listing: only objects modified since (the storage's clock)
+    changed_since: float = 0.0
     rejected: dict[str, int] = field(default_factory=dict, compare=False)
 
     def accepts(self, item: Listed) -> bool:
@@ -42,6 +44,8 @@ class KeyFilter:
             reason = "excluded prefix"
         elif item.size < self.min_size or (self.max_size is not None and item.size > self.max_size):
             reason = "size"
+        elif item.modified and item.modified < self.changed_since:
+            reason = "unchanged"  # fed by an earlier pass of the same batch
         if reason:
             self.rejected[reason] = self.rejected.get(reason, 0) + 1
         return not reason

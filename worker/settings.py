@@ -210,6 +210,13 @@ class WorkerSettings(BaseSettings):
         "workers look for objects with no live message and send them again (as "
         "`dcmpress reconcile` does); 0: never by themselves.",
     )
+    feed_high_water: int = Field(
+        default=10_000,
+        ge=1,
+        description="Messages a batch's feeder keeps in the queue (the high-water mark): "
+        "the listing or manifest is the backlog, and the queue holds minutes of work, not "
+        "the archive (about 1.5 KB of Redis per message).",
+    )
 
     @property
     def retention_seconds(self) -> int:

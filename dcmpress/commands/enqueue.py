@@ -7,10 +7,11 @@ become a job, and the progress is shown.
 from __future__ import annotations
 
 import json
+import time
+from contextlib import suppress
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -35,10 +36,11 @@ from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from producer.batches import OpenedBatch
-    from producer.enqueue import Enqueuer
-    from producer.sources import KeyFilter
-    from worker.runtime.contract import S3Location
+    from producer.enqueue import EnqueueReport
+    from producer.feeder import FeedPlan
+    from worker.runtime.contract import BatchSpec, S3Location
     from worker.runtime.ledger import Ledger
+    from worker.runtime.storage import Storage
 
 
 @compression_flags
@@ -80,10 +82,40 @@ def enqueue(
     policy: Annotated[
         Path | None, typer.Option(help=f"{POLICY_HELP} Stored with the batch.")
     ] = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            help="Keep feeding until the whole listing or manifest is queued, as the "
+            "queue drains (default: feed up to the queue's mark and leave the rest to the "
+            "workers).",
+        ),
+    ] = False,
+    max_rate: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Most objects per second (50) or bytes per second (200MB/s) the batch "
+            "is fed at, across all workers; repeat for both.",
+        ),
+    ] = None,
+    window: Annotated[
+        str | None,
+        typer.Option(help="Feed only inside this daily window, HH:MM-HH:MM (e.g. 20:00-06:00)."),
+    ] = None,
+    timezone: Annotated[
+        str, typer.Option(help="The window's time zone (IANA name, e.g. Europe/Berlin).")
+    ] = "UTC",
     *,
     options: CompressionOptions,
 ) -> None:
-    """List s3://bucket/prefix (or read a manifest) and enqueue one job per object."""
+    """List s3://bucket/prefix (or read a manifest) and feed its objects to the queue.
+
+    The listing or manifest is the backlog: the queue is kept topped up to
+    DCMPRESS_FEED_HIGH_WATER messages, by this command while it runs and then by the
+    workers, from the batch's checkpoint. Run it again to resume, or, once the batch
+    was fed in full, to send objects added or changed since.
+    """
+    from producer.feeder import FeedPlan
     from worker.runtime.contract import S3Location
 
     if (source is None) == (manifest is None):
@@ -95,16 +127,41 @@ def enqueue(
         raise fail(str(exc)) from None
     if (dest_location is None) == (not in_place):
         raise fail("give exactly one of --dest s3://bucket/prefix and --in-place")
+    pacing = _pacing(max_rate or [], window, timezone)
     job = _Job(dest_location, in_place, options, policy_text(policy, options), force)
     settings, ledger = connect()
     if manifest is not None:
-        _enqueue_manifest(manifest, batch, job, settings, ledger)
+        plan = FeedPlan(kind="manifest", manifest=manifest, batch_name=batch or "",
+                        force=force, **pacing)  # fmt: skip
+        _enqueue_manifest(manifest, batch, job, plan, follow, settings, ledger)
         return
     assert source_location is not None
     filtered = key_filter(
         source_location, dest_location, suffix, exclude_suffix, min_size, max_size
     )
-    _enqueue_listing(source_location, batch, job, filtered, settings, ledger)
+    plan = FeedPlan(
+        suffixes=filtered.suffixes, exclude_suffixes=filtered.exclude_suffixes,
+        exclude_prefixes=filtered.exclude_prefixes, min_size=filtered.min_size,
+        max_size=filtered.max_size, force=force, **pacing,
+    )  # fmt: skip
+    _enqueue_listing(source_location, batch, job, plan, follow, settings, ledger)
+
+
+def _pacing(rates: list[str], window: str | None, timezone: str) -> dict[str, Any]:
+    """The plan's pacing fields from the options; exit 2 naming a bad one."""
+    from producer.pacing import Window, parse_rate
+
+    fields: dict[str, Any] = {"window": window or "", "timezone": timezone}
+    try:
+        for rate in rates:
+            objects, bytes_ = parse_rate(rate)
+            fields["max_rate"] = objects or fields.get("max_rate", 0.0)
+            fields["max_bytes_rate"] = bytes_ or fields.get("max_bytes_rate", 0.0)
+        if window:
+            Window.parse(window, timezone)
+    except ConfigurationError as exc:
+        raise fail(str(exc)) from None
+    return fields
 
 
 @dataclass(frozen=True)
@@ -119,13 +176,11 @@ class _Job:
 
     def open(
         self, source: S3Location, batch: str | None, settings: WorkerSettings, ledger: Ledger
-    ) -> tuple[OpenedBatch, Enqueuer]:
+    ) -> OpenedBatch:
         """The batch of this job on ``source`` (named ``batch``, else the id derived from
-        the job, so the same command again resumes it) and its enqueuer; exit 2 if the
-        id holds another job."""
+        the job, so the same command again resumes it); exit 2 if the id holds another
+        job."""
         from producer.batches import BatchConflict, OnConflict, open_batch
-        from producer.enqueue import Enqueuer
-        from worker import app as celery_app
         from worker.runtime.contract import BatchSpec, default_batch_id
 
         wanted = BatchSpec(
@@ -134,98 +189,168 @@ class _Job:
             policy=self.policy,
         )  # fmt: skip
         try:
-            opened = open_batch(ledger, wanted, OnConflict.REFUSE)
+            return open_batch(ledger, wanted, OnConflict.REFUSE)
         except BatchConflict as exc:
             raise fail(f"{exc}; pick a new --batch") from None
-        enqueuer = Enqueuer(
-            celery_app, ledger, opened.spec, settings.queue, force=self.force, rewrite=self.force
-        )
-        return opened, enqueuer
 
 
 def _enqueue_listing(
     source: S3Location,
     batch: str | None,
     job: _Job,
-    filtered: KeyFilter,
+    plan: FeedPlan,
+    follow: bool,
     settings: WorkerSettings,
     ledger: Ledger,
 ) -> None:
-    """Enqueue the listing of ``source`` into one batch, resumably."""
-    from producer.enqueue import EnqueueReport, enqueue_pages
-    from producer.sources import listing_pages
+    """Feed the listing of ``source`` into one batch, resumably."""
+    from producer.feeder import load_plan, new_pass
     from worker.runtime.storage import Storage
 
-    opened, enqueuer = job.open(source, batch, settings, ledger)
-    resume = opened.resume
-    console = Console(stderr=True)
-    start_after = resume.after_key
-    console.print(
-        f"batch [bold]{opened.spec.batch}[/]"
-        + (f" (resuming after {start_after!r})" if start_after else "")
-    )
-    report = EnqueueReport(batch=opened.spec.batch, resumed_from=start_after)
+    opened = job.open(source, batch, settings, ledger)
     storage = Storage(settings)
-    with _enqueue_progress(console) as progress:
-        task = progress.add_task("enqueue", detail="")
-
-        def on_page(current: EnqueueReport) -> None:
-            progress.update(
-                task,
-                detail=f"{current.listed:,} listed, {current.enqueued:,} enqueued, "
-                f"{current.already_done:,} already done",
-            )
-
-        try:
-            pages = listing_pages(storage, source.bucket, source.prefix, start_after, filtered)
-            enqueue_pages(enqueuer, pages, report, resume.interrupted, on_page)
-        except DcmpressError as exc:
-            raise fail(_resumable(exc), EXIT_FAILED) from None
-    report.filtered = dict(filtered.rejected)
+    console = Console(stderr=True)
+    stored = load_plan(ledger, opened.spec.batch)
+    try:
+        if opened.created or stored is None:
+            plan = plan.model_copy(update={"pass_started": storage.clock(source.bucket)})
+        elif not opened.resume.interrupted:  # fed in full before: a later pass
+            plan = new_pass(ledger, storage, opened.spec, stored.model_copy(update=_pace_of(plan)))
+            plan = plan.model_copy(update={"force": job.force})
+        else:  # a pass under way goes on as it began; pacing is what changes
+            plan = stored.model_copy(update=_pace_of(plan) | {"force": job.force})
+    except DcmpressError as exc:
+        raise fail(_resumable(exc), EXIT_FAILED) from None
+    start_after = ledger.batch_info(opened.spec.batch).get("checkpoint", "")
+    note = f" (resuming after {start_after!r})" if start_after else ""
+    if plan.changed_since and not start_after:
+        note = " (a later pass: objects modified since the last one began)"
+    console.print(f"batch [bold]{opened.spec.batch}[/]{note}")
+    report = _feed(opened.spec, plan, follow, settings, ledger, storage, console)
+    report.resumed_from = start_after
     print(json.dumps(report.__dict__))
 
 
+def _pace_of(plan: FeedPlan) -> dict[str, Any]:
+    return {name: getattr(plan, name) for name in
+            ("max_rate", "max_bytes_rate", "window", "timezone")}  # fmt: skip
+
+
 def _enqueue_manifest(
-    manifest: str, batch: str | None, job: _Job, settings: WorkerSettings, ledger: Ledger
+    manifest: str,
+    batch: str | None,
+    job: _Job,
+    plan: FeedPlan,
+    follow: bool,
+    settings: WorkerSettings,
+    ledger: Ledger,
 ) -> None:
-    """Enqueue the objects a manifest names, one batch per source bucket, resumably:
-    with ``batch``, the first bucket's batch is that name and the others' name-bucket."""
-    from producer.enqueue import ManifestRun
+    """Feed the objects a manifest names, one batch per source bucket, resumably: with
+    ``batch``, the first bucket's batch is that name and the others' name-bucket."""
+    from producer.batches import ResumePoint
+    from producer.enqueue import EnqueueReport
+    from producer.feeder import load_plan
     from producer.manifests import ManifestError, read_manifest, storage_opener
     from worker.runtime.contract import S3Location
+    from worker.runtime.ledger import Keys
     from worker.runtime.storage import Storage
 
     storage = Storage(settings)
-    resume_after: dict[str, int] = {}  # source bucket -> entries its last run handled
-
-    def make_enqueuer(bucket: str) -> Enqueuer:
-        name = (batch if not run.enqueuers else f"{batch}-{bucket}") if batch else None
-        opened, enqueuer = job.open(S3Location(bucket=bucket), name, settings, ledger)
-        resume_after[bucket] = opened.resume.after_entries
-        return enqueuer
-
-    run = ManifestRun(make_enqueuer)
     console = Console(stderr=True)
     try:
-        pages = read_manifest(manifest, storage_opener(storage))
-        first = next(pages, [])
-        skip = 0
-        if first:
-            run.enqueuer(first[0].bucket)  # its batch holds the run's resume point
-            skip = resume_after[first[0].bucket]
-            if skip:
-                console.print(f"resuming after manifest entry {skip:,}")
-        with _enqueue_progress(console) as progress:
-            task = progress.add_task("enqueue", detail="")
-            total = run.run(
-                chain([first], pages), skip,
-                lambda position: progress.update(task, detail=f"{position:,} entries"),
-            )  # fmt: skip
+        first = next(read_manifest(manifest, storage_opener(storage)), [])
     except (ManifestError, DcmpressError) as exc:
         raise fail(_resumable(exc), EXIT_FAILED) from None
-    for report in run.reports.values():
-        print(json.dumps(report.__dict__))
-    console.print(f"{total:,} manifest entries, {len(run.reports)} batch(es)")
+    if not first:
+        console.print("0 manifest entries, 0 batch(es)")
+        return
+    opened = job.open(S3Location(bucket=first[0].bucket), batch, settings, ledger)
+    stored = load_plan(ledger, opened.spec.batch)
+    if not opened.created and not opened.resume.interrupted and not job.force:
+        console.print(f"batch [bold]{opened.spec.batch}[/]: this manifest was fed in full "
+                      "already (--force to process its objects again)")  # fmt: skip
+        print(json.dumps(EnqueueReport(batch=opened.spec.batch).__dict__))
+        return
+    if stored is not None and opened.resume.interrupted:
+        plan = stored.model_copy(update=_pace_of(plan) | {"force": job.force})
+    elif not opened.created:
+        ledger.redis.hdel(Keys.batch(opened.spec.batch), "listing_done", "checkpoint")
+    skip = ResumePoint.read(ledger, opened.spec.batch).after_entries
+    if skip:
+        console.print(f"resuming after manifest entry {skip:,}")
+    if not plan.workers_can_feed and not follow:
+        console.print("the manifest is a local file the workers cannot read: this "
+                      "command feeds it to the end (--follow)")  # fmt: skip
+        follow = True
+    report = _feed(opened.spec, plan, follow, settings, ledger, storage, console)
+    print(json.dumps(report.__dict__))
+
+
+def _feed(
+    spec: BatchSpec,
+    plan: FeedPlan,
+    follow: bool,
+    settings: WorkerSettings,
+    ledger: Ledger,
+    storage: Storage,
+    console: Console,
+) -> EnqueueReport:
+    """Store ``plan`` and feed the batch under its lock: up to the queue's mark and
+    leave the rest to the workers, or to the end with ``follow``."""
+    from redis.exceptions import LockError
+
+    from producer.enqueue import EnqueueReport
+    from producer.feeder import (
+        LOCK_SECONDS,
+        ListingCursor,
+        Step,
+        make_feeder,
+        save_plan,
+        still_held,
+    )
+    from producer.manifests import ManifestError, read_manifest, storage_opener
+    from worker import app as celery_app
+
+    plan = plan.model_copy(update={"queue": settings.queue})
+    save_plan(ledger, spec.batch, plan)
+    lock = ledger.feed_lock(spec.batch, LOCK_SECONDS)
+    while not lock.acquire():
+        if not follow:
+            console.print(f"a worker is feeding batch {spec.batch} (`dcmpress status "
+                          f"{spec.batch}`); its new pacing applies at once")  # fmt: skip
+            return EnqueueReport(batch=spec.batch)
+        time.sleep(1)
+    try:
+        feeder = make_feeder(
+            celery_app, ledger, storage, spec, settings.queue, settings.feed_high_water,
+            lambda location: read_manifest(location, storage_opener(storage)),
+        )  # fmt: skip
+        assert feeder is not None  # the plan was just stored
+        with _enqueue_progress(console) as progress:
+            task = progress.add_task("enqueue", detail="")
+
+            def until(step: Step) -> bool:
+                report = feeder.report
+                progress.update(task, detail=f"{feeder.cursor.seen:,} read, "
+                                f"{report.enqueued:,} enqueued, {report.already_done:,} "
+                                f"already done; {feeder.state}")  # fmt: skip
+                return not follow and step is not Step.FED
+
+            last = feeder.run(until, keep=lambda: still_held(lock))
+    except (ManifestError, DcmpressError) as exc:
+        raise fail(_resumable(exc), EXIT_FAILED) from None
+    finally:
+        with suppress(LockError):
+            lock.release()
+    report = feeder.report
+    if isinstance(feeder.cursor, ListingCursor):
+        report.filtered = dict(feeder.cursor.keys.rejected)
+    if last is not Step.FINISHED:
+        console.print(f"{feeder.state}; the workers feed the rest as the queue drains "
+                      f"(`dcmpress status {spec.batch}`)")  # fmt: skip
+    elif len(feeder.batches) > 1:
+        console.print(f"{len(feeder.batches)} batch(es): {', '.join(feeder.batches)}")
+    return report
 
 
 def _enqueue_progress(console: Console) -> Progress:
@@ -233,7 +358,7 @@ def _enqueue_progress(console: Console) -> Progress:
     return Progress(
         SpinnerColumn(), TextColumn("[bold]enqueue"), TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(), console=console,
-    )  # fmt: skip
+    )
 
 
 def _resumable(exc: Exception) -> str:

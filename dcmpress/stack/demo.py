@@ -13,9 +13,10 @@ import signal
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
+from redis.exceptions import LockError
 from rich.console import Console
 from rich.live import Live
 
@@ -24,8 +25,7 @@ from dcmpress.stack.samples import demo_files
 from dcmpress.stack.services import CeleryWorker, RedisServer, SeaweedS3, dcmpress_env
 from dcmpress.views import RateWindow, outcomes_table, render, snapshot
 from producer.batches import OnConflict, OpenedBatch, open_batch
-from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages
-from producer.sources import KeyFilter, listing_pages
+from producer.feeder import LOCK_SECONDS, FeedPlan, Step, make_feeder, save_plan
 from worker.codec.options import CompressionOptions
 from worker.runtime.app import create_app
 from worker.runtime.contract import BatchSpec, S3Location
@@ -90,10 +90,19 @@ def _run(
         settings = WorkerSettings()
         ledger = Ledger.from_url(settings.redis_url, settings.retention_seconds)
         opened = open_demo_batch(ledger, options)
-        spec, resume = opened.spec, opened.resume
-        enqueuer = Enqueuer(create_app(settings), ledger, spec, settings.queue)
-        pages = listing_pages(Storage(settings), SOURCE_BUCKET, "", resume.after_key, KeyFilter())
-        report = enqueue_pages(enqueuer, pages, EnqueueReport(spec.batch), resume.interrupted)
+        spec = opened.spec
+        save_plan(ledger, spec.batch, FeedPlan(pass_started=time.time(), queue=settings.queue))
+        lock = ledger.feed_lock(spec.batch, LOCK_SECONDS)
+        lock.acquire()  # (else a worker feeds it: the same objects, never twice)
+        feeder = make_feeder(
+            create_app(settings), ledger, Storage(settings), spec, settings.queue,
+            settings.feed_high_water, lambda location: iter(()),
+        )  # fmt: skip
+        assert feeder is not None
+        feeder.run(lambda step: step is not Step.FED)
+        with suppress(LockError):
+            lock.release()
+        report = feeder.report
         console.print(f"  enqueued   {report.enqueued} jobs in batch '{spec.batch}'")
         _watch(ledger, spec.batch, console)
         console.print()

@@ -14,14 +14,16 @@ from urllib.parse import quote
 
 import pytest
 
+import producer.feeder as feeder_module
 from dcmpress.stack.samples import make_image, to_bytes
 from dcmpress.stack.services import SeaweedS3
-from producer.enqueue import Enqueuer, ManifestRun
+from producer.feeder import Feeder, ManifestCursor, Step
 from producer.sources import ObjectRef
 from tests.conftest import run_cli, wait_for_batch
 from worker.runtime.app import create_app
 from worker.runtime.contract import BatchSpec, S3Location
 from worker.runtime.ledger import Ledger
+from worker.runtime.storage import Storage
 from worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.integration
@@ -113,30 +115,28 @@ def test_s3_inventory_manifest_read_from_the_bucket(
 
 
 def test_an_interrupted_manifest_run_resumes_without_duplicates(
-    settings: WorkerSettings, ledger: Ledger,
-) -> None:  # fmt: skip
+    settings: WorkerSettings, ledger: Ledger, storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
     queue = f"mf-{uuid.uuid4().hex[:6]}"
     app = create_app(settings)
     batch = f"mf-{uuid.uuid4().hex[:6]}"
-
-    def make(bucket: str) -> Enqueuer:
-        spec = BatchSpec(batch=batch, source=S3Location(bucket=bucket),
-                         dest=S3Location(bucket="dst"))  # fmt: skip
-        ledger.save_batch(spec)
-        return Enqueuer(app, ledger, spec, queue)
-
+    spec = BatchSpec(batch=batch, source=S3Location(bucket="srcb"), dest=S3Location(bucket="dst"))
+    ledger.save_batch(spec)
+    monkeypatch.setattr(feeder_module, "CHUNK", 10)  # one page per step
     pages = [[ObjectRef("srcb", f"k{p}-{i}") for i in range(10)] for p in range(5)]
 
     def broken() -> Any:
         yield from pages[:3]
         raise ConnectionError("manifest read failed (injected)")
 
+    first = Feeder(app, ledger, storage, spec, queue, 1000, ManifestCursor(broken(), skip=0))
     with pytest.raises(ConnectionError):
-        ManifestRun(make).run(broken(), skip=0)
+        first.run(lambda step: False)
     checkpoint = ledger.batch_info(batch)["checkpoint"]
     assert checkpoint == "manifest:30"
-    second = ManifestRun(make)
-    assert second.run(iter(pages), skip=30) == 50
-    assert second.reports["srcb"].enqueued == 20
+    cursor = ManifestCursor(iter(pages), skip=30)
+    second = Feeder(app, ledger, storage, spec, queue, 1000, cursor, resuming=True)
+    assert second.run(lambda step: False) is Step.FINISHED
+    assert second.report.enqueued == 20
     assert ledger.redis.llen(queue) == 50  # every entry exactly once
     assert "listing_done" in ledger.batch_info(batch)

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+import producer.feeder as feeder_module
 from dcmpress.stack.samples import make_image, to_bytes
 from dcmpress.stack.services import SeaweedS3
-from producer.enqueue import Enqueuer, EnqueueReport, enqueue_pages
-from producer.sources import KeyFilter, ObjectRef, listing_pages
+from producer.feeder import Feeder, ListingCursor, Step
+from producer.sources import KeyFilter
 from tests.conftest import queued_keys
 from tests.support import independent_decode, read, source_pixels
 from worker.codec.frames import FRAMES_ABOVE
@@ -279,21 +280,26 @@ def test_interrupted_enqueue_resumes_after_its_checkpoint(
     spec = spec_for(source, dest)
     ledger.save_batch(spec)
     queue = f"resume-{uuid.uuid4().hex[:6]}"
-    enqueuer = Enqueuer(create_app(settings), ledger, spec, queue)
+    app = create_app(settings)
     real_pages = storage.list_pages
     monkeypatch.setattr(
         storage, "list_pages", lambda *a, **k: real_pages(*a, **{**k, "page_size": 10})
     )
-    pages = listing_pages(storage, source, "", "", KeyFilter())
+    monkeypatch.setattr(feeder_module, "CHUNK", 10)  # one page per step
+    cursor = ListingCursor(storage, spec.source, "", KeyFilter())
+    cursor._pages = _pages_then_break(cursor._pages, 2)
+    first = Feeder(app, ledger, storage, spec, queue, 1000, cursor)
     with pytest.raises(TransientError):
-        enqueue_pages(enqueuer, _pages_then_break(pages, 2), EnqueueReport(spec.batch), False)
+        first.run(lambda step: False)
     info = ledger.batch_info(spec.batch)
     assert info["checkpoint"] == keys[19] and "listing_done" not in info
-    resumed = listing_pages(storage, source, "", info["checkpoint"], KeyFilter())
-    report = enqueue_pages(enqueuer, resumed, EnqueueReport(spec.batch), True)
-    assert report.enqueued == 5
+    resumed = ListingCursor(storage, spec.source, info["checkpoint"], KeyFilter())
+    second = Feeder(app, ledger, storage, spec, queue, 1000, resumed, resuming=True)
+    assert second.run(lambda step: False) is Step.FINISHED
+    assert second.report.enqueued == 5
     assert sorted(queued_keys(ledger, queue)) == keys  # every key exactly once
-    assert "listing_done" in ledger.batch_info(spec.batch)
+    info = ledger.batch_info(spec.batch)
+    assert "listing_done" in info and info["enqueued"] == "25"
     assert ledger.counts(spec.batch)["queued"] == 25
 
 
@@ -306,10 +312,9 @@ def test_enqueue_filters_and_never_takes_our_own_outputs(
         client.put_object(Bucket=source, Key=key, Body=b"x" * 20)
     client.put_object(Bucket=source, Key="tiny.dcm", Body=b"x")
     key_filter = KeyFilter(suffixes=(".dcm",), exclude_prefixes=("out/",), min_size=2)
-    refs: list[ObjectRef] = []
-    for page, _ in listing_pages(storage, source, "", "", key_filter):
-        refs.extend(page)
-    assert [ref.key for ref in refs] == ["a.dcm", "b.DCM"]
+    cursor = ListingCursor(storage, S3Location(bucket=source), "", key_filter)
+    refs = cursor.peek(100)
+    assert cursor.exhausted and [ref.key for ref in refs] == ["a.dcm", "b.DCM"]
     assert key_filter.rejected == {
         "suffix": 1, "excluded prefix": 1, "folder marker": 1, "size": 1,
     }  # fmt: skip

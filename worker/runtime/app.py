@@ -55,4 +55,7 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
     from worker.runtime.watchdog import ReconcileWatch
 
     app.steps["worker"].add(ReconcileWatch)  # the automatic reconcile (watchdog.py)
+    from worker.runtime.feedstep import FeedWatch
+
+    app.steps["worker"].add(FeedWatch)  # batches fed from their cursors (feedstep.py)
     return app

@@ -11,7 +11,9 @@ Key (type) - content - lifetime
   ``example:{code}`` (the latest key that failed with that code), ``queued_at`` (when
   objects were last queued), ``queue`` (where its messages were sent),
   ``reconciled_at``/``reconciled_sent`` (the automatic reconcile's last check,
-  messages it sent) - retention
+  messages it sent), ``feed`` (how it is fed: a :class:`~producer.feeder.FeedPlan`
+  JSON), ``feed_state``/``feed_state_at`` (what its feeder does now, and since
+  when) - retention
 - ``dcmpress:batch:{b}:counts`` (hash) - objects per state (queued, running, done,
   skipped, failed), ``bytes_in``/``bytes_out`` of finished objects, ``written_in``
   (bytes_in of those with an output, the base of "saved"), ``code:{code}``
@@ -27,6 +29,10 @@ Key (type) - content - lifetime
 - ``dcmpress:claim:{sha1(bucket/key)}`` (string) - owner (``worker-id:pid:nonce``) of the
   object while a worker processes it; renewed by a heartbeat, deleted at the end -
   ``claim_ttl``, so a killed worker's claim lapses within a minute
+- ``dcmpress:feeds`` (set) - batches whose listing or manifest is still being fed
+  (``producer/feeder.py``) - until fed in full
+- ``dcmpress:lock:feed:{b}`` (string) - redis-py lock: the one process feeding the
+  batch (an ``enqueue``, else a worker) - renewed while it feeds, else lapses in 60 s
 - ``dcmpress:lock:reconcile`` (string) - redis-py lock: one worker at a time runs the
   automatic reconcile check - released after it, or lapses
 """
@@ -92,6 +98,16 @@ class Keys:
     def reconcile_lock(cls) -> str:
         """String: the redis-py lock of the automatic reconcile check."""
         return f"{cls.prefix}:lock:reconcile"
+
+    @classmethod
+    def feeds(cls) -> str:
+        """Set: batches whose listing or manifest is not yet fed in full."""
+        return f"{cls.prefix}:feeds"
+
+    @classmethod
+    def feed_lock(cls, batch: str) -> str:
+        """String: the redis-py lock of the one process feeding ``batch``."""
+        return f"{cls.prefix}:lock:feed:{batch}"
 
     @classmethod
     def claim(cls, bucket: str, key: str) -> str:
@@ -249,6 +265,10 @@ class Ledger:
             pipe.hset(Keys.batch(batch), "reconciled_at", int(at))
             pipe.hincrby(Keys.batch(batch), "reconciled_sent", sent)
             pipe.execute()
+
+    def feed_lock(self, batch: str, timeout: float) -> Any:
+        """The lock held by the one process feeding ``batch``."""
+        return self.redis.lock(Keys.feed_lock(batch), timeout=timeout, blocking=False)
 
     def reconcile_lock(self, timeout: float) -> Any:
         """The lock that lets one worker at a time run the automatic reconcile."""

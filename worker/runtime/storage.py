@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any, BinaryIO
 
 import boto3
@@ -119,6 +120,12 @@ class Listed:
     etag: str
     size: int
     metadata: dict[str, str] = field(default_factory=dict, compare=False)
+    modified: float = field(default=0.0, compare=False)  # LastModified, epoch seconds
+
+
+def _epoch(when: Any) -> float:
+    """A listing's LastModified (a datetime) in epoch seconds; 0 if absent."""
+    return float(when.timestamp()) if hasattr(when, "timestamp") else 0.0
 
 
 def _answered_no_write(exc: Exception) -> bool:
@@ -377,6 +384,19 @@ class Storage:
 
         self._write_once(bucket, key, metadata, f"copy to s3://{bucket}/{key}", write)
 
+    def clock(self, bucket: str, prefix: str = "") -> float:
+        """The storage server's time now (the Date of a one-key listing), the clock its
+        LastModified stamps are in; this machine's time if the answer has no Date."""
+        try:
+            reply = self.client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        except (ClientError, BotoCoreError) as exc:
+            raise classify(exc, f"list s3://{bucket}/{prefix}") from exc
+        date = reply.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date", "")
+        try:
+            return parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError):
+            return time.time()
+
     def list_pages(
         self, bucket: str, prefix: str, start_after: str = "", page_size: int = 1000
     ) -> Iterator[list[Listed]]:
@@ -390,7 +410,10 @@ class Storage:
         try:
             for page in paginator.paginate(**params):
                 yield [
-                    Listed(item["Key"], str(item.get("ETag", "")).strip('"'), int(item["Size"]))
+                    Listed(
+                        item["Key"], str(item.get("ETag", "")).strip('"'), int(item["Size"]),
+                        modified=_epoch(item.get("LastModified")),
+                    )
                     for item in page.get("Contents", [])
                 ]
         except (ClientError, BotoCoreError) as exc:

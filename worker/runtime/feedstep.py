@@ -1,0 +1,135 @@
+"""The workers' feeder: a batch's listing or manifest keeps being fed with no
+``enqueue`` running.
+
+A Celery worker bootstep starts one thread in each worker's main process. Every second
+it looks for batches not yet fed in full (``dcmpress:feeds``) that no process feeds
+(their feed lock is free), takes the lock of each it can, and feeds those batches
+(:class:`producer.feeder.Feeder`): the queue is topped up to its mark as it drains, the
+lock renewed at every step. A worker that stops (or dies) gives its batches up: the
+lock is released, or lapses within a minute, and another worker goes on from the
+checkpoint. A manifest on local disk is fed only by its ``enqueue --follow``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import suppress
+from typing import Any
+
+from celery import bootsteps
+from redis.exceptions import LockError
+
+from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+TICK_SECONDS = 1.0
+STEPS_PER_TICK = 20  # chunks one batch may be sent per tick (a full queue stops sooner)
+STOP_WAIT_SECONDS = 15.0
+
+
+class FeedWatch(bootsteps.StartStopStep):
+    """Feeds batches whose feed no process holds, in a daemon thread of the worker."""
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.stopped = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self, parent: Any) -> None:
+        settings: WorkerSettings = parent.app.conf.dcmpress_settings
+        self.thread = threading.Thread(
+            target=self._run, args=(parent.app, settings), daemon=True, name="dcmpress-feed"
+        )
+        self.thread.start()
+
+    def stop(self, parent: Any) -> None:
+        """Release the feed locks at shutdown, so another worker goes on at once."""
+        self.stopped.set()
+        if self.thread is not None:
+            self.thread.join(STOP_WAIT_SECONDS)
+
+    def _run(self, app: Any, settings: WorkerSettings) -> None:
+        from worker.runtime.ledger import Ledger
+        from worker.runtime.storage import Storage
+
+        ledger = Ledger.from_url(settings.redis_url, settings.retention_seconds)
+        storage = Storage(settings)
+        feeds = Feeds(app, ledger, storage, settings)
+        while not self.stopped.wait(TICK_SECONDS):
+            try:
+                feeds.tick(self.stopped)
+            except Exception:  # Redis away, storage away, a bug: the next tick tries again
+                log.warning("feeding failed; trying again", exc_info=True)
+                feeds.drop_all()
+        feeds.drop_all()
+
+
+class Feeds:
+    """The batches this worker feeds: each with its lock and its feeder."""
+
+    def __init__(self, app: Any, ledger: Any, storage: Any, settings: WorkerSettings) -> None:
+        self.app, self.ledger, self.storage, self.settings = app, ledger, storage, settings
+        self.held: dict[str, tuple[Any, Any]] = {}  # batch -> (lock, feeder)
+
+    def tick(self, stopped: threading.Event) -> None:
+        """Take the feeds nobody holds, and feed each one held until it waits."""
+        from producer.feeder import LOCK_SECONDS, feeding
+
+        for batch in feeding(self.ledger):
+            if batch not in self.held:
+                lock = self.ledger.feed_lock(batch, LOCK_SECONDS)
+                if lock.acquire():
+                    self._take(batch, lock)
+        for batch in list(self.held):
+            if not stopped.is_set():
+                self._feed(batch)
+
+    def _take(self, batch: str, lock: Any) -> None:
+        from producer.feeder import load_plan, make_feeder
+        from producer.manifests import read_manifest, storage_opener
+
+        spec = self.ledger.get_batch(batch)
+        plan = load_plan(self.ledger, batch)
+        if (
+            spec is None or plan is None or not plan.workers_can_feed
+            or plan.queue not in ("", self.settings.queue)
+        ):  # fmt: skip
+            # expired, a local manifest only its enqueue can read, or another queue's
+            lock.release()
+            return
+        feeder = make_feeder(
+            self.app, self.ledger, self.storage, spec, self.settings.queue,
+            self.settings.feed_high_water,
+            lambda location: read_manifest(location, storage_opener(self.storage)),
+        )  # fmt: skip
+        log.info("feeding batch %s from its checkpoint", batch)
+        self.held[batch] = (lock, feeder)
+
+    def _feed(self, batch: str) -> None:
+        from producer.feeder import Step, still_held
+
+        lock, feeder = self.held[batch]
+        for _ in range(STEPS_PER_TICK):
+            if not still_held(lock):  # lapsed (this process stalled): another one feeds
+                log.warning("gave up feeding batch %s: its lock lapsed", batch)
+                del self.held[batch]
+                return
+            step = feeder.step()
+            if step is Step.FINISHED:
+                self._drop(batch)
+                return
+            if step is not Step.FED:
+                return
+
+    def _drop(self, batch: str) -> None:
+        lock, _ = self.held.pop(batch)
+        with suppress(LockError):
+            lock.release()
+
+    def drop_all(self) -> None:
+        """Give every feed up (after an error, or at shutdown): the next holder goes on
+        from the checkpoint."""
+        for batch in list(self.held):
+            with suppress(Exception):
+                self._drop(batch)
