@@ -49,7 +49,7 @@ from producer.batches import (
 from producer.enqueue import Enqueuer, EnqueueReport
 from producer.pacing import Pacer, Window
 from producer.sources import KeyFilter, ObjectRef
-from worker.runtime.contract import BatchSpec, S3Location, default_batch_id
+from worker.runtime.contract import BatchSpec, S3Location, default_batch_id, is_output_of
 from worker.runtime.ledger import Keys, Ledger
 from worker.runtime.reconcile import broker_redis
 from worker.runtime.storage import Listed, Storage
@@ -194,6 +194,12 @@ class ListingCursor(Cursor):
             source.bucket, source.prefix, start_after=after
         )
         self.bucket = source.bucket
+        self.modified: dict[str, float] = {}  # LastModified of the keys buffered
+
+    def take(self, count: int) -> str:
+        for ref, _ in list(self.buffer)[:count]:
+            self.modified.pop(ref.key, None)
+        return super().take(count)
 
     def fill(self, wanted: int) -> None:
         while len(self.buffer) < wanted and not self.exhausted:
@@ -208,6 +214,7 @@ class ListingCursor(Cursor):
                 # not listed again after a restart
                 after = page[-1].key if index == len(accepted) - 1 else item.key
                 self.buffer.append((ObjectRef(self.bucket, item.key, item.etag, item.size), after))
+                self.modified[item.key] = item.modified
             if not accepted and page and not self.buffer:
                 self.position = page[-1].key  # a page of rejected keys only
 
@@ -379,13 +386,45 @@ class Feeder:
             by_bucket.setdefault(ref.bucket, []).append(ref)
         for bucket, refs in by_bucket.items():
             enqueuer = self.enqueuer(bucket, plan)
-            sent, done, queued = enqueuer.enqueue(refs, resend_queued=self.resuming)
             report = self.reports[enqueuer.spec.batch]
             report.listed += len(refs)
+            unsent = self._not_written(enqueuer.spec, refs, plan)
+            sent, done, queued = enqueuer.enqueue(unsent, resend_queued=self.resuming)
             report.enqueued += sent
-            report.already_done += done
+            report.already_done += done + len(refs) - len(unsent)
             report.already_queued += queued
         self.resuming = False
+
+    def _not_written(
+        self, spec: BatchSpec, refs: list[ObjectRef], plan: FeedPlan
+    ) -> list[ObjectRef]:
+        """In a later pass, ``refs`` less the objects the previous pass fed and finished
+        whose records left Redis for the outcome shards: those modified before it began
+        (the margin's hour) with no record, whose output is written (one HEAD each, as
+        the worker would do), are not sent again, so they are not counted again."""
+        cursor = self.cursor
+        if (
+            not plan.changed_since
+            or plan.force
+            or spec.in_place
+            or not isinstance(cursor, ListingCursor)
+        ):
+            return refs
+        began = plan.changed_since + RESCAN_MARGIN
+        doubtful = [ref for ref in refs if cursor.modified.get(ref.key, 0.0) <= began]
+        if not doubtful:
+            return refs
+        records = self.ledger.get_records(spec.batch, [ref.key for ref in doubtful])
+        digest = spec.digest()
+        written = {
+            ref.key
+            for ref, record in zip(doubtful, records, strict=True)
+            if record is None
+            and is_output_of(
+                self.storage.output_metadata(*spec.output_key(ref.key)), ref.etag, digest
+            )
+        }
+        return [ref for ref in refs if ref.key not in written]
 
     def _sent(self, batch: str) -> int:
         return self.reports[batch].enqueued + (self._sent_before if batch == self.lead.batch else 0)

@@ -215,8 +215,8 @@ def _enqueue_listing(
         if opened.created or stored is None:
             plan = plan.model_copy(update={"pass_started": storage.clock(source.bucket)})
         elif not opened.resume.interrupted:  # fed in full before: a later pass
-            plan = new_pass(ledger, storage, opened.spec, stored.model_copy(update=_pace_of(plan)))
-            plan = plan.model_copy(update={"force": job.force})
+            changed = stored.model_copy(update=_pace_of(plan) | {"force": job.force})
+            plan = new_pass(ledger, storage, opened.spec, changed)
         else:  # a pass under way goes on as it began; pacing is what changes
             plan = stored.model_copy(update=_pace_of(plan) | {"force": job.force})
     except DcmpressError as exc:

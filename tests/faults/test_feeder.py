@@ -28,13 +28,14 @@ import redis as redis_py
 
 import producer.batches as batches_module
 from dcmpress.stack.services import CeleryWorker, RedisServer, SeaweedS3, free_port
-from producer.feeder import Feeder, FeedPlan, ListingCursor, Step, save_plan
+from producer.feeder import Feeder, FeedPlan, ListingCursor, Step, load_plan, save_plan
 from producer.sources import KeyFilter
 from tests.conftest import run_cli, wait_for_batch
 from tests.faults.test_redis_restart import AofRedis
+from worker.runtime import contract
 from worker.runtime.app import create_app
 from worker.runtime.contract import BatchSpec, S3Location
-from worker.runtime.ledger import Keys, Ledger
+from worker.runtime.ledger import Keys, Ledger, shard_of
 from worker.runtime.storage import Storage
 from worker.settings import WorkerSettings
 
@@ -334,3 +335,45 @@ def test_bad_pacing_options_are_refused_before_anything_is_queued(
     for bad, said in cases:
         proc = run_cli(stack_env, "enqueue", f"s3://{source}/", "--dest", f"s3://{dest}/", *bad)
         assert proc.returncode == 2 and said in " ".join(proc.stderr.split()), proc.stderr
+
+
+def test_a_later_pass_sends_neither_old_objects_nor_archived_ones_nor_counts_them_again(
+    stack_env: dict[str, str], s3_server: SeaweedS3, bucket_pair: tuple[str, str],
+    ledger: Ledger,
+) -> None:  # fmt: skip
+    """`enqueue` again after a listing was fed in full: objects modified well before
+    the previous pass began are not listed into the ledger at all; those of the hour
+    before it whose records left Redis (archived) are found written with one HEAD each
+    and not sent; new ones are sent."""
+    source, dest = bucket_pair
+    keys = _upload(s3_server, source, 6)
+    queue = f"pass-{uuid.uuid4().hex[:6]}"
+    env = {**stack_env, "DCMPRESS_QUEUE": queue}
+    batch = f"pass-{uuid.uuid4().hex[:6]}"
+    args = ("enqueue", f"s3://{source}/", "--dest", f"s3://{dest}/", "--batch", batch)
+    assert run_cli(env, *args).returncode == 0
+    spec = ledger.get_batch(batch)
+    assert spec is not None
+    client = s3_server.client()
+    # keys[0:3] finished, their outputs written, their records archived (gone from Redis)
+    for key in keys[:3]:
+        etag = client.head_object(Bucket=source, Key=key)["ETag"].strip('"')
+        metadata = contract.output_metadata(
+            source_etag=etag, source_key=key, bytes_in=16, bytes_out=8,
+            outcome="done/compressed", options_digest=spec.digest(),
+        )  # fmt: skip
+        client.put_object(Bucket=dest, Key=key, Body=b"out", Metadata=metadata)
+        ledger.redis.hdel(Keys.objects(batch, shard_of(key)), key)
+    again = json.loads(run_cli(env, *args).stdout.strip().splitlines()[-1])
+    # all six were uploaded within the hour before the first pass: looked at again
+    assert (again["enqueued"], again["already_done"], again["already_queued"]) == (0, 3, 3)
+    # a pass that began long after these uploads: none of them is even looked at
+    plan = load_plan(ledger, batch)
+    assert plan is not None
+    save_plan(ledger, batch, plan.model_copy(update={"pass_started": time.time() + 7200}))
+    new = _upload(s3_server, source, 1, prefix="new/")
+    later = json.loads(run_cli(env, *args).stdout.strip().splitlines()[-1])
+    assert later["filtered"] == {"unchanged": 7}  # "new/" too is older than that pass
+    assert (later["enqueued"], later["already_done"]) == (0, 0)
+    forced = json.loads(run_cli(env, *args, "--force").stdout.strip().splitlines()[-1])
+    assert forced["enqueued"] == 7 and new[0] in _keys_of(ledger.redis.lrange(queue, 0, -1))

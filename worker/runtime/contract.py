@@ -18,7 +18,8 @@ from urllib.parse import quote, urlparse
 from pydantic import BaseModel, ConfigDict, Field
 
 from worker.codec.options import CompressionOptions
-from worker.errors import ConfigurationError
+from worker.errors import TERMINAL, ConfigurationError
+from worker.runtime.records import short_etag
 
 if TYPE_CHECKING:
     from worker.policy import Policy
@@ -91,6 +92,20 @@ def output_metadata(
     if psnr is not None:
         metadata[META_PSNR] = f"{psnr:.2f}"
     return metadata
+
+
+def is_output_of(metadata: dict[str, str] | None, source_etag: str, options: str) -> bool:
+    """True if ``metadata`` is that of dcmpress's output of this very source version
+    (its ETag) made with these options (a batch's :meth:`BatchSpec.digest`): writing it
+    again would write the same thing twice."""
+    return bool(
+        metadata
+        and metadata.get(META_MARKER)
+        and source_etag
+        and short_etag(metadata.get(META_SOURCE_ETAG)) == short_etag(source_etag)
+        and metadata.get(META_OPTIONS) == options
+        and metadata.get(META_OUTCOME, "").partition("/")[0] in TERMINAL
+    )
 
 
 def quality_from_metadata(metadata: dict[str, str]) -> dict[str, Any]:

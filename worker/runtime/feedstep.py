@@ -14,18 +14,23 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from contextlib import suppress
+from functools import partial
 from typing import Any
 
 from celery import bootsteps
 from redis.exceptions import LockError
 
+from worker.errors import DcmpressError, one_line
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
 STEPS_PER_TICK = 20  # chunks one batch may be sent per tick (a full queue stops sooner)
 STOP_WAIT_SECONDS = 15.0
+RETRY_SECONDS = 30.0  # a failing source (storage away) is read again after this
 
 
 class FeedWatch(bootsteps.StartStopStep):
@@ -59,7 +64,7 @@ class FeedWatch(bootsteps.StartStopStep):
         while not self.stopped.wait(TICK_SECONDS):
             try:
                 feeds.tick(self.stopped)
-            except Exception:  # Redis away, storage away, a bug: the next tick tries again
+            except Exception:  # Redis away, a bug: the next tick tries again
                 log.warning("feeding failed; trying again", exc_info=True)
                 feeds.drop_all()
         feeds.drop_all()
@@ -71,19 +76,37 @@ class Feeds:
     def __init__(self, app: Any, ledger: Any, storage: Any, settings: WorkerSettings) -> None:
         self.app, self.ledger, self.storage, self.settings = app, ledger, storage, settings
         self.held: dict[str, tuple[Any, Any]] = {}  # batch -> (lock, feeder)
+        self.failing: dict[str, float] = {}  # batch -> when to try its source again
 
     def tick(self, stopped: threading.Event) -> None:
         """Take the feeds nobody holds, and feed each one held until it waits."""
         from producer.feeder import LOCK_SECONDS, feeding
 
+        now = time.monotonic()
         for batch in feeding(self.ledger):
-            if batch not in self.held:
+            if batch not in self.held and self.failing.get(batch, 0) <= now:
                 lock = self.ledger.feed_lock(batch, LOCK_SECONDS)
                 if lock.acquire():
-                    self._take(batch, lock)
+                    self._guarded(batch, partial(self._take, batch, lock), lock)
         for batch in list(self.held):
             if not stopped.is_set():
-                self._feed(batch)
+                self._guarded(batch, partial(self._feed, batch), self.held[batch][0])
+
+    def _guarded(self, batch: str, action: Callable[[], None], lock: Any) -> None:
+        """Run ``action``; a source that fails (storage away, a manifest gone) is said
+        in the batch's feed state and tried again in a while, from its checkpoint."""
+        from producer.feeder import note_state
+
+        try:
+            action()
+        except DcmpressError as exc:
+            line = one_line(f"failing: {exc}; trying again in {RETRY_SECONDS:.0f} s")
+            log.warning("feed of batch %s %s", batch, line)
+            note_state(self.ledger, batch, line)
+            self.failing[batch] = time.monotonic() + RETRY_SECONDS
+            self.held.pop(batch, None)
+            with suppress(LockError):
+                lock.release()
 
     def _take(self, batch: str, lock: Any) -> None:
         from producer.feeder import load_plan, make_feeder
