@@ -1,7 +1,9 @@
 """Per-object reports of a batch: CSV / NDJSON rows and the report set.
 
 The report set (``dcmpress report --out``) is ``completion.csv`` in the shape of an S3
-Batch Operations completion report plus ``success.ndjson`` and ``failure.ndjson``.
+Batch Operations completion report plus ``success.ndjson`` and ``failure.ndjson``. The
+rows of done objects the workers archived come from their shards on S3
+(:mod:`worker.runtime.archive`), the others from the ledger.
 """
 
 from __future__ import annotations
@@ -13,47 +15,38 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from worker.runtime.rows import REPORT_FIELDS, report_row
+
 if TYPE_CHECKING:
     from worker.runtime.ledger import Ledger
+    from worker.runtime.storage import Storage
     from worker.settings import WorkerSettings
 
-REPORT_FIELDS = (
-    "key", "state", "code", "message", "bytes_in", "bytes_out", "ratio", "target",
-    "plugin", "attempts", "seconds", "worker", "etag", "updated", "modality", "rule",
-    "copied", "max_error", "psnr",
-)  # fmt: skip
 
+def report_rows(
+    ledger: Ledger, batch: str, storage: Storage | None = None
+) -> Iterator[dict[str, Any]]:
+    """One dict per object of the batch: those the workers archived (shards on S3, read
+    as a stream; ``storage`` reads them, by default a client from the ``DCMPRESS_*``
+    settings), then those still in the ledger, in ledger order. The workers archive
+    nothing of the batch meanwhile (its archive lock), so each object comes once."""
+    from worker.runtime.archive import archived_rows, paused, progress
 
-def report_rows(ledger: Ledger, batch: str) -> Iterator[dict[str, Any]]:
-    """One dict per object of the batch, in ledger order."""
     workers = ledger.worker_names()
     spec = ledger.get_batch(batch)
-    for key, record, message in ledger.iter_records(batch):
-        ratio = round(record.bytes_in / record.bytes_out, 4) if record.bytes_out else None
-        yield {
-            "key": key,
-            "state": record.state,
-            "code": record.code,
-            "message": message or (f"{record.target}/{record.plugin}" if record.target else ""),
-            "bytes_in": record.bytes_in,
-            "bytes_out": record.bytes_out,
-            "ratio": ratio,
-            "target": record.target,
-            "plugin": record.plugin,
-            "attempts": record.attempts,
-            "seconds": record.millis / 1000,
-            "worker": workers.get(record.worker, record.worker),
-            "etag": record.etag,
-            "updated": record.updated,
-            "modality": record.modality,
-            # the name of the batch policy's rule that decided ("" without a policy)
-            "rule": (spec.rule_name(record.rule) if spec else None) or "",
-            # the output is the source unchanged (a skipped or failed object)
-            "copied": record.copied,
-            # a lossy result's largest pixel error and PSNR (dB); empty for lossless ones
-            "max_error": record.max_error,
-            "psnr": record.psnr,
-        }
+    with paused(ledger, batch) as renew:
+        if progress(ledger, batch).shards:
+            if storage is None:
+                from worker.runtime.storage import Storage  # boto3: for archived batches
+                from worker.settings import WorkerSettings
+
+                storage = Storage(WorkerSettings())
+            for row in archived_rows(ledger, storage, batch):
+                renew()
+                yield row
+        for key, record, message in ledger.iter_records(batch):
+            renew()
+            yield report_row(key, record, message, workers, spec)
 
 
 def write_report(rows: Iterator[dict[str, Any]], out: IO[str], fmt: str) -> int:
@@ -90,8 +83,11 @@ def completion_row(bucket: str, row: dict[str, Any]) -> list[str]:
     ]
 
 
-def write_bundle(ledger: Ledger, batch: str, directory: Path) -> dict[str, int]:
-    """Write completion.csv, success.ndjson and failure.ndjson into ``directory``."""
+def write_bundle(
+    ledger: Ledger, batch: str, directory: Path, storage: Storage | None = None
+) -> dict[str, int]:
+    """Write completion.csv, success.ndjson and failure.ndjson into ``directory``
+    (``storage``: see :func:`report_rows`)."""
     spec = ledger.get_batch(batch)
     bucket = spec.source.bucket if spec else ""
     directory.mkdir(parents=True, exist_ok=True)
@@ -102,7 +98,7 @@ def write_bundle(ledger: Ledger, batch: str, directory: Path) -> dict[str, int]:
         (directory / "failure.ndjson").open("w") as failure,
     ):
         writer = csv.writer(completion)
-        for row in report_rows(ledger, batch):
+        for row in report_rows(ledger, batch, storage):
             writer.writerow(completion_row(bucket, row))
             written["completion.csv"] += 1
             target, name = (failure, "failure.ndjson") if row["state"] == "failed" else (

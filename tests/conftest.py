@@ -53,6 +53,9 @@ def stack_env(
         "DCMPRESS_QUEUE": f"dcmpress-test-{uuid.uuid4().hex[:6]}",
         # state (the listener's spool) under the session's temporary directory, never ~
         "XDG_STATE_HOME": str(tmp_path_factory.mktemp("state")),
+        # done records stay in Redis, where tests read them while the session's worker
+        # runs for minutes (tests/integration/test_archive.py turns the archive on)
+        "DCMPRESS_ARCHIVE": "false",
         # nothing else: the time limits, retries and backoff users get by default
         # (a test that shortens one says so next to it)
     }

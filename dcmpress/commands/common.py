@@ -73,12 +73,15 @@ def key_filter(
     max_size: int | None,
 ) -> KeyFilter:
     """The listing's filter from the key-filter options; it never takes our own outputs
-    when the destination lies inside the source."""
+    when the destination lies inside the source, nor the workers' archive shards
+    (``DCMPRESS_REPORT_PREFIX``) where they go to the source's bucket."""
     from producer.sources import KeyFilter
 
     excluded: tuple[str, ...] = ()
     if source and dest and dest.bucket == source.bucket and dest.prefix:
         excluded = (dest.prefix,)
+    if source is not None and (dest is None or dest.bucket == source.bucket):
+        excluded += (settings_or_exit().report_prefix,)
     return KeyFilter(
         suffixes=tuple(suffix or ()),
         exclude_suffixes=tuple(exclude_suffix or ()),
@@ -101,4 +104,6 @@ def connect() -> tuple[WorkerSettings, Ledger]:
     from worker.runtime.ledger import Ledger
 
     settings = settings_or_exit()
-    return settings, Ledger.from_url(settings.redis_url, settings.retention_seconds)
+    return settings, Ledger.from_url(
+        settings.redis_url, settings.retention_seconds, outbox=settings.archive
+    )

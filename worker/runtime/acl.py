@@ -37,8 +37,8 @@ COMMANDS = (
     # the ledger; reconcile reads the queue (lrange) and kombu's unacked hash (hscan)
     "hgetall", "hmget", "hexists", "hsetnx", "hincrby", "hincrbyfloat", "expire",
     "zscore", "lrange", "ltrim", "hscan",
-    # Lua scripts: the ledger's, kombu's, redis-py's locks
-    "evalsha", "script|load", "script|exists", "time",
+    # Lua scripts: the ledger's, kombu's, redis-py's locks (renewed with pexpire)
+    "evalsha", "script|load", "script|exists", "time", "pexpire",
     # connection checks; the workers' persistence check (INFO persistence)
     "ping", "info",
 )  # fmt: skip

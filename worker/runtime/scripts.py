@@ -83,20 +83,24 @@ end
 """
 )
 
-# Sets records (KEYS: counts, batch, then objects/messages shard per item; ARGV:
-# retention, now, then field/value/message/guard per item), keeping the counters exact
-# and the latest failed key per code as an example (batch hash, ``example:{code}``).
-# A guard (``=`` and the ETag a delivery started with) leaves a record alone that a
-# newer version of the object queued meanwhile: that version is the object's job now.
+# Sets records (KEYS: counts, batch, outbox, then objects/messages shard per item;
+# ARGV: retention, now, outbox ('1': push done keys), then field/value/message/guard per
+# item), keeping the counters exact and the latest failed key per code as an example
+# (batch hash, ``example:{code}``). The key of a record set done goes on the batch's
+# outbox, where the archiver (archive.py) finds it. A guard (``=`` and the ETag a
+# delivery started with) leaves a record alone that a newer version of the object
+# queued meanwhile: that version is the object's job now.
 # Returns per item 1 (set) or 0 (superseded, left alone).
 TRANSITION = (
     LUA_RECORDS
     + """
-local retention, now = ARGV[1], ARGV[2]
+local retention, now, outbox = ARGV[1], ARGV[2], ARGV[3] == '1'
 local result = {}
-for i = 1, (#KEYS - 2) / 2 do
-  local objects = KEYS[2 * i + 1]
-  local field, guard = ARGV[4 * i - 1], ARGV[4 * i + 2]
+local pushed = false
+for i = 1, (#KEYS - 3) / 2 do
+  local objects, messages = KEYS[2 * i + 2], KEYS[2 * i + 3]
+  local field, value = ARGV[4 * i], ARGV[4 * i + 1]
+  local message, guard = ARGV[4 * i + 2], ARGV[4 * i + 3]
   local old = redis.call('HGET', objects, field)
   result[i] = 1
   if old and guard ~= '' then
@@ -104,13 +108,53 @@ for i = 1, (#KEYS - 2) / 2 do
     if o[1] == 'q' and o[10] ~= guard:sub(2) then result[i] = 0 end
   end
   if result[i] == 1 then
-    move(objects, KEYS[2 * i + 2], field, old, ARGV[4 * i], ARGV[4 * i + 1], retention)
+    move(objects, messages, field, old, value, message, retention)
+    if outbox and value:sub(1, 1) == 'd' then
+      redis.call('RPUSH', KEYS[3], field)
+      pushed = true
+    end
   end
 end
-flush(KEYS[1], KEYS[2], ARGV[2], retention)
+if pushed then redis.call('EXPIRE', KEYS[3], retention) end
+flush(KEYS[1], KEYS[2], now, retention)
 return result
 """
 )
+
+# Commits one archive shard (KEYS: batch hash, outbox, then objects/messages shard per
+# record in the shard; ARGV: the shard number expected next, outbox entries to drop, '1'
+# if a shard was written ('0': only stale entries dropped), s3://bucket/prefix/ of the
+# shards, then field/value per record). All or nothing: if every record still holds the
+# value written to the shard, they leave Redis with their messages, the outbox loses its
+# first entries, and the shard number moves on (``shards``; ``archived`` counts the
+# records). Nothing changes otherwise. The counters are left alone: they count outcomes,
+# wherever the records live. Returns {1} done, {0, i...} the records (1-based) that
+# changed since they were read, or {-1} if another writer moved the shard number.
+ARCHIVE = """
+local batch, outbox = KEYS[1], KEYS[2]
+if tonumber(redis.call('HGET', batch, 'shards') or '0') ~= tonumber(ARGV[1]) then
+  return {-1}
+end
+local count = (#KEYS - 2) / 2
+local changed = {0}
+for i = 1, count do
+  if redis.call('HGET', KEYS[2 * i + 1], ARGV[2 * i + 3]) ~= ARGV[2 * i + 4] then
+    changed[#changed + 1] = i
+  end
+end
+if #changed > 1 then return changed end
+for i = 1, count do
+  redis.call('HDEL', KEYS[2 * i + 1], ARGV[2 * i + 3])
+  redis.call('HDEL', KEYS[2 * i + 2], ARGV[2 * i + 3])
+end
+redis.call('LTRIM', outbox, tonumber(ARGV[2]), -1)
+if ARGV[3] == '1' then
+  redis.call('HINCRBY', batch, 'shards', 1)
+  redis.call('HINCRBY', batch, 'archived', count)
+  redis.call('HSETNX', batch, 'archive_at', ARGV[4])
+end
+return {1}
+"""
 
 # The producer's check-and-queue, atomic per call (KEYS: counts, batch, the broker's
 # queue list, then objects/messages shard per item; ARGV: retention, now, now in base
