@@ -171,7 +171,9 @@ def render(status: BatchStatus, previous: BatchStatus | None = None, note: str =
     bytes_in, bytes_out = counts.get("bytes_in", 0.0), counts.get("bytes_out", 0.0)
     rate, megabytes = status.rates(previous)
     idle = status.idle_seconds()
-    if status.stalled and idle is not None:
+    if status.paused and status.pending:
+        eta = "none while the workers pause"
+    elif status.stalled and idle is not None:
         eta = f"none: nothing finished for {dt.timedelta(seconds=round(idle))}"
     elif rate > 0 and status.pending:
         eta = str(dt.timedelta(seconds=max(1, round(status.pending / rate))))

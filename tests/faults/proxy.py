@@ -11,6 +11,9 @@ SigV4 signatures stay valid); a rule chosen per request decides what the client 
 - ``truncate``: the server's answer with its full Content-Length, but only half of
   the body, then the connection closes (an ``IncompleteRead``).
 - ``delay:SECONDS``: the answer, that much later.
+- ``status:CODE``: the proxy answers that HTTP status itself with an S3 error body
+  (``503``: ``ServiceUnavailable``), and the server never sees the request (an outage
+  behind a load balancer that still answers).
 
 Every request is logged (method, path, server status, fault) so tests can count what
 the server really received - e.g. how many times an output was written.
@@ -245,6 +248,10 @@ class FaultProxy:
             self._record(method, path, query, 0, fault)
             _reset(client)
             return False
+        if fault.startswith("status:"):
+            self._record(method, path, query, 0, fault)
+            _send_error(client, conn, int(fault.partition(":")[2]), bodiless=method == "HEAD")
+            return True
         headers = {
             name.decode(): value.decode()
             for name, value in head.headers
@@ -286,6 +293,21 @@ class FaultProxy:
     def _record(self, method: str, path: str, query: str, status: int, fault: str) -> None:
         with self._lock:
             self.log.append(Exchange(method, path, query, status, fault))
+
+
+_ERROR_CODES = {500: "InternalError", 503: "ServiceUnavailable"}
+
+
+def _send_error(client: socket.socket, conn: h11.Connection, status: int, bodiless: bool) -> None:
+    """Answer ``status`` with the XML error body S3 sends (none to a HEAD)."""
+    code = _ERROR_CODES.get(status, "InternalError")
+    body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+            "<Message>injected by the fault proxy</Message></Error>").encode()  # fmt: skip
+    headers = [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))]
+    client.sendall(conn.send(h11.Response(status_code=status, headers=headers)))
+    if not bodiless:
+        client.sendall(conn.send(h11.Data(data=body)))
+    client.sendall(conn.send(h11.EndOfMessage()))
 
 
 def _reset(sock: socket.socket) -> None:

@@ -93,3 +93,21 @@ def test_a_record_names_its_rule_compactly_and_old_records_still_read() -> None:
     old = "|".join(Record(state="done", code="compressed").encode().split("|")[:13])
     assert Record.decode(old).rule == 0
     assert Record.decode(Record(state="queued").encode()).rule == 0
+
+
+def test_workers_paused_by_failing_storage_say_so_and_promise_no_eta() -> None:
+    from rich.console import Console
+
+    from worker.runtime.breaker import Pause
+
+    pause = Pause(since=0.0, error="head s3://a/k.dcm: 503 Service Unavailable", bucket="a",
+                  key="k.dcm")  # fmt: skip
+    status = BatchStatus("b", {"done": 10.0, "queued": 20.0, "started_at": 1.0,
+                               "finished_at": 50.0}, {"listing_done": "1"}, 60.0,
+                         paused=pause.describe())  # fmt: skip
+    console = Console(width=120, record=True)
+    console.print(render(status))
+    text = " ".join(console.export_text().replace("│", " ").split())  # cells' lines joined
+    assert "paused storage failing since" in text
+    assert "503 Service Unavailable; the workers resume when it answers" in text
+    assert "none while the workers pause" in text

@@ -30,6 +30,7 @@ from worker.errors import (
 from worker.runtime import contract
 from worker.runtime.contract import BatchSpec, JobMessage
 from worker.runtime.ledger import Ledger
+from worker.runtime.ledger_outages import cut_off_by_an_outage
 from worker.runtime.records import Record, short_etag
 from worker.runtime.storage import Fetched, Storage
 from worker.timing import StageTimer
@@ -85,7 +86,7 @@ def process_object(job: Job) -> dict[str, Any]:
     permanent outcome itself.
     """
     bucket, key = job.message.bucket, job.key
-    _release_unreleased(job.ledger)
+    release_unreleased(job.ledger)
     owner = f"{WORKER_BOOT}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     if not job.ledger.claim(bucket, key, owner, job.claim_ttl):
         holder = job.ledger.claim_owner(bucket, key)
@@ -118,8 +119,9 @@ _HELD: set[str] = set()
 _UNRELEASED: list[tuple[str, str, str]] = []
 
 
-def _release_unreleased(ledger: Ledger) -> None:
-    """Give back the claims earlier deliveries of this process could not."""
+def release_unreleased(ledger: Ledger) -> None:
+    """Give back the claims earlier deliveries of this process could not (Redis was
+    away); those still held stay for the next try."""
     while _UNRELEASED:
         bucket, key, owner = _UNRELEASED[0]
         try:
@@ -209,7 +211,7 @@ def _run_claimed(job: Job) -> dict[str, Any]:
             return superseded(job, final)
         return outcome(job, final, message)
     lost = previous.lost if previous else 0
-    if previous and previous.state == "running":
+    if previous and previous.state == "running" and _died(job, previous):
         lost += 1  # the last delivery died without finishing (its claim lapsed)
         if lost >= job.max_attempts:
             return finish_failure(
@@ -263,6 +265,17 @@ def _run_claimed(job: Job) -> dict[str, Any]:
     except PermanentError as exc:
         return finish_failure(job, exc, running)
     return _finish(job, running, fetched, result, output_url)
+
+
+def _died(job: Job, previous: Record) -> bool:
+    """True if the delivery that left the record ``running`` died with its worker; not
+    if the ledger's Redis was away meanwhile: that delivery gave its message back alive,
+    and a Redis outage never counts against ``max_attempts``."""
+    if cut_off_by_an_outage(job.ledger, previous):
+        log.info("the last delivery ended in a Redis outage; not counted as a lost worker",
+                 extra={"dcmpress": {"batch": job.batch, "key": job.key}})  # fmt: skip
+        return False
+    return True
 
 
 def _version(job: Job) -> str:

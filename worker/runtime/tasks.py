@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -36,15 +37,19 @@ from worker.errors import (
     one_line,
 )
 from worker.retry import Backoff
-from worker.runtime import logs, metrics
+from worker.runtime import ledger_outages, logs, metrics
+from worker.runtime.breaker import Breaker, Pause
 from worker.runtime.contract import TASK_COMPRESS, BatchSpec, JobMessage
 from worker.runtime.ledger import Ledger
-from worker.runtime.pipeline import Job, finish_failure, process_object
+from worker.runtime.pipeline import Job, finish_failure, process_object, release_unreleased
 from worker.runtime.storage import Storage
 from worker.settings import WorkerSettings, masked
 
 log = logging.getLogger(__name__)
-LEDGER_AWAY_PAUSE = 5.0  # seconds before a message the ledger could not serve goes back
+# longest wait for the ledger before a message it could not serve goes back (below the
+# 20 s a warm shutdown gives a task: the message must be back before the worker exits)
+LEDGER_AWAY_PAUSE = 5.0
+STORAGE_AWAY_PAUSE = 5.0  # seconds before a message goes back while storage is failing
 # a delivery that found its object claimed looks again as late as after this failed try
 # (up to 16 s), without using up a retry
 CLAIM_WAIT_AFTER = 5
@@ -100,6 +105,10 @@ class Context:
     pid: int = field(default_factory=os.getpid)
     specs: dict[str, BatchSpec] = field(default_factory=dict)
     worker: str = ""  # this process's tag in the ledger
+    breaker: Breaker = field(init=False)  # the storage breaker, on the ledger's Redis
+
+    def __post_init__(self) -> None:
+        self.breaker = Breaker.from_settings(self.ledger.redis, self.settings)
 
     def worker_tag(self, hostname: str | None) -> str:
         """Register this process (host/pid) once and return its short tag."""
@@ -135,7 +144,9 @@ def context() -> Context:
         _context = Context(
             settings=settings,
             storage=Storage(settings),
-            ledger=Ledger.from_url(settings.redis_url, settings.retention_seconds),
+            ledger=Ledger.from_url(
+                settings.redis_url, settings.retention_seconds, outbox=settings.archive
+            ),
         )
     return _context
 
@@ -271,25 +282,57 @@ def compress_object(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, 
     with metrics.IN_FLIGHT.track_inprogress():
         try:
             return _compress_object(self, message)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except (
+            redis.ConnectionError,
+            redis.TimeoutError,
+            redis.exceptions.OutOfMemoryError,
+        ) as exc:
+            # (a full Redis refuses whole Lua steps: nothing half-recorded; the message
+            # waits in the queue, or among the unacknowledged ones, until it has room)
             _give_back(exc)
 
 
 def _give_back(exc: Exception) -> NoReturn:
-    """Put the message back in the queue: the ledger did not answer even to record the
-    outcome (or to read the batch). A task that raises has its message rejected without
-    requeue, which on Redis drops it; the pause keeps a worker whose ledger is away
-    from taking the same message again at once."""
+    """Put the message back in the queue, without using up a retry: the ledger did not
+    answer (to read the batch, record a step or the outcome). A task that raises has its
+    message rejected without requeue, which on Redis drops it.
+
+    It first waits up to LEDGER_AWAY_PAUSE for the ledger, so that a worker whose ledger
+    is away does not take the same message again at once. Once it answers, its return
+    is noted (the object's record, left ``running``, is then not taken for a dead
+    worker's: ledger_outages.py) and the claims this process left are given back (the
+    next delivery need not wait for them to lapse).
+    """
     log.warning(
-        "the ledger's Redis did not answer (%s); the message goes back to the queue in %.0f s",
-        one_line(str(exc)), LEDGER_AWAY_PAUSE,
+        "the ledger's Redis did not answer (%s); the message goes back to the queue in "
+        "%.0f s at most, no retry used", one_line(str(exc)), LEDGER_AWAY_PAUSE,
     )  # fmt: skip
-    time.sleep(LEDGER_AWAY_PAUSE)
+    ledger_outages.found_away()
+    ledger = context().ledger
+    if ledger_outages.wait_until_back(ledger, LEDGER_AWAY_PAUSE):
+        with contextlib.suppress(redis.RedisError):  # away again: the next delivery tries
+            release_unreleased(ledger)
     raise Reject(str(exc), requeue=True) from exc
+
+
+def _wait_for_storage(job: Job, pause: Pause) -> NoReturn:
+    """Put the message back in the queue, without using up a retry: storage is failing
+    across objects (the breaker is open, breaker.py), so this object's turn waits until
+    it answers. Meanwhile the worker takes no new message (breakerstep.py); the pause
+    keeps it from taking this one again at once."""
+    metrics.RETRIES.labels("storage_paused").inc()
+    log.warning(
+        "paused, %s; the message goes back to the queue in %.0f s, no retry used",
+        pause.describe(), STORAGE_AWAY_PAUSE,
+        extra={"dcmpress": {"batch": job.batch, "key": job.key}},
+    )  # fmt: skip
+    time.sleep(STORAGE_AWAY_PAUSE)
+    raise Reject(f"paused: {pause.error}", requeue=True)
 
 
 def _compress_object(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, Any]:
     ctx = context()
+    ledger_outages.note_if_back(ctx.ledger)  # if this process found the ledger away
     try:
         job_message = JobMessage.model_validate(message)
     except ValidationError as exc:
@@ -323,11 +366,13 @@ def _run(self: Task[Any, Any], ctx: Context, job: Job, known_batch: bool) -> dic
         job.spec.rules()  # parsed once per process
     except ConfigurationError as exc:  # e.g. a policy written for a newer release
         return finish_failure(job, PermanentError("invalid_policy", str(exc)), None)
+    pause = ctx.breaker.pause()
+    if pause is not None:  # storage is failing: not this object's turn
+        _wait_for_storage(job, pause)
+    # (a Redis error goes up to compress_object, which gives the message back: a Redis
+    # outage never uses up a retry)
     try:
-        try:
-            return process_object(job)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:  # a Redis hiccup
-            raise TransientError(f"redis: {exc}") from exc
+        summary = process_object(job)
     except ClaimLost as exc:
         # the delivery that took the object over writes and records it; nothing to do
         log.warning("%s: s3://%s/%s", exc, job.message.bucket, job.key)
@@ -341,6 +386,10 @@ def _run(self: Task[Any, Any], ctx: Context, job: Job, known_batch: bool) -> dic
         # would be delivered again meanwhile)
         _retry(self, exc, ctx.retries.delay(CLAIM_WAIT_AFTER), waiting.model_dump(mode="json"))
     except TransientError as exc:
+        # noted for the breaker: if storage fails across objects, wait without a retry
+        pause = ctx.breaker.failed(job.message.bucket, job.key, str(exc))
+        if pause is not None:
+            _wait_for_storage(job, pause)
         retries = self.request.retries - job.message.claim_waits
         if ctx.retries.last(retries + 1):
             return finish_failure(
@@ -360,6 +409,11 @@ def _run(self: Task[Any, Any], ctx: Context, job: Job, known_batch: bool) -> dic
             ),
             job.ledger.get_record(job.batch, job.key),
         )
+    if not summary.get("duplicate"):
+        # recorded already: Redis away now costs the breaker one hint, not a redelivery
+        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+            ctx.breaker.succeeded(job.message.bucket, job.key)
+    return summary
 
 
 def _retry(task: Task[Any, Any], exc: Exception, delay: float, message: dict[str, Any]) -> NoReturn:
