@@ -138,6 +138,38 @@ def test_done_records_leave_redis_for_a_shard_and_the_counters_stay(
     assert archive_now(ledger, storage, batch) == archive.ArchiveRun()
 
 
+def test_skipped_records_go_to_the_shards_those_of_a_cancel_and_failed_ones_stay(
+    ledger: Ledger, storage: Storage, s3_server: SeaweedS3, bucket_pair: tuple[str, str]
+) -> None:
+    """`retry` works on failed records and `resume` on cancelled ones: they stay; an
+    object skipped for what it is (no pixel data) is finished like a done one."""
+    spec = new_batch(ledger, bucket_pair)
+    batch, old = spec.batch, time.time() - 700
+    states = {
+        "sr.dcm": Record(state="skipped", code="no_pixel_data", bytes_in=7, updated=int(old)),
+        "later.dcm": Record(state="skipped", code="cancelled", bytes_in=7, updated=int(old)),
+        "bad.dcm": Record(state="failed", code="invalid_dicom", bytes_in=9, updated=int(old)),
+    }
+    ledger.transition_many(batch, ((key, Record(state="queued"), "") for key in states))
+    ledger.transition_many(
+        batch, ((key, record, f"{record.code}") for key, record in states.items())
+    )
+    counts = ledger.counts(batch)
+
+    run = archive_now(ledger, storage, batch)
+
+    assert (run.shards, run.archived) == (1, 1)
+    assert {key for key, _, _ in ledger.iter_records(batch)} == {"later.dcm", "bad.dcm"}
+    _, dest = bucket_pair
+    rows = shard_rows(s3_server, dest, f"{PREFIX}{batch}/outcomes-00000000.ndjson.gz")
+    assert [(r["key"], r["state"], r["code"]) for r in rows] == [
+        ("sr.dcm", "skipped", "no_pixel_data")
+    ]
+    assert ledger.counts(batch) == counts
+    reported = {row["key"]: row["state"] for row in report_rows(ledger, batch)}
+    assert reported == {"sr.dcm": "skipped", "later.dcm": "skipped", "bad.dcm": "failed"}
+
+
 def test_records_younger_than_the_keep_time_stay_in_redis(
     ledger: Ledger, storage: Storage, bucket_pair: tuple[str, str]
 ) -> None:

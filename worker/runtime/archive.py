@@ -1,10 +1,11 @@
 """Finished outcomes written out of Redis into shards on S3, so that Redis holds a
-batch's counters and unfinished, skipped and failed records, not one record per object
-of the archive.
+batch's counters and its unfinished, failed and cancelled records, not one record per
+object of the archive.
 
-A record set ``done`` puts its object key on the batch's outbox, a Redis list in finish
-order (``scripts.TRANSITION``). :func:`archive_batch` reads the oldest entries and their
-records, writes those still done and older than ``keep`` seconds as one gzip NDJSON
+A record set ``done``, or ``skipped`` other than by a cancel (:func:`archivable`), puts
+its object key on the batch's outbox, a Redis list in finish order
+(``scripts.TRANSITION``). :func:`archive_batch` reads the oldest entries and their
+records, writes those still finished so and older than ``keep`` seconds as one gzip NDJSON
 shard - one line per object, a line of the report set's ``success.ndjson``:
 ``{"batch": ..., **row}`` (:func:`worker.runtime.rows.report_row`) - to
 ``s3://{output bucket}/{report prefix}{batch}/outcomes-{n:08d}.ndjson.gz`` with one PUT,
@@ -78,7 +79,7 @@ class ArchiveRun:
 
     shards: int = 0  # shards committed
     archived: int = 0  # records moved out of Redis into them
-    dropped: int = 0  # outbox entries of objects no longer done (queued again), dropped
+    dropped: int = 0  # outbox entries of objects no longer archivable (queued again), dropped
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ def _eligible(
 ) -> tuple[list[Archived], int]:
     """The records of the outbox ``entries`` that go into a shard now, and how many
     entries that consumes: up to the first record finished after ``before``. An entry of
-    an object no longer done (queued again: its next finish adds a new entry) or seen
+    an object no longer archivable (queued again: its next finish adds a new entry) or seen
     already in this window is consumed without a row."""
     with ledger.redis.pipeline(transaction=False) as pipe:
         for key in entries:
@@ -179,8 +180,8 @@ def _eligible(
     seen: set[str] = set()
     taken = 0
     for key, value, message in zip(entries, replies[::2], replies[1::2], strict=True):
-        if value is not None and value.startswith(b"d|") and key not in seen:
-            record = Record.decode(value)
+        record = Record.decode(value) if value is not None else None
+        if record is not None and archivable(record) and key not in seen:
             if record.updated > before:
                 break  # the outbox is in finish order: the rest is younger still
             row = report_row(key, record, (message or b"").decode(), workers, spec)
@@ -188,6 +189,13 @@ def _eligible(
             seen.add(key)
         taken += 1
     return rows, taken
+
+
+def archivable(record: Record) -> bool:
+    """True for a record that goes out to the shards: done, or skipped other than by a
+    cancel. Failed records stay for ``retry``, cancelled ones for ``resume`` (as the
+    transition script decides which keys go on the outbox)."""
+    return record.state == "done" or (record.state == "skipped" and record.code != "cancelled")
 
 
 def _complete(ledger: Ledger, batch: str) -> bool:

@@ -86,15 +86,20 @@ end
 # Sets records (KEYS: counts, batch, outbox, then objects/messages shard per item;
 # ARGV: retention, now, outbox ('1': push done keys), then field/value/message/guard per
 # item), keeping the counters exact and the latest failed key per code as an example
-# (batch hash, ``example:{code}``). The key of a record set done goes on the batch's
-# outbox, where the archiver (archive.py) finds it. A guard (``=`` and the ETag a
-# delivery started with) leaves a record alone that a newer version of the object
-# queued meanwhile: that version is the object's job now.
+# (batch hash, ``example:{code}``). The key of a record set done, or skipped other than
+# by a cancel, goes on the batch's outbox, where the archiver (archive.py) finds it. A
+# guard (``=`` and the ETag a delivery started with) leaves a record alone that a
+# newer version of the object queued meanwhile: that version is the object's job now.
 # Returns per item 1 (set) or 0 (superseded, left alone).
 TRANSITION = (
     LUA_RECORDS
     + """
 local retention, now, outbox = ARGV[1], ARGV[2], ARGV[3] == '1'
+-- done and skipped records go out to the shards; failed ones (`retry`) and those
+-- skipped because the batch was cancelled (`resume`) stay
+local function archived(r)
+  return r[1] == 'd' or (r[1] == 's' and code(r) ~= 'cancelled')
+end
 local result = {}
 local pushed = false
 for i = 1, (#KEYS - 3) / 2 do
@@ -109,7 +114,7 @@ for i = 1, (#KEYS - 3) / 2 do
   end
   if result[i] == 1 then
     move(objects, messages, field, old, value, message, retention)
-    if outbox and value:sub(1, 1) == 'd' then
+    if outbox and archived(split(value)) then
       redis.call('RPUSH', KEYS[3], field)
       pushed = true
     end
