@@ -10,14 +10,14 @@ are sent again and the duplicates are absorbed by the worker (claim + terminal-r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from celery import Celery
 
 from producer.sources import ObjectRef
 from worker.runtime.contract import BatchSpec
-from worker.runtime.ledger import ALREADY_DONE, ALREADY_QUEUED, QUEUED, Ledger
+from worker.runtime.ledger import ALREADY_DONE, ALREADY_QUEUED, QUEUE_CALL, QUEUED, Ledger
 from worker.runtime.publish import JobSender
 from worker.runtime.records import Record
 
@@ -68,13 +68,22 @@ class Enqueuer(JobSender):
         items = [(ref.key, ref.etag) for ref in refs]
         if self.atomic:
             # (a queued record has its message here: nothing to send again)
-            verdicts = self.ledger.queue_many(
-                self.spec.batch, items, self.force, False, self.envelopes(refs), self.queue
-            )
+            verdicts = self._queue_overlapped(refs)
         else:
             verdicts = self.ledger.queue_many(self.spec.batch, items, self.force, resend_queued)
             self.send(ref for ref, verdict in zip(refs, verdicts, strict=True) if verdict == QUEUED)
         return verdicts.count(QUEUED), verdicts.count(ALREADY_DONE), verdicts.count(ALREADY_QUEUED)
+
+    def _queue_overlapped(self, refs: list[ObjectRef]) -> list[int]:
+        """Queue ``refs`` with their messages, each part's envelopes built while Redis
+        runs the call before (Ledger.queue_streamed)."""
+
+        def parts() -> Iterator[tuple[list[tuple[str, str]], list[str]]]:
+            for start in range(0, len(refs), QUEUE_CALL):
+                part = refs[start : start + QUEUE_CALL]
+                yield [(ref.key, ref.etag) for ref in part], self.envelopes(part)
+
+        return self.ledger.queue_streamed(self.spec.batch, parts(), self.force, self.queue)
 
 
 def requeue(enqueuer: Enqueuer, wanted: Callable[[Record], bool], page_size: int = 1000) -> int:

@@ -218,6 +218,62 @@ class WorkerSettings(BaseSettings):
         "the archive (about 1.5 KB of Redis per message).",
     )
 
+    report_prefix: str = Field(
+        default="dcmpress-reports/",
+        pattern=r"^[^/].*/$",
+        description="Where the workers write finished outcomes out of Redis: "
+        "`s3://{output bucket}/{prefix}{batch}/outcomes-NNNNNNNN.ndjson.gz` (the source "
+        "bucket for in-place batches). Ends with `/`; never listed as input.",
+    )
+    archive: bool = Field(
+        default=True,
+        description="Workers move done records out of Redis into shards under "
+        "report_prefix (the counters stay); false: they stay in Redis for retention_days.",
+    )
+    archive_keep: int = Field(
+        default=60,
+        ge=0,
+        description="Seconds a done record stays in Redis at least before it is archived.",
+    )
+    archive_shard_size: int = Field(
+        default=10_000,
+        ge=1,
+        le=100_000,
+        description="Records per shard (one PUT, one Redis step each); a batch's last "
+        "shard, or one of records older than 10 minutes, may hold fewer.",
+    )
+    archive_interval: float = Field(
+        default=30.0, gt=0, description="Seconds between the workers' archive runs."
+    )
+
+    # the storage circuit breaker (worker/runtime/breaker.py): an outage pauses the
+    # workers instead of spending every object's retries
+    breaker_min_objects: int = Field(
+        default=5,
+        ge=0,
+        description="Distinct objects whose latest storage attempt failed (a 5xx, a reset, "
+        "a timeout) that, being breaker_failure_ratio of the objects tried most recently, "
+        "make the workers pause and probe storage instead of spending retries; 0: no "
+        "breaker, every failure spends a retry.",
+    )
+    breaker_failure_ratio: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="Share of the objects tried most recently (twice breaker_min_objects, "
+        "within breaker_window) whose latest storage attempt failed that pauses the workers.",
+    )
+    breaker_window: int = Field(
+        default=60, ge=1, description="Seconds a storage attempt counts as recent for the breaker."
+    )
+    breaker_probe_interval: int = Field(
+        default=15,
+        ge=1,
+        description="Seconds between probes of storage while the workers pause (one worker "
+        "at a time: a HEAD request on the object that failed last, else a one-key listing "
+        "of its bucket); the first answer resumes them.",
+    )
+
     @property
     def retention_seconds(self) -> int:
         """Record retention in seconds."""

@@ -55,6 +55,12 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
     from worker.runtime.watchdog import ReconcileWatch
 
     app.steps["worker"].add(ReconcileWatch)  # the automatic reconcile (watchdog.py)
+    from worker.runtime.breakerstep import BreakerWatch
+
+    app.steps["worker"].add(BreakerWatch)  # pause while storage fails (breakerstep.py)
+    from worker.runtime.archive_watch import ArchiveWatch
+
+    app.steps["worker"].add(ArchiveWatch)  # done records out of Redis (archive_watch.py)
     from worker.runtime.feedstep import FeedWatch
 
     app.steps["worker"].add(FeedWatch)  # batches fed from their cursors (feedstep.py)
