@@ -10,4 +10,9 @@
 - ``machine``: the machine, packages and peer tools a run was made on;
 - ``tables``: the results as tables, for the terminal and for Markdown;
 - ``report``: the report on the terminal and the ``RESULTS.md`` / ``.json`` writer.
+
+And one part of ``benchmarks.control_plane``, which runs on its own:
+
+- ``stub_worker``: a stand-in worker process (a worker's Redis calls, no codec, no S3)
+  and its archiver thread.
 """

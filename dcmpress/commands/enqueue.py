@@ -356,8 +356,11 @@ def _feed(
 def _enqueue_progress(console: Console) -> Progress:
     """A spinner with a live detail line, for enqueue runs of unknown length."""
     return Progress(
-        SpinnerColumn(), TextColumn("[bold]enqueue"), TextColumn("{task.fields[detail]}"),
-        TimeElapsedColumn(), console=console,
+        SpinnerColumn(),
+        TextColumn("[bold]enqueue"),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=console,
     )
 
 

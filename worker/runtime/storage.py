@@ -411,7 +411,9 @@ class Storage:
             for page in paginator.paginate(**params):
                 yield [
                     Listed(
-                        item["Key"], str(item.get("ETag", "")).strip('"'), int(item["Size"]),
+                        item["Key"],
+                        str(item.get("ETag", "")).strip('"'),
+                        int(item["Size"]),
                         modified=_epoch(item.get("LastModified")),
                     )
                     for item in page.get("Contents", [])
