@@ -130,11 +130,15 @@ def snapshot(ledger: Ledger, batch: str, names: tuple[str, ...] | None = None) -
     """Read the batch's counters now; ``names`` are its policy's rule names, read from
     its spec when not given (a view that refreshes reads them once)."""
     from worker.runtime.breaker import read_pause
+    from worker.settings import WorkerSettings
 
+    default_queue = WorkerSettings.model_fields["queue"].default
     if names is None:
         names = rule_names(ledger, batch)
-    pause = read_pause(ledger.redis)
-    return BatchStatus(batch, ledger.counts(batch), ledger.batch_info(batch), time.time(), names,
+    info = ledger.batch_info(batch)
+    # the breaker of the queue the batch's messages go to (the default one's if unknown)
+    pause = read_pause(ledger.redis, info.get("queue") or default_queue)
+    return BatchStatus(batch, ledger.counts(batch), info, time.time(), names,
                        pause.describe() if pause else "")  # fmt: skip
 
 

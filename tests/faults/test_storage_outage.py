@@ -95,7 +95,9 @@ def test_a_storage_outage_longer_than_the_retry_budget_fails_nothing(
         before = _finished(ledger, batch)
         proxy.rule = outage_rule
         outage_started = time.monotonic()
-        opened_after = _wait(lambda: read_pause(ledger.redis) is not None, 120, "breaker open")
+        opened_after = _wait(
+            lambda: read_pause(ledger.redis, env["DCMPRESS_QUEUE"]) is not None, 120, "breaker open"
+        )
         status = run_cli(env, "status", batch)
         time.sleep(SETTLE_SECONDS)
         log_offset = worker.log_path.stat().st_size
@@ -111,7 +113,9 @@ def test_a_storage_outage_longer_than_the_retry_budget_fails_nothing(
         during = _finished(ledger, batch)
         proxy.rule = passes
         back_at = time.monotonic()
-        closed_after = _wait(lambda: read_pause(ledger.redis) is None, 60, "breaker closed")
+        closed_after = _wait(
+            lambda: read_pause(ledger.redis, env["DCMPRESS_QUEUE"]) is None, 60, "breaker closed"
+        )
         _wait(lambda: _finished(ledger, batch) > during, 60, "work resumed")
         resumed_after = time.monotonic() - back_at
         counts = wait_for_batch(ledger, batch, OBJECTS, timeout=180)

@@ -58,7 +58,7 @@ def test_one_object_failing_again_and_again_never_opens_it(breaker: Breaker) -> 
 def test_the_latest_attempts_of_several_objects_failing_open_it(breaker: Breaker) -> None:
     assert _fail(breaker, 4) is None  # four objects: not yet a pattern
     pause = breaker.failed("b", "k4", "fetch s3://b/k4: 503 ServiceUnavailable")
-    assert pause is not None and pause == read_pause(breaker.redis)
+    assert pause is not None and pause == read_pause(breaker.redis, breaker.queue)
     assert (pause.bucket, pause.key) == ("b", "k4")  # what the probe will ask for
     assert "503 ServiceUnavailable" in pause.error and abs(pause.since - time.time()) < 5
     assert "storage failing since" in pause.describe()
@@ -111,7 +111,7 @@ def test_min_objects_zero_turns_it_off(ledger: Ledger) -> None:
     off.close()
     for index in range(20):
         assert off.failed("b", f"k{index}", "503") is None
-    assert not ledger.redis.exists(Keys.breaker_outcomes())
+    assert not ledger.redis.exists(Keys.breaker_outcomes(off.queue))
 
 
 def test_a_probe_closes_it_on_any_answer_of_storage(
@@ -132,12 +132,12 @@ def test_a_probe_closes_it_on_any_answer_of_storage(
 
 
 def test_the_probe_lock_spaces_the_probes_of_all_workers(breaker: Breaker) -> None:
-    breaker.redis.delete(Keys.breaker_probe_lock())
+    breaker.redis.delete(Keys.breaker_probe_lock(breaker.queue))
     assert breaker.probe_lock(1).acquire()  # free: this worker probes
     assert not breaker.probe_lock(1).acquire()  # another worker, within the interval
     time.sleep(1.2)
     assert breaker.probe_lock(1).acquire()  # lapsed: the next probe
-    breaker.redis.delete(Keys.breaker_probe_lock())
+    breaker.redis.delete(Keys.breaker_probe_lock(breaker.queue))
 
 
 def test_one_object_storage_cannot_serve_does_not_keep_it_open(

@@ -131,15 +131,18 @@ class Pause:
 class Breaker:
     """The breaker's state in Redis, shared by every worker (and read by ``status``)."""
 
-    def __init__(self, client: redis.Redis, thresholds: Thresholds) -> None:
+    def __init__(
+        self, client: redis.Redis, thresholds: Thresholds, queue: str = "dcmpress"
+    ) -> None:
         self.redis = client
         self.thresholds = thresholds
+        self.queue = queue  # the workers of one queue share a breaker (and an endpoint)
         self.kept = max(OUTCOMES_KEPT, 10 * thresholds.min_objects)
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: WorkerSettings) -> Breaker:
         """The breaker with the settings' thresholds."""
-        return cls(client, Thresholds.from_settings(settings))
+        return cls(client, Thresholds.from_settings(settings), settings.queue)
 
     @property
     def enabled(self) -> bool:
@@ -161,58 +164,65 @@ class Breaker:
         now = time.time()
         with self.redis.pipeline(transaction=False) as pipe:
             self._note(pipe, Outcome(now, True, target_of(bucket, key)))
-            pipe.lrange(Keys.breaker_outcomes(), 0, -1)
+            pipe.lrange(Keys.breaker_outcomes(self.queue), 0, -1)
             replies = pipe.execute()
-        pause = read_pause(self.redis)
+        pause = read_pause(self.redis, self.queue)
         if pause is not None:
             return pause
         decoded = (Outcome.decode(raw) for raw in cast(list[bytes], replies[-1]))
         recent = [outcome for outcome in decoded if outcome is not None]
         if not storage_is_failing(recent, now, self.thresholds):
             return None
+        return self.open(bucket, key, error)
+
+    def open(self, bucket: str, key: str, error: str) -> Pause | None:
+        """Open the breaker (storage fails across objects, or does not answer a probe
+        of its own); the pause."""
         with self.redis.pipeline() as pipe:  # MULTI: the first to open sets since
-            pipe.hsetnx(Keys.breaker(), "since", f"{now:.3f}")
-            pipe.hset(Keys.breaker(), mapping={
+            pipe.hsetnx(Keys.breaker(self.queue), "since", f"{time.time():.3f}")
+            pipe.hset(Keys.breaker(self.queue), mapping={
                 "error": one_line(error, ERROR_LENGTH), "bucket": bucket, "key": key,
             })  # fmt: skip
             pipe.execute()
-        return read_pause(self.redis)
+        return read_pause(self.redis, self.queue)
 
     def _note(self, pipe: redis.client.Pipeline, outcome: Outcome) -> None:
         """Queue the outcome on ``pipe``: the newest first, the list bounded."""
-        pipe.lpush(Keys.breaker_outcomes(), outcome.encode())
-        pipe.ltrim(Keys.breaker_outcomes(), 0, self.kept - 1)
-        pipe.expire(Keys.breaker_outcomes(), OUTCOMES_TTL)
+        pipe.lpush(Keys.breaker_outcomes(self.queue), outcome.encode())
+        pipe.ltrim(Keys.breaker_outcomes(self.queue), 0, self.kept - 1)
+        pipe.expire(Keys.breaker_outcomes(self.queue), OUTCOMES_TTL)
 
     def pause(self) -> Pause | None:
         """The open breaker, or None while storage is deemed to work."""
         if not self.enabled:
             return None
-        return read_pause(self.redis)
+        return read_pause(self.redis, self.queue)
 
     def note_probe(self, error: str) -> None:
         """Keep a failed probe's time and error (what ``status`` shows)."""
-        if self.redis.exists(Keys.breaker()):  # closed meanwhile: leave it closed
-            self.redis.hset(Keys.breaker(), mapping={
+        if self.redis.exists(Keys.breaker(self.queue)):  # closed meanwhile: leave it closed
+            self.redis.hset(Keys.breaker(self.queue), mapping={
                 "probed": f"{time.time():.3f}", "error": one_line(error, ERROR_LENGTH),
             })  # fmt: skip
 
     def close(self) -> None:
         """Storage answers again: resume, and forget the outage's failures (else the
         first failure after it would find them recent and open the breaker again)."""
-        self.redis.delete(Keys.breaker(), Keys.breaker_outcomes())
+        self.redis.delete(Keys.breaker(self.queue), Keys.breaker_outcomes(self.queue))
 
     def probe_lock(self, interval: float) -> Lock:
         """The lock one worker at a time takes to probe; never released, it lapses
         after ``interval`` seconds, which spaces the probes of all workers."""
-        lock = self.redis.lock(Keys.breaker_probe_lock(), timeout=interval, blocking=False)
+        lock = self.redis.lock(
+            Keys.breaker_probe_lock(self.queue), timeout=interval, blocking=False
+        )
         return cast(Lock, lock)
 
 
-def read_pause(client: redis.Redis) -> Pause | None:
-    """The open breaker in the Redis ``client`` talks to, or None (``dcmpress status``
-    reads it so, without the workers' settings)."""
-    raw = cast(dict[bytes, bytes], client.hgetall(Keys.breaker()))
+def read_pause(client: redis.Redis, queue: str) -> Pause | None:
+    """The open breaker of ``queue`` in the Redis ``client`` talks to, or None
+    (``dcmpress status`` reads it so, without the workers' settings)."""
+    raw = cast(dict[bytes, bytes], client.hgetall(Keys.breaker(queue)))
     if not raw:
         return None
     fields = {name.decode(): value.decode() for name, value in raw.items()}
@@ -230,6 +240,18 @@ def read_pause(client: redis.Redis) -> Pause | None:
         key=fields.get("key", ""),
         probed=number("probed"),
     )
+
+
+def unreachable(storage: Storage, bucket: str) -> str | None:
+    """The error if storage does not answer a one-key listing of ``bucket`` (a failure
+    of its own, not of one object); None if it answers, whatever the answer."""
+    try:
+        next(iter(storage.list_pages(bucket, "", page_size=1)), None)
+    except TransientError as exc:
+        return str(exc)
+    except DcmpressError:
+        pass  # an answer (a 403: storage works, this role may not list)
+    return None
 
 
 def probe(breaker: Breaker, storage: Storage) -> str | None:

@@ -41,15 +41,16 @@ Key (type) - content - lifetime
   batch, or a report reading it - released after each, or lapses in 10 minutes
 - ``dcmpress:lock:reconcile`` (string) - redis-py lock: one worker at a time runs the
   automatic reconcile check - released after it, or lapses
-- ``dcmpress:breaker`` (hash) - present while storage fails across objects (the
-  breaker is open, ``worker/runtime/breaker.py``): ``since``, ``error``, the
+- ``dcmpress:breaker:{queue}`` (hash) - present while storage fails across the objects
+  of a queue's workers (they share a storage endpoint; the breaker is open,
+  ``worker/runtime/breaker.py``): ``since``, ``error``, the
   ``bucket``/``key`` that failed last, ``probed`` (the latest failed probe) - until a
   probe succeeds
-- ``dcmpress:breaker:outcomes`` (list) - the newest storage outcomes of objects,
+- ``dcmpress:breaker-outcomes:{queue}`` (list) - the newest storage outcomes of objects,
   ``time|failed|digest`` entries, newest first - trimmed to 200 (or ten times
   ``breaker_min_objects``), gone an hour after the last
-- ``dcmpress:lock:breaker-probe`` (string) - redis-py lock: one worker at a time probes
-  storage while the breaker is open - never released, lapses after the probe interval
+- ``dcmpress:lock:breaker-probe:{queue}`` (string) - redis-py lock: one worker at a
+  time probes storage while the breaker is open - never released, lapses after the probe interval
 - ``dcmpress:ledger:back`` (string) - epoch seconds when a worker found this Redis
   answering again after it had not (``worker/runtime/ledger_outages.py``) - one day
 """
@@ -127,19 +128,20 @@ class Keys:
         return f"{cls.prefix}:lock:reconcile"
 
     @classmethod
-    def breaker(cls) -> str:
-        """Hash: the open storage breaker (since, error, object that failed last)."""
-        return f"{cls.prefix}:breaker"
+    def breaker(cls, queue: str) -> str:
+        """Hash: the open storage breaker of ``queue``'s workers (since, error, object
+        that failed last)."""
+        return f"{cls.prefix}:breaker:{queue}"
 
     @classmethod
-    def breaker_outcomes(cls) -> str:
-        """List: the newest storage outcomes of objects, newest first."""
-        return f"{cls.prefix}:breaker:outcomes"
+    def breaker_outcomes(cls, queue: str) -> str:
+        """List: the newest storage outcomes of ``queue``'s objects, newest first."""
+        return f"{cls.prefix}:breaker-outcomes:{queue}"
 
     @classmethod
-    def breaker_probe_lock(cls) -> str:
-        """String: the redis-py lock of the one worker probing storage."""
-        return f"{cls.prefix}:lock:breaker-probe"
+    def breaker_probe_lock(cls, queue: str) -> str:
+        """String: the redis-py lock of the one worker of ``queue`` probing storage."""
+        return f"{cls.prefix}:lock:breaker-probe:{queue}"
 
     @classmethod
     def ledger_back(cls) -> str:

@@ -38,7 +38,7 @@ from worker.errors import (
 )
 from worker.retry import Backoff
 from worker.runtime import ledger_outages, logs, metrics
-from worker.runtime.breaker import Breaker, Pause
+from worker.runtime.breaker import Breaker, Pause, unreachable
 from worker.runtime.contract import TASK_COMPRESS, BatchSpec, JobMessage
 from worker.runtime.ledger import Ledger
 from worker.runtime.pipeline import Job, finish_failure, process_object, release_unreleased
@@ -392,6 +392,13 @@ def _run(self: Task[Any, Any], ctx: Context, job: Job, known_batch: bool) -> dic
             _wait_for_storage(job, pause)
         retries = self.request.retries - job.message.claim_waits
         if ctx.retries.last(retries + 1):
+            # the last try: an outage too few objects met to open the breaker (a batch
+            # of one, a trickle of events) must not fail them either; if storage does
+            # not answer a listing of its own, it is away, not this object's trouble
+            down = unreachable(ctx.storage, job.message.bucket) if ctx.breaker.enabled else None
+            pause = ctx.breaker.open(job.message.bucket, job.key, down) if down else None
+            if pause is not None:
+                _wait_for_storage(job, pause)
             return finish_failure(
                 job,
                 PermanentError("retries_exhausted", f"{exc} (after {retries} retries)"),
