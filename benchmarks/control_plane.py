@@ -30,7 +30,8 @@ objects (listing alone, and through the feeder); the same control-plane run on
 ``--per-object-sample`` objects with the stubs making a real worker's Redis calls one
 by one (``per-object``: what Redis pays per object in production); the Redis bytes of
 one object queued at the mark, one done record awaiting the archiver and one failed
-and one skipped record (these stay in Redis); and from all of it, the capacity model
+and one skipped record (failed ones stay in Redis, skipped ones only a cancel's); and
+from all of it, the capacity model
 for 10^8 and 10^9 objects (``docs/guides/scale.md``, "Capacity").
 
 Batched recording (the default for the big runs) pops 100 messages per RPOP and
@@ -783,7 +784,9 @@ class Assumptions:
     """What the capacity model assumes beyond what was measured."""
 
     failed_share: float = 0.001  # objects that fail: their records stay in Redis
-    skipped_share: float = 0.01  # skipped (no pixel data, already compressed...): stay too
+    # skipped records kept in Redis: only a cancel's (others go to the shards like done
+    # ones); none in a migration that is not cancelled
+    skipped_share: float = 0.0
     rate: float = 1_000.0  # objects/s the workers finish (records waiting to be archived)
     archive_keep: float = 60.0  # production's defaults (WorkerSettings)
     archive_interval: float = 30.0
@@ -1055,7 +1058,7 @@ def tables(results: dict[str, Any]) -> list[TextTable]:
                 ),
             ),
             "growth of used_memory: queued = message + record; done = record + outbox entry "
-            "(sparse, as in a run); failed and skipped = record + message, which stay in "
+            "(sparse, as in a run); failed and skipped = record + message, kept in "
             "Redis: ~100 a shard is a listpack hash, ~400 a hash table (above 128)",
             text_columns=0,
         )
@@ -1098,8 +1101,9 @@ def tables(results: dict[str, Any]) -> list[TextTable]:
                 )
                 for r in model
             ),
-            f"assumed: {a['failed_share']:.1%} failed, {a['skipped_share']:.0%} skipped (their "
-            f"records stay in Redis), workers finishing {a['rate']:,.0f} objects/s with "
+            f"assumed: {a['failed_share']:.1%} failed (their records stay in Redis), "
+            f"{a['skipped_share']:.0%} skipped by a cancel (the same), workers finishing "
+            f"{a['rate']:,.0f} objects/s with "
             f"archive_keep {a['archive_keep']:.0f} s + archive_interval "
             f"{a['archive_interval']:.0f} s; S3 Standard list prices ${a['put_per_1000']} per "
             f"1,000 PUT/LIST, ${a['get_per_1000']} per 1,000 GET/HEAD, "
