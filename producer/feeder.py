@@ -64,6 +64,7 @@ RESCAN_MARGIN = 3600.0
 # the feed pauses above this share of Redis' maxmemory: the rest is the workers', whose
 # records must never be refused because the queue took the memory
 HEADROOM = 0.9
+QUEUED_BYTES = 1_600  # Redis of one queued object: its message and record (1,548 measured)
 FULL = "paused: Redis is nearly full (maxmemory); feeding resumes when memory frees"
 
 
@@ -352,13 +353,14 @@ class Feeder:
                 Step.PAUSED, f"paused: outside its window {window}, opens in {_span(opens)}",
                 min(60.0, max(1.0, opens)),
             )  # fmt: skip
-        if self._nearly_full():
+        memory_room = self._memory_room()
+        if memory_room <= 0:
             return self._pause(Step.PAUSED, FULL, 5)
         room = self.high_water - self.queue_depth()
         if room <= 0:
             return self._pause(Step.WAITING, f"waiting: the queue is at its mark "
                                f"({self.high_water:,} messages)", 1)  # fmt: skip
-        refs = self.cursor.peek(min(room, CHUNK))
+        refs = self.cursor.peek(min(room, CHUNK, memory_room))
         if not refs:
             self._finish()
             return Step.FINISHED
@@ -373,12 +375,15 @@ class Feeder:
         self.wait = 0.0
         return Step.FED
 
-    def _nearly_full(self) -> bool:
-        """True if the ledger's Redis has a memory limit and is within 10 % of it: the
-        rest is kept for the workers' records."""
+    def _memory_room(self) -> int:
+        """How many more objects may be queued before the ledger's Redis is within 10 %
+        of its memory limit (the rest is kept for the workers' records); CHUNK if it
+        has no limit. A chunk sized so does not overshoot the limit midway."""
         memory = self.ledger.redis.info("memory")
         limit = int(memory.get("maxmemory", 0) or 0)
-        return bool(limit) and int(memory.get("used_memory", 0)) > HEADROOM * limit
+        if not limit:
+            return CHUNK
+        return int((HEADROOM * limit - int(memory.get("used_memory", 0))) // QUEUED_BYTES)
 
     def _send(self, chunk: list[ObjectRef], plan: FeedPlan) -> None:
         by_bucket: dict[str, list[ObjectRef]] = {}
@@ -450,10 +455,13 @@ class Feeder:
 
     def _note(self, state: str) -> None:
         if state != self.state:  # one write per change, not per step
-            for batch in self.batches:
-                note_state(self.ledger, batch, state)
             self.state = state
             log.info("feed of batch %s: %s", self.lead.batch, state)
+            try:
+                for batch in self.batches:
+                    note_state(self.ledger, batch, state)
+            except redis.RedisError as exc:  # a full Redis refuses even this: said above
+                log.warning("could not note the feed's state in Redis: %s", exc)
 
     @property
     def report(self) -> EnqueueReport:

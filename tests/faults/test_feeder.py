@@ -28,8 +28,16 @@ import redis as redis_py
 
 import producer.batches as batches_module
 from dcmpress.stack.services import CeleryWorker, RedisServer, SeaweedS3, free_port
-from producer.feeder import Feeder, FeedPlan, ListingCursor, Step, load_plan, save_plan
-from producer.sources import KeyFilter
+from producer.feeder import (
+    Feeder,
+    FeedPlan,
+    ListingCursor,
+    ManifestCursor,
+    Step,
+    load_plan,
+    save_plan,
+)
+from producer.sources import KeyFilter, ObjectRef
 from tests.conftest import run_cli, wait_for_batch
 from tests.faults.test_redis_restart import AofRedis
 from worker.runtime import contract
@@ -181,8 +189,8 @@ def test_a_feeder_dying_between_the_send_and_the_checkpoint_sends_nothing_twice(
     spec = BatchSpec(batch=f"gap-{uuid.uuid4().hex[:6]}", source=S3Location(bucket=source),
                      dest=S3Location(bucket=dest))  # fmt: skip
     ledger.save_batch(spec)
-    save_plan(ledger, spec.batch, FeedPlan())
     queue = f"gap-{uuid.uuid4().hex[:6]}"
+    save_plan(ledger, spec.batch, FeedPlan(queue=queue))  # (no worker consumes it)
     app = create_app(settings)
     real = batches_module.ResumePoint.read
     monkeypatch.setattr("producer.feeder.CHUNK", 50)
@@ -239,7 +247,7 @@ def test_a_full_redis_pauses_the_feed_in_one_line_and_it_resumes_when_memory_fre
         finally:
             if feeder.poll() is None:
                 feeder.kill()
-                feeder.communicate(timeout=10)
+            feeder.communicate(timeout=10)  # (closes its pipes whatever happened)
             admin.config_set("maxmemory", 0)
         assert feeder.returncode == 0, stderr
         assert "Traceback" not in stderr
@@ -377,3 +385,35 @@ def test_a_later_pass_sends_neither_old_objects_nor_archived_ones_nor_counts_the
     assert (later["enqueued"], later["already_done"]) == (0, 0)
     forced = json.loads(run_cli(env, *args, "--force").stdout.strip().splitlines()[-1])
     assert forced["enqueued"] == 7 and new[0] in _keys_of(ledger.redis.lrange(queue, 0, -1))
+
+
+def test_a_chunk_refused_by_a_full_redis_midway_pauses_the_feed_and_is_sent_again(
+    stack_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The feeder sizes its chunks to stay below 90 % of maxmemory; when a chunk still
+    meets the limit (the estimate made 30 times too small here), Redis refuses whole
+    500-object calls: the feed pauses (even its note refused), nothing is queued
+    without its message, and the chunk goes again once memory frees."""
+    monkeypatch.setattr("producer.feeder.QUEUED_BYTES", 50)
+    with RedisServer(tmp_path / "redis", port=free_port()) as server:
+        for name, value in {**stack_env, "DCMPRESS_REDIS_URL": server.url}.items():
+            monkeypatch.setenv(name, value)
+        settings = WorkerSettings()
+        ledger = Ledger.from_url(server.url, 86400)
+        spec = BatchSpec(batch="oom", source=S3Location(bucket="srcb"), dest=S3Location(bucket="d"))
+        ledger.save_batch(spec)
+        keys = [f"k/{index:05d}.dcm" for index in range(3000)]
+        pages = iter([[ObjectRef("srcb", key) for key in keys[i : i + 1000]]
+                      for i in range(0, 3000, 1000)])  # fmt: skip
+        feeder = Feeder(create_app(settings), ledger, Storage(settings), spec, "oom-queue",
+                        10_000, ManifestCursor(pages, 0))  # fmt: skip
+        used = int(ledger.redis.info("memory")["used_memory"])
+        ledger.redis.config_set("maxmemory", used + 2_000_000)  # about 1,300 objects
+        steps = [feeder.step() for _ in range(3)]
+        assert Step.PAUSED in steps and "nearly full" in feeder.state
+        queued = ledger.counts("oom").get("queued", 0)
+        assert 0 < queued < len(keys) and ledger.redis.llen("oom-queue") == queued
+        ledger.redis.config_set("maxmemory", 0)
+        assert feeder.run(lambda step: False, sleep=lambda seconds: None) is Step.FINISHED
+        assert sorted(_keys_of(ledger.redis.lrange("oom-queue", 0, -1))) == keys
+        assert ledger.counts("oom")["queued"] == len(keys)

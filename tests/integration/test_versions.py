@@ -98,7 +98,7 @@ def test_without_a_reply_the_object_is_still_queued_with_its_message(
     spec = _batch(ledger)
     queue = f"versions-{uuid.uuid4().hex[:6]}"
     enqueuer = Enqueuer(app, ledger, spec, queue)
-    real = ledger.queue_many
+    real = ledger.queue_streamed  # (the atomic way: each call's reply read later)
 
     def reply_lost(*args: object, **kwargs: object) -> list[int]:
         real(*args, **kwargs)  # type: ignore[arg-type]
@@ -106,9 +106,9 @@ def test_without_a_reply_the_object_is_still_queued_with_its_message(
 
         raise redis.TimeoutError("Timeout reading from socket (injected)")
 
-    monkeypatch.setattr(ledger, "queue_many", reply_lost)
+    monkeypatch.setattr(ledger, "queue_streamed", reply_lost)
     with pytest.raises(Exception, match="injected"):
         enqueuer.enqueue([ObjectRef("src", "x.dcm", "e")], resend_queued=False)
-    monkeypatch.setattr(ledger, "queue_many", real)
+    monkeypatch.setattr(ledger, "queue_streamed", real)
     assert enqueuer.enqueue([ObjectRef("src", "x.dcm", "e")], resend_queued=False) == (0, 0, 1)
     assert sorted(queued_keys(ledger, queue)) == ["x.dcm"]  # "duplicate" means: its message exists

@@ -116,7 +116,7 @@ class Feeds:
         plan = load_plan(self.ledger, batch)
         if (
             spec is None or plan is None or not plan.workers_can_feed
-            or plan.queue not in ("", self.settings.queue)
+            or plan.queue != self.settings.queue
         ):  # fmt: skip
             # expired, a local manifest only its enqueue can read, or another queue's
             lock.release()
