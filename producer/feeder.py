@@ -50,7 +50,7 @@ from producer.enqueue import Enqueuer, EnqueueReport
 from producer.pacing import Pacer, Window
 from producer.sources import KeyFilter, ObjectRef
 from worker.runtime.contract import BatchSpec, S3Location, default_batch_id, is_output_of
-from worker.runtime.ledger import Keys, Ledger
+from worker.runtime.ledger import Keys, Ledger, is_out_of_memory
 from worker.runtime.reconcile import broker_redis
 from worker.runtime.storage import Listed, Storage
 
@@ -328,7 +328,9 @@ class Feeder:
         :class:`~worker.errors.DcmpressError` with the cursor where it was."""
         try:
             return self._step()
-        except redis.exceptions.OutOfMemoryError:
+        except redis.ResponseError as exc:
+            if not is_out_of_memory(exc):
+                raise
             # nothing of the chunk is queued without its message (one atomic step per
             # 500, refused whole by a full Redis); the cursor has not moved
             return self._pause(Step.PAUSED, FULL, 5)

@@ -175,6 +175,16 @@ QUEUED, ALREADY_DONE, ALREADY_QUEUED = 0, 1, 2  # verdicts of Ledger.queue_many
 QUEUE_CALL = 500  # items per atomic check-and-queue call
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True if Redis refused a write for its ``maxmemory``. Redis 7 answers a refused
+    script with an ``OOM`` error (redis-py's OutOfMemoryError); Redis 6.2 with
+    ``Error running script ... -OOM command not allowed`` (a plain ResponseError). Either
+    way the script was refused at its first write: nothing of it was written."""
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
+        isinstance(exc, redis.ResponseError) and "OOM command not allowed" in str(exc)
+    )
+
+
 class Ledger:
     """Typed access to the ledger; one instance per process."""
 

@@ -40,7 +40,7 @@ from worker.retry import Backoff
 from worker.runtime import ledger_outages, logs, metrics
 from worker.runtime.breaker import Breaker, Pause, unreachable
 from worker.runtime.contract import TASK_COMPRESS, BatchSpec, JobMessage
-from worker.runtime.ledger import Ledger
+from worker.runtime.ledger import Ledger, is_out_of_memory
 from worker.runtime.pipeline import Job, finish_failure, process_object, release_unreleased
 from worker.runtime.storage import Storage
 from worker.settings import WorkerSettings, masked
@@ -282,11 +282,11 @@ def compress_object(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, 
     with metrics.IN_FLIGHT.track_inprogress():
         try:
             return _compress_object(self, message)
-        except (
-            redis.ConnectionError,
-            redis.TimeoutError,
-            redis.exceptions.OutOfMemoryError,
-        ) as exc:
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            _give_back(exc)
+        except redis.ResponseError as exc:
+            if not is_out_of_memory(exc):
+                raise
             # (a full Redis refuses whole Lua steps: nothing half-recorded; the message
             # waits in the queue, or among the unacknowledged ones, until it has room)
             _give_back(exc)
