@@ -11,13 +11,11 @@ records stay in Redis meanwhile.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from celery import bootsteps
-
 from worker.retry import Backoff
+from worker.runtime.threadstep import ThreadStep
 from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -50,39 +48,32 @@ def batches_with_outbox(ledger: Ledger, queue: str) -> list[str]:
     ]
 
 
-class ArchiveWatch(bootsteps.StartStopStep):
-    """Runs the archiver in a daemon thread of the worker."""
+class ArchiveWatch(ThreadStep):
+    """Runs the archiver in a daemon thread of the worker.
+
+    At shutdown a shard in progress is let finish: killed between its PUT and its
+    commit it is safe (written again next time), but the batch's lock would hold every
+    worker off until it lapses (10 minutes)."""
+
+    thread_name = "dcmpress-archive"
+    stop_wait = STOP_WAIT_SECONDS
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
-        self.stopped = threading.Event()
-        self.thread: threading.Thread | None = None
         self.failing: dict[str, tuple[int, float]] = {}  # batch -> (failures, next try)
 
-    def start(self, parent: Any) -> None:
-        settings: WorkerSettings = parent.app.conf.dcmpress_settings
+    def wanted(self, settings: WorkerSettings) -> bool:
         if not settings.archive:
             log.info("archive off (DCMPRESS_ARCHIVE=false): done records stay in Redis")
-            return
+            return False
         log.info(
             "archive: done records older than %d s go to s3://{output bucket}/%s{batch}/ "
             "in shards of %d (every %.0f s)", settings.archive_keep, settings.report_prefix,
             settings.archive_shard_size, settings.archive_interval,
         )  # fmt: skip
-        self.thread = threading.Thread(
-            target=self._run, args=(settings,), daemon=True, name="dcmpress-archive"
-        )
-        self.thread.start()
+        return True
 
-    def stop(self, parent: Any) -> None:
-        """Let a shard in progress finish: killed between its PUT and its commit it is
-        safe (written again next time), but the batch's lock would hold every worker
-        off until it lapses (10 minutes)."""
-        self.stopped.set()
-        if self.thread is not None:
-            self.thread.join(STOP_WAIT_SECONDS)
-
-    def _run(self, settings: WorkerSettings) -> None:
+    def run(self, worker: Any, settings: WorkerSettings) -> None:
         from worker.runtime.ledger import Ledger
         from worker.runtime.storage import Storage
 

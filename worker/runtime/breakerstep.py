@@ -14,14 +14,13 @@ once, so a consumer that reconnected to the broker meanwhile is paused again.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
 import redis
-from celery import bootsteps
 
 from worker.runtime.breaker import Breaker, Pause, probe
+from worker.runtime.threadstep import ThreadStep
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -71,30 +70,19 @@ class Intake:
         return bool(self.paused)
 
 
-class BreakerWatch(bootsteps.StartStopStep):
+class BreakerWatch(ThreadStep):
     """Pauses this worker while storage fails across objects; probes it meanwhile."""
 
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self.stopped = threading.Event()
-        self.thread: threading.Thread | None = None
+    thread_name = "dcmpress-breaker"
+    stop_wait = STOP_WAIT_SECONDS
 
-    def start(self, parent: Any) -> None:
-        settings: WorkerSettings = parent.app.conf.dcmpress_settings
+    def wanted(self, settings: WorkerSettings) -> bool:
         if not settings.breaker_min_objects:
             log.info("storage breaker off (DCMPRESS_BREAKER_MIN_OBJECTS=0)")
-            return
-        self.thread = threading.Thread(
-            target=self._run, args=(parent, settings), daemon=True, name="dcmpress-breaker"
-        )
-        self.thread.start()
+            return False
+        return True
 
-    def stop(self, parent: Any) -> None:
-        self.stopped.set()
-        if self.thread is not None:
-            self.thread.join(STOP_WAIT_SECONDS)
-
-    def _run(self, worker: Any, settings: WorkerSettings) -> None:
+    def run(self, worker: Any, settings: WorkerSettings) -> None:
         from worker.runtime.ledger import Ledger
 
         ledger = Ledger.from_url(settings.redis_url, settings.retention_seconds, REDIS_TIMEOUT)

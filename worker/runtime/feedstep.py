@@ -20,10 +20,10 @@ from contextlib import suppress
 from functools import partial
 from typing import Any
 
-from celery import bootsteps
 from redis.exceptions import LockError
 
 from worker.errors import DcmpressError, one_line
+from worker.runtime.threadstep import ThreadStep
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -33,34 +33,20 @@ STOP_WAIT_SECONDS = 15.0
 RETRY_SECONDS = 30.0  # a failing source (storage away) is read again after this
 
 
-class FeedWatch(bootsteps.StartStopStep):
-    """Feeds batches whose feed no process holds, in a daemon thread of the worker."""
+class FeedWatch(ThreadStep):
+    """Feeds batches whose feed no process holds, in a daemon thread of the worker; at
+    shutdown it releases their locks, so another worker goes on at once."""
 
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self.stopped = threading.Event()
-        self.thread: threading.Thread | None = None
+    thread_name = "dcmpress-feed"
+    stop_wait = STOP_WAIT_SECONDS
 
-    def start(self, parent: Any) -> None:
-        settings: WorkerSettings = parent.app.conf.dcmpress_settings
-        self.thread = threading.Thread(
-            target=self._run, args=(parent.app, settings), daemon=True, name="dcmpress-feed"
-        )
-        self.thread.start()
-
-    def stop(self, parent: Any) -> None:
-        """Release the feed locks at shutdown, so another worker goes on at once."""
-        self.stopped.set()
-        if self.thread is not None:
-            self.thread.join(STOP_WAIT_SECONDS)
-
-    def _run(self, app: Any, settings: WorkerSettings) -> None:
+    def run(self, worker: Any, settings: WorkerSettings) -> None:
         from worker.runtime.ledger import Ledger
         from worker.runtime.storage import Storage
 
         ledger = Ledger.from_url(settings.redis_url, settings.retention_seconds)
         storage = Storage(settings)
-        feeds = Feeds(app, ledger, storage, settings)
+        feeds = Feeds(worker.app, ledger, storage, settings)
         while not self.stopped.wait(TICK_SECONDS):
             try:
                 feeds.tick(self.stopped)

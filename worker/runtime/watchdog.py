@@ -11,11 +11,9 @@ check; the worker hosts the automatic one, being the process that always runs.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
-from celery import bootsteps
-
+from worker.runtime.threadstep import ThreadStep
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -28,50 +26,37 @@ def tick_seconds(reconcile_after: int) -> float:
     return min(60.0, max(1.0, reconcile_after / 5))
 
 
-class ReconcileWatch(bootsteps.StartStopStep):
-    """Runs the automatic reconcile check in a daemon thread of the worker."""
+class ReconcileWatch(ThreadStep):
+    """Runs the automatic reconcile check in a daemon thread of the worker.
 
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self.stopped = threading.Event()
-        self.thread: threading.Thread | None = None
+    At shutdown a check in progress is let finish: killed with the process, it would
+    keep the lock, and every worker's check, waiting for its expiry (up to
+    ``DCMPRESS_RECONCILE_AFTER``, 300 s by default)."""
 
-    def start(self, parent: Any) -> None:
-        settings: WorkerSettings = parent.app.conf.dcmpress_settings
+    thread_name = "dcmpress-reconcile"
+    stop_wait = STOP_WAIT_SECONDS
+    still_running = (
+        "automatic reconcile check still running after %.0f s; its lock lapses by itself"
+    )
+
+    def wanted(self, settings: WorkerSettings) -> bool:
         if not settings.reconcile_after:
             log.info("automatic reconcile off (DCMPRESS_RECONCILE_AFTER=0)")
-            return
+            return False
         log.info(
             "automatic reconcile: batches with no activity for %d s are checked for "
             "objects with no live message (every %.0f s)",
             settings.reconcile_after, tick_seconds(settings.reconcile_after),
         )  # fmt: skip
-        self.thread = threading.Thread(
-            target=self._run, args=(parent.app, settings), daemon=True,
-            name="dcmpress-reconcile",
-        )  # fmt: skip
-        self.thread.start()
+        return True
 
-    def stop(self, parent: Any) -> None:
-        """Let a check in progress finish before the worker exits: killed with the
-        process, it would keep the lock, and every worker's check, waiting for its
-        expiry (up to ``DCMPRESS_RECONCILE_AFTER``, 300 s by default)."""
-        self.stopped.set()
-        if self.thread is not None:
-            self.thread.join(STOP_WAIT_SECONDS)
-            if self.thread.is_alive():
-                log.warning(
-                    "automatic reconcile check still running after %.0f s; its lock "
-                    "lapses by itself", STOP_WAIT_SECONDS,
-                )  # fmt: skip
-
-    def _run(self, app: Any, settings: WorkerSettings) -> None:
+    def run(self, worker: Any, settings: WorkerSettings) -> None:
         from worker.runtime.ledger import Ledger
         from worker.runtime.reconcile import reconcile_stalled
 
         ledger = Ledger.from_url(settings.redis_url, settings.retention_seconds)
         while not self.stopped.wait(tick_seconds(settings.reconcile_after)):
             try:
-                reconcile_stalled(app, ledger, settings.queue, settings.reconcile_after)
+                reconcile_stalled(worker.app, ledger, settings.queue, settings.reconcile_after)
             except Exception:  # Redis away, a bug: the next tick tries again
                 log.warning("automatic reconcile check failed", exc_info=True)
