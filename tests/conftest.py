@@ -139,14 +139,19 @@ def run_cli(
     )
 
 
-def queued_keys(ledger: Ledger, queue: str) -> list[str]:
-    """Object keys of the Celery messages waiting in ``queue`` (read from Redis)."""
+def message_keys(raws: list[bytes]) -> list[str]:
+    """Object keys of Celery messages as Redis holds them (kombu envelopes)."""
     keys = []
-    for raw in ledger.redis.lrange(queue, 0, -1):  # type: ignore[union-attr]
+    for raw in raws:
         envelope = json.loads(raw)
         args, _, _ = json.loads(base64.b64decode(envelope["body"]))
         keys.append(args[0]["key"])
     return keys
+
+
+def queued_keys(ledger: Ledger, queue: str) -> list[str]:
+    """Object keys of the Celery messages waiting in ``queue`` (read from Redis)."""
+    return message_keys(ledger.redis.lrange(queue, 0, -1))  # type: ignore[arg-type]
 
 
 def wait_for_batch(

@@ -8,7 +8,6 @@ object exactly once" is read from what really went through the queue.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -38,7 +37,7 @@ from producer.feeder import (
     save_plan,
 )
 from producer.sources import KeyFilter, ObjectRef
-from tests.conftest import run_cli, wait_for_batch
+from tests.conftest import message_keys, queued_keys, run_cli, wait_for_batch
 from tests.faults.test_redis_restart import AofRedis
 from worker.runtime import contract
 from worker.runtime.app import create_app
@@ -59,14 +58,6 @@ def _upload(s3: SeaweedS3, bucket: str, count: int, prefix: str = "k/") -> list[
     return keys
 
 
-def _keys_of(raws: list[bytes]) -> list[str]:
-    keys = []
-    for raw in raws:
-        args, _, _ = json.loads(base64.b64decode(json.loads(raw)["body"]))
-        keys.append(args[0]["key"])
-    return keys
-
-
 class Drain(threading.Thread):
     """Takes up to ``per_tick`` messages off ``queue`` every 20 ms, as workers would."""
 
@@ -83,7 +74,7 @@ class Drain(threading.Thread):
                 raws = self.client.rpop(self.queue, self.per_tick)
             except redis_py.RedisError:  # a restart under way
                 continue
-            self.keys += _keys_of(raws or [])
+            self.keys += message_keys(raws or [])
 
     def until(self, count: int, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -212,8 +203,7 @@ def test_a_feeder_dying_between_the_send_and_the_checkpoint_sends_nothing_twice(
     second = Feeder(app, ledger, storage, spec, queue, 1000, cursor, resuming=True)
     assert second.run(lambda step: False) is Step.FINISHED
     assert (second.report.enqueued, second.report.already_queued) == (20, 50)
-    raws = ledger.redis.lrange(queue, 0, -1)
-    assert sorted(_keys_of(raws)) == keys  # every key exactly once
+    assert sorted(queued_keys(ledger, queue)) == keys  # every key exactly once
 
 
 def test_a_full_redis_pauses_the_feed_in_one_line_and_it_resumes_when_memory_frees(
@@ -251,7 +241,7 @@ def test_a_full_redis_pauses_the_feed_in_one_line_and_it_resumes_when_memory_fre
             admin.config_set("maxmemory", 0)
         assert feeder.returncode == 0, stderr
         assert "Traceback" not in stderr
-        assert sorted(_keys_of(ledger.redis.lrange(queue, 0, -1))) == keys
+        assert sorted(queued_keys(ledger, queue)) == keys
         assert ledger.counts(batch)["queued"] == len(keys)
 
 
@@ -384,7 +374,7 @@ def test_a_later_pass_sends_neither_old_objects_nor_archived_ones_nor_counts_the
     assert later["filtered"] == {"unchanged": 7}  # "new/" too is older than that pass
     assert (later["enqueued"], later["already_done"]) == (0, 0)
     forced = json.loads(run_cli(env, *args, "--force").stdout.strip().splitlines()[-1])
-    assert forced["enqueued"] == 7 and new[0] in _keys_of(ledger.redis.lrange(queue, 0, -1))
+    assert forced["enqueued"] == 7 and new[0] in queued_keys(ledger, queue)
 
 
 def test_a_chunk_refused_by_a_full_redis_midway_pauses_the_feed_and_is_sent_again(
@@ -415,5 +405,5 @@ def test_a_chunk_refused_by_a_full_redis_midway_pauses_the_feed_and_is_sent_agai
         assert 0 < queued < len(keys) and ledger.redis.llen("oom-queue") == queued
         ledger.redis.config_set("maxmemory", 0)
         assert feeder.run(lambda step: False, sleep=lambda seconds: None) is Step.FINISHED
-        assert sorted(_keys_of(ledger.redis.lrange("oom-queue", 0, -1))) == keys
+        assert sorted(queued_keys(ledger, "oom-queue")) == keys
         assert ledger.counts("oom")["queued"] == len(keys)
