@@ -87,6 +87,12 @@ def save_manifest_point(ledger: Ledger, batch: str, entries: int, enqueued: int)
     ledger.set_checkpoint(batch, f"{MANIFEST_CHECKPOINT}{entries}", enqueued)
 
 
+def save_restart(ledger: Ledger, batch: str) -> None:
+    """The batch's source is to be fed again from its start (a later pass, or a forced
+    run of a manifest fed in full): no checkpoint, not finished."""
+    ledger.clear_checkpoint(batch)
+
+
 def save_finished(ledger: Ledger, batch: str, enqueued: int) -> None:
     """The whole listing or manifest is enqueued: nothing is left to resume."""
     ledger.mark_listing_done(batch, enqueued)

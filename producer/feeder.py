@@ -45,6 +45,7 @@ from producer.batches import (
     save_finished,
     save_listing_point,
     save_manifest_point,
+    save_restart,
 )
 from producer.enqueue import Enqueuer, EnqueueReport
 from producer.pacing import Pacer, Window
@@ -150,9 +151,7 @@ def new_pass(ledger: Ledger, storage: Storage, spec: BatchSpec, plan: FeedPlan) 
     began = plan.pass_started
     since = 0.0 if plan.force or not began else began - RESCAN_MARGIN
     now = storage.clock(spec.source.bucket, spec.source.prefix)
-    with ledger.redis.pipeline() as pipe:
-        pipe.hdel(Keys.batch(spec.batch), "listing_done", "checkpoint")
-        pipe.execute()
+    save_restart(ledger, spec.batch)
     return plan.model_copy(update={"changed_since": since, "pass_started": now})
 
 

@@ -247,12 +247,11 @@ def _enqueue_manifest(
 ) -> None:
     """Feed the objects a manifest names, one batch per source bucket, resumably: with
     ``batch``, the first bucket's batch is that name and the others' name-bucket."""
-    from producer.batches import ResumePoint
+    from producer.batches import ResumePoint, save_restart
     from producer.enqueue import EnqueueReport
     from producer.feeder import load_plan
     from producer.manifests import ManifestError, read_manifest, storage_opener
     from worker.runtime.contract import S3Location
-    from worker.runtime.ledger import Keys
     from worker.runtime.storage import Storage
 
     storage = Storage(settings)
@@ -274,7 +273,7 @@ def _enqueue_manifest(
     if stored is not None and opened.resume.interrupted:
         plan = stored.model_copy(update=_pace_of(plan) | {"force": job.force})
     elif not opened.created:
-        ledger.redis.hdel(Keys.batch(opened.spec.batch), "listing_done", "checkpoint")
+        save_restart(ledger, opened.spec.batch)
     skip = ResumePoint.read(ledger, opened.spec.batch).after_entries
     if skip:
         console.print(f"resuming after manifest entry {skip:,}")

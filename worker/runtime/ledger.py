@@ -293,6 +293,10 @@ class Ledger:
             Keys.batch(batch), mapping={"checkpoint": start_after, "enqueued": enqueued}
         )
 
+    def clear_checkpoint(self, batch: str) -> None:
+        """Forget how far the listing got, and that it finished: it is read again."""
+        self.redis.hdel(Keys.batch(batch), "listing_done", "checkpoint")
+
     def mark_listing_done(self, batch: str, enqueued: int) -> None:
         """The whole listing was enqueued."""
         self.redis.hset(
