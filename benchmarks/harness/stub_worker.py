@@ -290,25 +290,21 @@ class Stub:
             pipe.hset(UNACKED, tag, json.dumps([raw.decode(), "", self.config.queue]))
             pipe.execute()
         self.redis.publish(EVENT_CHANNEL.format(kind="received"), EVENT_BODY)
-        self.breaker.pause()
         owner = f"stub:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.ledger.claim(bucket, key, owner, self.claim_ttl)
-        previous = self.ledger.get_record(batch, key)
-        self.ledger.is_cancelled(batch)
-        running = Record(
-            state="running",
-            attempts=(previous.attempts if previous else 0) + 1,
-            worker=self.worker,
-            etag=short_etag(job.get("etag")),
-        ).stamped()
-        self.tally.written += self.ledger.transition_many(batch, [(key, running, "")])
+        # the pipeline's start and end (Ledger.begin, Ledger.finish): one call each
+        begun = self.ledger.begin(
+            batch, bucket, key, job.get("etag") or "", (owner, self.claim_ttl), self.worker,
+            self.breaker.key,
+        )  # fmt: skip
+        assert begun.verdict == "started" and begun.record is not None, begun
+        self.tally.written += 1
         self.redis.publish(EVENT_CHANNEL.format(kind="started"), EVENT_BODY)
-        final, message = outcome(key, running, self.config.failed_share)
+        final, message = outcome(key, begun.record, self.config.failed_share)
         guard = job.get("etag") or ""
-        self.tally.written += self.ledger.transition_many(batch, [(key, final, message)], guard)
-        self.ledger.add_stage_seconds(batch, stage_seconds([final]))
-        self.ledger.release(bucket, key, owner)
-        self.breaker.succeeded(bucket, key)
+        self.tally.written += self.ledger.finish(
+            batch, key, final, message, guard, stages=stage_seconds([final]),
+            claim=(bucket, owner), note=self.breaker.served(bucket, key),
+        )  # fmt: skip
         self.redis.publish(EVENT_CHANNEL.format(kind="succeeded"), EVENT_BODY)
         with self.redis.pipeline(transaction=False) as pipe:  # kombu's ack
             pipe.zrem(UNACKED_INDEX, tag)

@@ -149,17 +149,21 @@ def test_a_claim_left_by_this_process_when_redis_was_away_is_given_back(
     _upload(s3_server, source, "a.dcm")
     _upload(s3_server, source, "b.dcm")
     spec = spec_for(source, dest)
-    real_release = Ledger.release
+    real_release, real_finish = Ledger.release, Ledger.finish
 
-    def away(self: Ledger, bucket: str, key: str, owner: str) -> None:
+    def away(self: Ledger, *args: object, **kwargs: object) -> None:
         raise redis.ConnectionError("Error 111 connecting (injected)")
 
+    # Redis goes away as the delivery ends: neither its outcome (which gives the claim
+    # back with it) nor the release after it reaches Redis
     monkeypatch.setattr(Ledger, "release", away)
+    monkeypatch.setattr(Ledger, "finish", away)
     with pytest.raises(redis.ConnectionError):
         process_object(make_job(ledger, storage, spec, "a.dcm"))
     left = ledger.claim_owner(source, "a.dcm")
     assert left is not None and left.startswith(f"{WORKER_BOOT}:")  # still claimed
     monkeypatch.setattr(Ledger, "release", real_release)
+    monkeypatch.setattr(Ledger, "finish", real_finish)
     # the next delivery in this process gives it back first
     process_object(make_job(ledger, storage, spec, "b.dcm"))
     assert ledger.claim_owner(source, "a.dcm") is None

@@ -226,19 +226,20 @@ def test_in_place_output_whose_record_was_lost_is_recorded_with_its_real_outcome
     source, _ = bucket_pair
     ds, etag = _put_source(s3_server, source, "a.dcm")
     job = make_job(ledger, proxied, spec_for(source, None), "a.dcm", etag)
-    real_transition = ledger.transition
+    real_finish = ledger.finish
 
     def redis_gone_at_the_final_record(
         batch: str, key: str, record: Any, *args: Any, **kwargs: Any
     ) -> Any:
         if record.state == "done":
             raise redis.ConnectionError("Error 111 connecting to 127.0.0.1 (injected)")
-        return real_transition(batch, key, record, *args, **kwargs)
+        return real_finish(batch, key, record, *args, **kwargs)
 
-    monkeypatch.setattr(ledger, "transition", redis_gone_at_the_final_record)
+    # (the delivery's end writes the final record: Ledger.finish)
+    monkeypatch.setattr(ledger, "finish", redis_gone_at_the_final_record)
     with pytest.raises(redis.ConnectionError):  # the task retries it
         process_object(job)
-    monkeypatch.setattr(ledger, "transition", real_transition)
+    monkeypatch.setattr(ledger, "finish", real_finish)
     size_in = len(to_bytes(ds))  # the uploaded object's (its UIDs are random, so its size)
     again = process_object(make_job(ledger, proxied, job.spec, "a.dcm", etag))
     assert (again["outcome"], again["code"]) == ("done", "compressed"), again  # not own_output

@@ -27,6 +27,7 @@ from worker.codec.options import CompressionOptions
 from worker.errors import ClaimHeld, PermanentError, TransientError
 from worker.runtime import contract
 from worker.runtime.app import create_app
+from worker.runtime.breaker import Breaker, Paused, Thresholds
 from worker.runtime.contract import BatchSpec, JobMessage, S3Location
 from worker.runtime.ledger import Keys, Ledger
 from worker.runtime.pipeline import Job, process_object
@@ -76,6 +77,45 @@ def test_a_held_claim_makes_the_second_delivery_wait(
     ledger.release(source, "k.dcm", "someone-else")
     assert process_object(job)["outcome"] == "done"
     assert ledger.claim_owner(source, "k.dcm") is None  # released after the work
+
+
+def test_a_delivery_calls_the_ledger_once_to_start_and_once_to_end(
+    ledger: Ledger, storage: Storage, s3_server: SeaweedS3, bucket_pair: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    source, dest = bucket_pair
+    s3_server.client().put_object(Bucket=source, Key="k.dcm", Body=to_bytes(make_image(40, 40)))
+    etag = s3_server.client().head_object(Bucket=source, Key="k.dcm")["ETag"]
+    job = make_job(ledger, storage, spec_for(source, dest), "k.dcm", etag=etag)
+    job.breaker = Breaker(ledger.redis, Thresholds(5, 0.5, 60), queue="q")
+    calls: list[str] = []
+    real = ledger.redis.execute_command
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(str(args[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ledger.redis, "execute_command", counted)
+    summary = process_object(job)
+    monkeypatch.setattr(ledger.redis, "execute_command", real)
+    assert summary["outcome"] == "done"
+    assert calls == ["EVALSHA", "EVALSHA"], calls  # Ledger.begin, Ledger.finish
+    # and those two did all the rest: the record and the counters, stage seconds, the
+    # claim given back, the breaker told that storage served the object
+    record = ledger.get_record(job.batch, "k.dcm")
+    assert record is not None and record.state == "done" and record.attempts == 1
+    counts = ledger.counts(job.batch)
+    assert counts["done"] == 1 and counts.get("running", 0) == 0
+    assert counts["stage:fetch"] > 0 and counts["stage:encode"] > 0
+    assert ledger.claim_owner(source, "k.dcm") is None
+    assert ledger.redis.llen(Keys.breaker_outcomes("q")) == 1
+    # an open breaker stops the next delivery before it claims anything
+    ledger.redis.hset(Keys.breaker("q"), mapping={"since": "1", "error": "e", "key": "k"})
+    again = make_job(ledger, storage, job.spec, "k.dcm", etag=etag)
+    again.breaker = job.breaker
+    with pytest.raises(Paused):
+        process_object(again)
+    assert ledger.claim_owner(source, "k.dcm") is None
 
 
 def test_a_duplicate_delivery_of_a_finished_object_does_no_work(

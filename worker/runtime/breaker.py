@@ -33,7 +33,7 @@ import redis
 from redis.lock import Lock
 
 from worker.errors import DcmpressError, TransientError, one_line
-from worker.runtime.ledger import Keys
+from worker.runtime.ledger import Keys, Note
 from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -66,6 +66,14 @@ class Outcome:
             return cls(float(at), failed == "1", target)
         except ValueError:
             return None
+
+
+class Paused(Exception):
+    """Raised where a delivery finds the breaker open: its message waits for storage."""
+
+    def __init__(self, pause: Pause) -> None:
+        super().__init__(pause.error)
+        self.pause = pause
 
 
 def target_of(bucket: str, key: str) -> str:
@@ -156,6 +164,19 @@ class Breaker:
                 self._note(pipe, Outcome(time.time(), False, target_of(bucket, key)))
                 pipe.execute()
 
+    def served(self, bucket: str, key: str) -> Note | None:
+        """What :meth:`succeeded` pushes, for a caller that writes it in a step of its
+        own (the ledger's end of a delivery); None with the breaker off."""
+        if not self.enabled:
+            return None
+        entry = Outcome(time.time(), False, target_of(bucket, key)).encode()
+        return Note(Keys.breaker_outcomes(self.queue), entry, self.kept, OUTCOMES_TTL)
+
+    @property
+    def key(self) -> str | None:
+        """The breaker hash a delivery looks at before it starts; None with it off."""
+        return Keys.breaker(self.queue) if self.enabled else None
+
     def failed(self, bucket: str, key: str, error: str) -> Pause | None:
         """Note a storage failure of an object; the pause if the breaker is open now
         (opened by this failure or before it), else None."""
@@ -225,7 +246,11 @@ def read_pause(client: redis.Redis, queue: str) -> Pause | None:
     raw = cast(dict[bytes, bytes], client.hgetall(Keys.breaker(queue)))
     if not raw:
         return None
-    fields = {name.decode(): value.decode() for name, value in raw.items()}
+    return parse_pause({name.decode(): value.decode() for name, value in raw.items()})
+
+
+def parse_pause(fields: dict[str, str]) -> Pause:
+    """The pause the breaker hash's ``fields`` describe."""
 
     def number(name: str) -> float:
         try:

@@ -61,6 +61,7 @@ import hashlib
 import time
 import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis
@@ -171,6 +172,33 @@ def shard_of(key: str) -> int:
 
 
 MAX_MESSAGE = 500
+
+
+@dataclass(frozen=True)
+class Begun:
+    """How a delivery starts (:meth:`Ledger.begin`): ``verdict`` is ``paused`` (the
+    breaker hash's ``breaker`` fields), ``held`` (by ``holder``), ``duplicate`` (its
+    finished ``record`` and ``message``), ``cancelled``, ``was_running`` (the
+    ``record`` left so) or ``started`` (the ``record``, running now)."""
+
+    verdict: str
+    record: Record | None = None
+    message: str = ""
+    holder: str = ""
+    breaker: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Note:
+    """An entry for a bounded Redis list, pushed by :meth:`Ledger.finish` (the storage
+    breaker's outcomes)."""
+
+    key: str
+    value: str
+    kept: int
+    ttl: int
+
+
 QUEUED, ALREADY_DONE, ALREADY_QUEUED = 0, 1, 2  # verdicts of Ledger.queue_many
 QUEUE_CALL = 500  # items per atomic check-and-queue call
 
@@ -204,6 +232,8 @@ class Ledger:
         self._release = client.register_script(scripts.RELEASE)
         self._renew = client.register_script(scripts.RENEW)
         self._queue = client.register_script(scripts.QUEUE)
+        self._begin = client.register_script(scripts.BEGIN)
+        self._finish = client.register_script(scripts.FINISH)
 
     @classmethod
     def from_url(
@@ -516,6 +546,67 @@ class Ledger:
                 for raw_key, raw in sorted(records.items()):
                     message = messages.get(raw_key, b"").decode()
                     yield raw_key.decode(), Record.decode(raw), message
+
+    # -- one delivery: its start and its end, one round trip each ----------------------
+
+    def begin(
+        self, batch: str, bucket: str, key: str, etag: str, claim: tuple[str, int], worker: str,
+        breaker: str | None = None,
+    ) -> Begun:  # fmt: skip
+        """Start a delivery of ``key`` in one atomic step (scripts.BEGIN): unless the
+        ``breaker`` hash (a key; None: not heeded) says storage is failing, take the
+        object's claim for ``claim`` (owner, seconds) and, if the object has no finished
+        record for ``etag`` and the batch is not cancelled, record it running with its
+        attempts counted."""
+        now = int(time.time())
+        shard = shard_of(key)
+        owner, ttl = claim
+        keys = [
+            Keys.claim(bucket, key), Keys.objects(batch, shard), Keys.messages(batch, shard),
+            Keys.counts(batch), Keys.batch(batch), breaker or Keys.prefix,
+        ]  # fmt: skip
+        args: list[str | int] = [
+            owner, ttl, key, short_etag(etag), self.retention, now, to_base36(now), worker,
+            int(breaker is not None),
+        ]  # fmt: skip
+        reply = cast(list[Any], self._begin(keys=keys, args=args))
+        verdict = cast(bytes, reply[0]).decode()
+        if verdict == "paused":
+            pairs = cast(list[bytes], reply[1])
+            fields = {k.decode(): v.decode() for k, v in zip(pairs[::2], pairs[1::2], strict=True)}
+            return Begun(verdict, breaker=fields)
+        if verdict == "held":
+            return Begun(verdict, holder=cast(bytes, reply[1]).decode())
+        raw = cast(bytes, reply[1])
+        record = Record.decode(raw) if raw else None
+        message = cast(bytes, reply[2]).decode() if len(reply) > 2 else ""
+        return Begun(verdict, record=record, message=message)
+
+    def finish(
+        self, batch: str, key: str, record: Record, message: str = "", guard: str | None = None,
+        *, stages: dict[str, float] | None = None, claim: tuple[str, str] | None = None,
+        note: Note | None = None,
+    ) -> bool:  # fmt: skip
+        """End a delivery in one atomic step (scripts.FINISH): :meth:`transition` the
+        record (False: superseded), and if it was set add ``stages`` (stage -> seconds)
+        to the batch's counters; give back the claim (bucket, owner) of ``key`` if the
+        owner still holds it; push the breaker's ``note``."""
+        shard = shard_of(key)
+        bucket, owner = claim or ("", "")
+        keys = [
+            Keys.counts(batch), Keys.batch(batch), Keys.outbox(batch),
+            Keys.objects(batch, shard), Keys.messages(batch, shard),
+            Keys.claim(bucket, key), note.key if note else Keys.prefix,
+        ]  # fmt: skip
+        args: list[str | int | float] = [
+            self.retention, int(time.time()), int(self.outbox), key, record.encode(),
+            one_line(message, MAX_MESSAGE), "" if guard is None else "=" + short_etag(guard),
+            owner, note.value if note else "", note.kept if note else 0,
+            note.ttl if note else 0,
+        ]  # fmt: skip
+        for stage, seconds in (stages or {}).items():
+            args += [stage, repr(float(seconds))]
+        return int(cast(int, self._finish(keys=keys, args=args))) == 1
 
     # -- workers ---------------------------------------------------------------------
 

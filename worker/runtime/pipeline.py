@@ -28,8 +28,9 @@ from worker.errors import (
     copied_when_failed,
 )
 from worker.runtime import contract
+from worker.runtime.breaker import Breaker, Paused, parse_pause
 from worker.runtime.contract import BatchSpec, JobMessage
-from worker.runtime.ledger import Ledger
+from worker.runtime.ledger import Begun, Ledger
 from worker.runtime.ledger_outages import cut_off_by_an_outage
 from worker.runtime.records import Record, short_etag
 from worker.runtime.storage import Fetched, Storage
@@ -58,6 +59,10 @@ class Job:
     max_attempts: int
     stage: StageTimer = field(default_factory=StageTimer)
     heartbeat: _Heartbeat | None = None  # while the object is claimed
+    # the storage breaker: heeded at the start, told at the end (None: neither)
+    breaker: Breaker | None = None
+    owner: str = ""  # of the object's claim, while held
+    released: bool = False  # the claim was given back with the outcome
     output: tuple[str, str] = field(init=False)  # (bucket, key) of the object's output
 
     def __post_init__(self) -> None:
@@ -82,34 +87,51 @@ class Job:
 def process_object(job: Job) -> dict[str, Any]:
     """Run the pipeline for one object and return its outcome (also recorded).
 
-    Raises ClaimHeld or TransientError for the caller to retry; records every
-    permanent outcome itself.
+    Raises ClaimHeld or TransientError for the caller to retry, Paused while storage
+    fails across objects; records every permanent outcome itself. The ledger is called
+    once to start (claim, breaker, record: Ledger.begin) and once to end (record,
+    counters, claim, breaker: Ledger.finish).
     """
     bucket, key = job.message.bucket, job.key
     release_unreleased(job.ledger)
     owner = f"{WORKER_BOOT}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    if not job.ledger.claim(bucket, key, owner, job.claim_ttl):
-        holder = job.ledger.claim_owner(bucket, key)
-        if holder is None or not _holder_is_gone(holder):
-            raise ClaimHeld(f"s3://{bucket}/{key} is being processed by {holder}")
+    begun = _begin(job, owner)
+    if begun.verdict == "held":
+        if not _holder_is_gone(begun.holder):
+            raise ClaimHeld(f"s3://{bucket}/{key} is being processed by {begun.holder}")
         # a pool process of this very worker died (killed), or a delivery of this very
         # process ended without releasing (Redis away at the time): take over at once
-        job.ledger.release(bucket, key, holder)
-        if not job.ledger.claim(bucket, key, owner, job.claim_ttl):
+        job.ledger.release(bucket, key, begun.holder)
+        begun = _begin(job, owner)
+        if begun.verdict == "held":
             raise ClaimHeld(f"s3://{bucket}/{key} was taken over by another worker")
+    job.owner = owner
     job.heartbeat = _Heartbeat(job.ledger, bucket, key, owner, job.claim_ttl)
     job.heartbeat.start()
     _HELD.add(owner)
     try:
-        return _run_claimed(job)
+        return _run_claimed(job, begun)
     finally:
         _HELD.discard(owner)
         job.heartbeat.stop()
-        try:
-            job.ledger.release(bucket, key, owner)
-        except Exception:
-            _UNRELEASED.append((bucket, key, owner))  # given back by the next delivery
-            raise
+        if not job.released:
+            try:
+                job.ledger.release(bucket, key, owner)
+            except Exception:
+                _UNRELEASED.append((bucket, key, owner))  # given back by the next delivery
+                raise
+
+
+def _begin(job: Job, owner: str) -> Begun:
+    """The delivery's start (Ledger.begin); Paused if the breaker is open."""
+    breaker = job.breaker.key if job.breaker is not None else None
+    begun = job.ledger.begin(
+        job.batch, job.message.bucket, job.key, job.message.etag or "",
+        (owner, job.claim_ttl), job.worker, breaker,
+    )  # fmt: skip
+    if begun.verdict == "paused":
+        raise Paused(parse_pause(begun.breaker))
+    return begun
 
 
 # The claims deliveries running in this process hold now (owner strings), and those of
@@ -194,43 +216,46 @@ class _Heartbeat(threading.Thread):
             raise ClaimLost("another delivery took the object over; it will record it")
 
 
-def _run_claimed(job: Job) -> dict[str, Any]:
-    previous = job.ledger.get_record(job.batch, job.key)
-    if previous and previous.terminal and _same_source(previous, job.message):
+def _run_claimed(job: Job, begun: Begun) -> dict[str, Any]:
+    previous = begun.record
+    if begun.verdict == "duplicate" and previous is not None:
         # A duplicate delivery (redelivery, duplicate event): already finished.
-        summary = outcome(job, previous, job.ledger.get_message(job.batch, job.key))
+        summary = outcome(job, previous, begun.message)
         summary["duplicate"] = True  # counted once already (ledger and metrics)
         return summary
-    if job.ledger.is_cancelled(job.batch):
+    if begun.verdict == "cancelled":
         # acknowledged without work; `dcmpress resume` queues these objects again
         final = (previous or Record(state="queued")).stamped(
             state="skipped", code="cancelled", bytes_in=job.message.size or 0, bytes_out=0
         )
         message = "batch cancelled; not processed"
-        if not job.ledger.transition(job.batch, job.key, final, message, guard=_version(job)):
+        if not record_end(job, final, message):
             return superseded(job, final)
         return outcome(job, final, message)
-    lost = previous.lost if previous else 0
-    if previous and previous.state == "running" and _died(job, previous):
-        lost += 1  # the last delivery died without finishing (its claim lapsed)
-        if lost >= job.max_attempts:
-            return finish_failure(
-                job,
-                PermanentError(
-                    "worker_lost",
-                    f"the worker died {lost} times on this object (crash, out of memory or "
-                    "hard time limit); not tried again",
-                ),
-                replace(previous, lost=lost),  # the record says as many deaths as the text
-            )
-    running = Record(
-        state="running",
-        attempts=(previous.attempts if previous else 0) + 1,
-        lost=lost,
-        worker=job.worker,
-        etag=short_etag(job.message.etag),
-    ).stamped()
-    job.ledger.transition(job.batch, job.key, running)
+    if begun.verdict == "started" and begun.record is not None:
+        running = begun.record
+    else:  # was_running: the last delivery died, or was cut off by a Redis outage
+        lost = previous.lost if previous else 0
+        if previous and _died(job, previous):
+            lost += 1  # the last delivery died without finishing (its claim lapsed)
+            if lost >= job.max_attempts:
+                return finish_failure(
+                    job,
+                    PermanentError(
+                        "worker_lost",
+                        f"the worker died {lost} times on this object (crash, out of memory "
+                        "or hard time limit); not tried again",
+                    ),
+                    replace(previous, lost=lost),  # the record says as many deaths as the text
+                )
+        running = Record(
+            state="running",
+            attempts=(previous.attempts if previous else 0) + 1,
+            lost=lost,
+            worker=job.worker,
+            etag=short_etag(job.message.etag),
+        ).stamped()
+        job.ledger.transition(job.batch, job.key, running)
     try:
         earlier = _written_before_fetch(job)
         if earlier is not None:
@@ -267,6 +292,27 @@ def _run_claimed(job: Job) -> dict[str, Any]:
     return _finish(job, running, fetched, result, output_url)
 
 
+def record_end(
+    job: Job, final: Record, message: str, stages: dict[str, float] | None = None,
+    served: bool = True,
+) -> bool:  # fmt: skip
+    """Record the delivery's outcome in one step (Ledger.finish): the record (False if
+    a newer version superseded it), ``stages`` seconds, the claim given back, and for
+    the breaker that storage ``served`` the object."""
+    claim = None
+    if job.heartbeat is not None and job.owner:
+        job.heartbeat.stop()  # no beat may take the claim back once it is given back
+        job.heartbeat.join(timeout=1.0)
+        claim = (job.message.bucket, job.owner)
+    note = job.breaker.served(job.message.bucket, job.key) if job.breaker and served else None
+    written = job.ledger.finish(
+        job.batch, job.key, final, message, guard=_version(job), stages=stages, claim=claim,
+        note=note,
+    )  # fmt: skip
+    job.released = claim is not None
+    return written
+
+
 def _died(job: Job, previous: Record) -> bool:
     """True if the delivery that left the record ``running`` died with its worker; not
     if the ledger's Redis was away meanwhile: that delivery gave its message back alive,
@@ -299,10 +345,6 @@ def superseded(job: Job, final: Record) -> dict[str, Any]:
 def _check_claim(job: Job) -> None:
     if job.heartbeat is not None:
         job.heartbeat.check()
-
-
-def _same_source(record: Record, message: JobMessage) -> bool:
-    return not message.etag or record.etag == short_etag(message.etag)
 
 
 def _same_output(job: Job, metadata: dict[str, str] | None, source_etag: str) -> bool:
@@ -377,7 +419,7 @@ def _finish_written(job: Job, running: Record, metadata: dict[str, str]) -> dict
         "these options was written already, by an earlier delivery; not written again"
     )
     with job.stage("record"):
-        if not job.ledger.transition(job.batch, job.key, final, message, guard=_version(job)):
+        if not record_end(job, final, message):
             return superseded(job, final)
     summary = outcome(job, final, message)
     summary["output"] = job.output_url
@@ -442,9 +484,9 @@ def _finish(
     # a done object's message is derived from its record, unless it carries notices
     message = "" if result.state == "done" and not result.notices else result.message
     with job.stage("record"):
-        if not job.ledger.transition(job.batch, job.key, final, message, guard=_version(job)):
+        # (the record stage's own time is the next object's: it is being measured)
+        if not record_end(job, final, message, stages=dict(job.stage.seconds)):
             return superseded(job, final)
-        job.ledger.add_stage_seconds(job.batch, job.stage.seconds)
     summary = outcome(job, final, result.message)
     summary["output"] = output_url
     if result.state == "failed":
@@ -464,10 +506,14 @@ def _quality(result: Result) -> dict[str, Any]:
     return {"max_error": result.max_error, "psnr": result.psnr}
 
 
-def finish_failure(job: Job, error: PermanentError, previous: Record | None) -> dict[str, Any]:
+def finish_failure(
+    job: Job, error: PermanentError, previous: Record | None, served: bool = True
+) -> dict[str, Any]:
     """Record a permanent failure and return the outcome. A failure about the object's
     content (a lost worker, a time limit) copies the source unchanged first, as the
-    batch's ``failed_output`` says; storage failures have no output."""
+    batch's ``failed_output`` says; storage failures have no output. ``served``: storage
+    answered for this object (the breaker counts it a success), not so for a failure
+    the task decides (retries used up, a time limit)."""
     base = previous or Record(state="running")
     message, copied_bytes, output_url = error.message, 0, None
     if _copies_failures(job, error.code):
@@ -486,7 +532,7 @@ def finish_failure(job: Job, error: PermanentError, previous: Record | None) -> 
         copied=output_url is not None,
         millis=int(sum(job.stage.seconds.values()) * 1000),
     )
-    if not job.ledger.transition(job.batch, job.key, final, message, guard=_version(job)):
+    if not record_end(job, final, message, served=served):
         return superseded(job, final)
     summary = outcome(job, final, message)
     summary["output"] = output_url

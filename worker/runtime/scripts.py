@@ -83,45 +83,139 @@ end
 """
 )
 
-# Sets records (KEYS: counts, batch, outbox, then objects/messages shard per item;
-# ARGV: retention, now, outbox ('1': push done keys), then field/value/message/guard per
-# item), keeping the counters exact and the latest failed key per code as an example
-# (batch hash, ``example:{code}``). The key of a record set done, or skipped other than
-# by a cancel, goes on the batch's outbox, where the archiver (archive.py) finds it. A
-# guard (``=`` and the ETag a delivery started with) leaves a record alone that a
-# newer version of the object queued meanwhile: that version is the object's job now.
-# Returns per item 1 (set) or 0 (superseded, left alone).
-TRANSITION = (
-    LUA_RECORDS
-    + """
-local retention, now, outbox = ARGV[1], ARGV[2], ARGV[3] == '1'
+# Sets one record unless a guard says it is no longer this delivery's, and puts the key
+# of a record set done, or skipped other than by a cancel, on the batch's outbox, where
+# the archiver (archive.py) finds it. A guard (``=`` and the ETag a delivery started
+# with) leaves a record alone that a newer version of the object queued meanwhile: that
+# version is the object's job now. Returns 1 (set) or 0 (superseded, left alone).
+LUA_SET = """
 -- done and skipped records go out to the shards; failed ones (`retry`) and those
 -- skipped because the batch was cancelled (`resume`) stay
 local function archived(r)
   return r[1] == 'd' or (r[1] == 's' and code(r) ~= 'cancelled')
 end
-local result = {}
 local pushed = false
-for i = 1, (#KEYS - 3) / 2 do
-  local objects, messages = KEYS[2 * i + 2], KEYS[2 * i + 3]
-  local field, value = ARGV[4 * i], ARGV[4 * i + 1]
-  local message, guard = ARGV[4 * i + 2], ARGV[4 * i + 3]
+local function set(objects, messages, outbox, field, value, message, guard, retention)
   local old = redis.call('HGET', objects, field)
-  result[i] = 1
   if old and guard ~= '' then
     local o = split(old)
-    if o[1] == 'q' and o[10] ~= guard:sub(2) then result[i] = 0 end
+    if o[1] == 'q' and o[10] ~= guard:sub(2) then return 0 end
   end
-  if result[i] == 1 then
-    move(objects, messages, field, old, value, message, retention)
-    if outbox and archived(split(value)) then
-      redis.call('RPUSH', KEYS[3], field)
-      pushed = true
-    end
+  move(objects, messages, field, old, value, message, retention)
+  if outbox ~= '' and archived(split(value)) then
+    redis.call('RPUSH', outbox, field)
+    pushed = outbox
+  end
+  return 1
+end
+local function expire_outbox(retention)
+  if pushed then redis.call('EXPIRE', pushed, retention) end
+end
+"""
+
+# Sets records (KEYS: counts, batch, outbox, then objects/messages shard per item;
+# ARGV: retention, now, outbox ('1': push done keys), then field/value/message/guard per
+# item), keeping the counters exact and the latest failed key per code as an example
+# (batch hash, ``example:{code}``); see LUA_SET. Returns per item 1 (set) or 0
+# (superseded, left alone).
+TRANSITION = (
+    LUA_RECORDS
+    + LUA_SET
+    + """
+local retention, now = ARGV[1], ARGV[2]
+local outbox = ARGV[3] == '1' and KEYS[3] or ''
+local result = {}
+for i = 1, (#KEYS - 3) / 2 do
+  result[i] = set(KEYS[2 * i + 2], KEYS[2 * i + 3], outbox, ARGV[4 * i], ARGV[4 * i + 1],
+                  ARGV[4 * i + 2], ARGV[4 * i + 3], retention)
+end
+expire_outbox(retention)
+flush(KEYS[1], KEYS[2], now, retention)
+return result
+"""
+)
+
+# The start of one delivery of an object, in one step (KEYS: claim, objects shard,
+# messages shard, counts, batch, breaker; ARGV: owner, claim seconds, field, ETag (short,
+# '' if unknown), retention, now, now in base 36, worker tag, '1' to heed the breaker).
+# Returns what the delivery does next:
+# - {'paused', breaker hash as a flat list}: storage fails across objects; nothing taken
+# - {'held', holder}: another delivery holds the object's claim
+# - {'duplicate', record, message}: finished already for this ETag (claimed)
+# - {'cancelled', record or ''}: the batch is cancelled (claimed)
+# - {'was_running', record}: the last delivery left it running: died, or cut off by a
+#   Redis outage; the caller decides (claimed)
+# - {'started', record}: claimed and recorded running, its attempts counted
+BEGIN = (
+    LUA_RECORDS
+    + """
+local owner, ttl, field, etag = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local retention, now, now36, worker = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+if ARGV[9] == '1' and redis.call('EXISTS', KEYS[6]) == 1 then
+  return {'paused', redis.call('HGETALL', KEYS[6])}
+end
+if not redis.call('SET', KEYS[1], owner, 'NX', 'EX', ttl) then
+  return {'held', redis.call('GET', KEYS[1]) or ''}
+end
+local objects, messages = KEYS[2], KEYS[3]
+local old = redis.call('HGET', objects, field)
+local o = old and split(old)
+if o and terminal(o[1]) and (etag == '' or o[10] == etag) then
+  return {'duplicate', old, redis.call('HGET', messages, field) or ''}
+end
+if redis.call('HEXISTS', KEYS[5], 'cancelled') == 1 then return {'cancelled', old or ''} end
+if o and o[1] == 'r' then return {'was_running', old} end
+local function base36(n)
+  local digits, out = '0123456789abcdefghijklmnopqrstuvwxyz', ''
+  repeat
+    local rest = n % 36
+    out = digits:sub(rest + 1, rest + 1) .. out
+    n = math.floor(n / 36)
+  until n == 0
+  return out
+end
+local attempts, lost = 1, ''
+if o then
+  attempts = (tonumber(o[5], 36) or 0) + 1
+  if o[12] and o[12] ~= '0' then lost = o[12] end
+end
+-- as Record(state='running', ...).encode() writes it
+local value = 'r||0|0|' .. base36(attempts) .. '|||0|' .. worker .. '|' .. etag .. '|'
+  .. now36
+if lost ~= '' then value = value .. '|' .. lost end
+move(objects, messages, field, old, value, '', retention)
+flush(KEYS[4], KEYS[5], now, retention)
+return {'started', value}
+"""
+)
+
+# The end of one delivery of an object, in one step (KEYS: counts, batch, outbox, objects
+# shard, messages shard, claim, breaker outcomes; ARGV: retention, now, outbox ('1': push
+# done keys), field, value, message, guard, claim owner ('' to keep the claim), breaker
+# outcome ('' for none), outcomes kept, their lifetime, then stage/seconds pairs to add
+# to the batch's ``stage:`` counters when the record is set). Sets the record (see
+# LUA_SET), gives the claim back if the owner still holds it, and notes what storage did
+# for the breaker. Returns 1 (set) or 0 (superseded, left alone).
+FINISH = (
+    LUA_RECORDS
+    + LUA_SET
+    + """
+local retention, now = ARGV[1], ARGV[2]
+local outbox = ARGV[3] == '1' and KEYS[3] or ''
+local result = set(KEYS[4], KEYS[5], outbox, ARGV[4], ARGV[5], ARGV[6], ARGV[7], retention)
+expire_outbox(retention)
+if result == 1 then
+  for i = 12, #ARGV, 2 do
+    redis.call('HINCRBYFLOAT', KEYS[1], 'stage:' .. ARGV[i], ARGV[i + 1])
   end
 end
-if pushed then redis.call('EXPIRE', KEYS[3], retention) end
 flush(KEYS[1], KEYS[2], now, retention)
+if ARGV[8] ~= '' and redis.call('GET', KEYS[6]) == ARGV[8] then redis.call('DEL', KEYS[6]) end
+if ARGV[9] ~= '' then
+  redis.call('LPUSH', KEYS[7], ARGV[9])
+  redis.call('LTRIM', KEYS[7], 0, tonumber(ARGV[10]) - 1)
+  redis.call('EXPIRE', KEYS[7], ARGV[11])
+end
 return result
 """
 )

@@ -38,7 +38,7 @@ from worker.errors import (
 )
 from worker.retry import Backoff
 from worker.runtime import ledger_outages, logs, metrics
-from worker.runtime.breaker import Breaker, Pause, unreachable
+from worker.runtime.breaker import Breaker, Pause, Paused, unreachable
 from worker.runtime.contract import TASK_COMPRESS, BatchSpec, JobMessage
 from worker.runtime.ledger import Ledger, is_out_of_memory
 from worker.runtime.pipeline import Job, finish_failure, process_object, release_unreleased
@@ -349,6 +349,7 @@ def _compress_object(self: Task[Any, Any], message: dict[str, Any]) -> dict[str,
         worker=worker,
         claim_ttl=ctx.settings.claim_ttl,
         max_attempts=ctx.settings.max_attempts,
+        breaker=ctx.breaker,
     )
     summary = _run(self, ctx, job, spec is not None)
     if not summary.get("duplicate") and summary["outcome"] not in ("taken_over", "superseded"):
@@ -360,19 +361,21 @@ def _run(self: Task[Any, Any], ctx: Context, job: Job, known_batch: bool) -> dic
     """The pipeline with our retry policy around it."""
     if not known_batch:
         return finish_failure(
-            job, PermanentError("unknown_batch", f"batch {job.batch!r} is not in the ledger"), None
+            job,
+            PermanentError("unknown_batch", f"batch {job.batch!r} is not in the ledger"),
+            None,
+            served=False,
         )
     try:
         job.spec.rules()  # parsed once per process
     except ConfigurationError as exc:  # e.g. a policy written for a newer release
-        return finish_failure(job, PermanentError("invalid_policy", str(exc)), None)
-    pause = ctx.breaker.pause()
-    if pause is not None:  # storage is failing: not this object's turn
-        _wait_for_storage(job, pause)
+        return finish_failure(job, PermanentError("invalid_policy", str(exc)), None, served=False)
     # (a Redis error goes up to compress_object, which gives the message back: a Redis
     # outage never uses up a retry)
     try:
-        summary = process_object(job)
+        return process_object(job)
+    except Paused as paused:  # storage is failing: not this object's turn
+        _wait_for_storage(job, paused.pause)
     except ClaimLost as exc:
         # the delivery that took the object over writes and records it; nothing to do
         log.warning("%s: s3://%s/%s", exc, job.message.bucket, job.key)
@@ -403,6 +406,7 @@ def _run(self: Task[Any, Any], ctx: Context, job: Job, known_batch: bool) -> dic
                 job,
                 PermanentError("retries_exhausted", f"{exc} (after {retries} retries)"),
                 job.ledger.get_record(job.batch, job.key),
+                served=False,
             )
         delay = ctx.retries.delay(retries + 1)
         log.warning("transient error, retrying in %.1fs: %s", delay, exc)
@@ -415,12 +419,8 @@ def _run(self: Task[Any, Any], ctx: Context, job: Job, known_batch: bool) -> dic
                 "time_limit", f"over task_soft_time_limit={ctx.settings.task_soft_time_limit}s"
             ),
             job.ledger.get_record(job.batch, job.key),
+            served=False,
         )
-    if not summary.get("duplicate"):
-        # recorded already: Redis away now costs the breaker one hint, not a redelivery
-        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
-            ctx.breaker.succeeded(job.message.bucket, job.key)
-    return summary
 
 
 def _retry(task: Task[Any, Any], exc: Exception, delay: float, message: dict[str, Any]) -> NoReturn:
