@@ -102,14 +102,14 @@ if _PAUSE_SECONDS:
     engine.encode = _pausing("encode", engine.encode)
     engine.verify = _pausing("verify", engine.verify)
     storage.Storage.put = _pausing("upload", storage.Storage.put)
-    _real_transition = Ledger.transition
+    _real_finish = Ledger.finish  # the delivery's end: its outcome's record
 
-    def _pausing_transition(self, batch, key, record, *args, **kwargs):
+    def _pausing_finish(self, batch, key, record, *args, **kwargs):
         if record.state in ("done", "skipped", "failed"):
             _pause("record")  # uploaded, not yet recorded
-        return _real_transition(self, batch, key, record, *args, **kwargs)
+        return _real_finish(self, batch, key, record, *args, **kwargs)
 
-    Ledger.transition = _pausing_transition
+    Ledger.finish = _pausing_finish
 """
 
 STAGES = ("fetch", "encode", "verify", "upload", "record")
