@@ -98,6 +98,12 @@ class WorkerSettings(BaseSettings):
     s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
         default="auto", description="Bucket addressing; `path` for most S3-compatible servers."
     )
+    s3_client: Literal["obstore", "boto3"] = Field(
+        default="obstore",
+        description="The client of each object's HEAD, GET and PUT: `obstore` (a fifth of "
+        "boto3's CPU; keys it cannot address, and listings, copies and manifests, still go "
+        "through boto3) or `boto3` for all.",
+    )
     s3_connect_timeout: float = Field(default=10.0, gt=0, description="Seconds.")
     s3_read_timeout: float = Field(default=120.0, gt=0, description="Seconds.")
     s3_max_attempts: int = Field(

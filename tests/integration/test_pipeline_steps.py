@@ -262,34 +262,54 @@ def test_in_place_replaces_the_source_only_if_unchanged(
     assert not kept.file_meta.TransferSyntaxUID.is_compressed  # the other writer's object
 
 
+@pytest.mark.parametrize("client", ["obstore", "boto3"])
 @pytest.mark.parametrize(
     ("frames", "from_file"),
     [(6, False), (FRAMES_ABOVE // (1024 * 1024 * 2) + 2, True)],
     ids=["whole object", "frame by frame"],
 )
 def test_large_objects_use_a_spool_file_and_multipart_upload(
-    frames: int, from_file: bool,
+    frames: int, from_file: bool, client: str,
     ledger: Ledger, s3_server: SeaweedS3, bucket_pair: tuple[str, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """12 MiB of pixels are downloaded to a file and read whole from it; above
     FRAMES_ABOVE, a group of frames at a time, and the output is uploaded from its
-    temporary file."""
+    temporary file - by either S3 client."""
     monkeypatch.setenv("DCMPRESS_MULTIPART_THRESHOLD_MB", "5")
+    monkeypatch.setenv("DCMPRESS_S3_CLIENT", client)
     storage = Storage(WorkerSettings())
     source, dest = bucket_pair
     ds = make_image(1024, 1024, frames=frames, bits_stored=12)
     data = to_bytes(ds)
     s3_server.client().put_object(Bucket=source, Key="big.dcm", Body=data)
     uploads: list[str] = []
-    real_upload = storage.client.upload_fileobj
+    real_fetch = storage.fetch
 
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        uploads.append(args[2])
-        assert isinstance(args[0], io.BytesIO) is not from_file
-        return real_upload(*args, **kwargs)
+    def fetch_spy(*args: Any, **kwargs: Any) -> Any:
+        fetched = real_fetch(*args, **kwargs)
+        assert not isinstance(fetched.data, bytes)  # spooled to a file
+        return fetched
 
-    monkeypatch.setattr(storage.client, "upload_fileobj", spy)
+    monkeypatch.setattr(storage, "fetch", fetch_spy)
+    if storage.lean is not None:
+        real_put = storage.lean.put
+
+        def put_spy(*args: Any, **kwargs: Any) -> Any:
+            uploads.append(args[1])
+            assert isinstance(args[2], bytes) is not from_file
+            return real_put(*args, **kwargs)
+
+        monkeypatch.setattr(storage.lean, "put", put_spy)
+    else:
+        real_upload = storage.client.upload_fileobj
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            uploads.append(args[2])
+            assert isinstance(args[0], io.BytesIO) is not from_file
+            return real_upload(*args, **kwargs)
+
+        monkeypatch.setattr(storage.client, "upload_fileobj", spy)
     spec = spec_for(source, dest, target=["rle"], min_ratio=0)
     result = process_object(make_job(ledger, storage, spec, "big.dcm"))
     assert result["outcome"] == "done", result

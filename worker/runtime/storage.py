@@ -7,6 +7,7 @@ credentials come from the standard AWS chain.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import logging
@@ -33,11 +34,14 @@ from botocore.exceptions import (
     ProfileNotFound,
     UnknownSignatureVersionError,
 )
+from obstore.exceptions import BaseError as ObstoreError
 
 from worker.codec.frames import FRAMES_ABOVE
 from worker.errors import DcmpressError, PermanentError, TransientError
 from worker.retry import Backoff
+from worker.runtime import lean_s3
 from worker.runtime.contract import META_WRITE_ID
+from worker.runtime.lean_s3 import LeanS3, Unsupported, addressable
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -72,7 +76,10 @@ _CONFIGURATION_ERRORS = (
 
 
 def classify(exc: Exception, action: str) -> DcmpressError:
-    """Turn a boto3/botocore error into a TransientError or a PermanentError."""
+    """Turn a boto3/botocore (or obstore) error into a TransientError or a
+    PermanentError."""
+    if isinstance(exc, ObstoreError):
+        return lean_s3.classify(exc, action)
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
@@ -135,10 +142,19 @@ def _answered_no_write(exc: Exception) -> bool:
     conditional write - may have come after the server stored the object: before
     writing again or giving up, look whether it did.
     """
+    if isinstance(exc, ObstoreError):
+        return lean_s3.answered_no_write(exc)
     if not isinstance(exc, ClientError):
         return False
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
     return status in (429, 503)
+
+
+def _cannot_read(bucket: str, key: str) -> None:
+    log.warning(
+        "may not read s3://%s/%s: outputs written before cannot be recognised (grant "
+        "s3:GetObject on the destination)", bucket, key,
+    )  # fmt: skip
 
 
 class Storage:
@@ -177,12 +193,24 @@ class Storage:
         self.transfer = TransferConfig(
             multipart_threshold=chunk, multipart_chunksize=chunk, use_threads=False
         )
+        # HEAD, GET and PUT of objects through obstore (lean_s3.py); None: all boto3
+        self.lean = LeanS3(settings, session) if settings.s3_client == "obstore" else None
+
+    def _lean_for(self, key: str) -> LeanS3 | None:
+        """The lean client if it may serve ``key`` (lean_s3.addressable), else None."""
+        return self.lean if self.lean is not None and addressable(key) else None
 
     def fetch(self, bucket: str, key: str, version_id: str | None = None) -> Fetched:
         """Download an object in one request; a large one (the multipart threshold or
         ``FRAMES_ABOVE``, whichever is smaller) into a temporary file, in chunks: the
         engine reads it from there, and a large multi-frame object is never in memory
         whole."""
+        lean = self._lean_for(key)
+        if lean is not None:
+            with contextlib.suppress(Unsupported):  # (boto3 below reads it)
+                got = lean.get(bucket, key, version_id, self.spool_above,
+                               f"fetch s3://{bucket}/{key}")  # fmt: skip
+                return Fetched(got.data, got.etag, got.version_id, got.metadata)
         extra = {"VersionId": version_id} if version_id else {}
         data: bytes | BinaryIO = b""
         try:
@@ -243,6 +271,11 @@ class Storage:
 
     def head(self, bucket: str, key: str, version_id: str | None = None) -> Listed:
         """The ETag, size and user metadata of an object (one HEAD request)."""
+        lean = self._lean_for(key)
+        if lean is not None:
+            with contextlib.suppress(Unsupported):
+                got = lean.head(bucket, key, version_id, f"head s3://{bucket}/{key}")
+                return Listed(key=key, etag=got.etag, size=got.size, metadata=got.metadata)
         extra = {"VersionId": version_id} if version_id else {}
         try:
             head = self.client.head_object(Bucket=bucket, Key=key, **extra)
@@ -258,6 +291,18 @@ class Storage:
     def output_metadata(self, bucket: str, key: str) -> dict[str, str] | None:
         """The user metadata of the object at ``key``; None if there is none, or if
         this worker may not read it (a write-only destination: nothing can be told)."""
+        lean = self._lean_for(key)
+        if lean is not None:
+            with contextlib.suppress(Unsupported):
+                try:
+                    return lean.head(bucket, key, None, f"head s3://{bucket}/{key}").metadata
+                except PermanentError as exc:
+                    if exc.code == "source_missing":
+                        return None
+                    if exc.code == "access_denied":
+                        _cannot_read(bucket, key)
+                        return None
+                    raise
         try:
             head = self.client.head_object(Bucket=bucket, Key=key)
         except ClientError as exc:
@@ -265,12 +310,7 @@ class Storage:
             if status == 404:
                 return None
             if status == 403:
-                log.warning(
-                    "may not read s3://%s/%s: outputs written before cannot be "
-                    "recognised (grant s3:GetObject on the destination)",
-                    bucket,
-                    key,
-                )
+                _cannot_read(bucket, key)
                 return None
             raise classify(exc, f"head s3://{bucket}/{key}") from exc
         except BotoCoreError as exc:
@@ -292,7 +332,7 @@ class Storage:
             try:
                 write(metadata)
                 return
-            except (ClientError, BotoCoreError) as exc:
+            except (ClientError, BotoCoreError, ObstoreError) as exc:
                 error = classify(exc, action)
                 if not _answered_no_write(exc):
                     try:
@@ -337,11 +377,14 @@ class Storage:
         """Write ``data`` (bytes, or a seekable file read from its start) once;
         multipart above the threshold; conditional if ``if_match``."""
         size = len(data) if isinstance(data, bytes) else data.seek(0, io.SEEK_END)
+        lean = self._lean_for(key)
 
         def write(metadata: dict[str, str]) -> None:
             if not isinstance(data, bytes):
                 data.seek(0)  # every attempt sends the whole file
-            if if_match is not None:
+            if lean is not None:
+                lean.put(bucket, key, data, metadata, content_type, if_match, self.threshold)
+            elif if_match is not None:
                 # in-place replacement: only if nobody changed the source meanwhile
                 self.writer.put_object(
                     Bucket=bucket, Key=key, Body=data, Metadata=metadata,
