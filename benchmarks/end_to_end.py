@@ -19,8 +19,13 @@ the engine goes (:func:`breakdown`): the pipeline without Celery on the same obj
 (claim, HEAD, GET, engine, PUT, records), and each S3 request and a Redis round trip
 alone. Worker CPU less the pipeline's is Celery's, and what sharing the cores costs.
 
-Run from the repository's root:
-``python -m benchmarks.end_to_end [--objects 60] [--size 512] [--processes N] [--target T]``.
+Last, unless ``--no-baseline``, the migration a user would script without dcmpress
+(``benchmarks.baseline``: per object, ``aws s3 cp`` down, ``dcmcjpls`` or its peer, ``aws
+s3 cp`` up) on the same objects against the same servers, and dcmpress's CPU per object
+against it.
+
+Run from the repository's root: ``python -m benchmarks.end_to_end [--objects 60]
+[--size 512] [--processes N] [--target T] [--no-baseline]``.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
+from benchmarks.baseline import STYLES, comparison, describe, run_baseline
 from dcmpress.stack.samples import make_image, to_bytes
 from dcmpress.stack.services import CeleryWorker, RedisServer, SeaweedS3, dcmpress_env
 from producer.feeder import Feeder, ListingCursor, Step
@@ -50,6 +57,8 @@ from worker.runtime.pipeline import Job, process_object
 from worker.runtime.storage import Storage
 from worker.settings import WorkerSettings
 
+BASELINE_OBJECTS = 20  # objects the scripted migration is run on, at most
+
 
 @dataclass
 class Measured:
@@ -61,6 +70,8 @@ class Measured:
     parts: dict[str, float] = field(default_factory=dict)
     # wall seconds the workers spent in each pipeline stage, all objects together
     stages: dict[str, float] = field(default_factory=dict)
+    # the scripted migration against dcmpress (benchmarks.baseline.comparison), if run
+    baseline: list[dict[str, Any]] | None = None
 
 
 def stage_shares(stages: dict[str, float]) -> dict[str, float]:
@@ -103,9 +114,12 @@ def _environment(env: dict[str, str]) -> Iterator[dict[str, str]]:
         os.environ.update(saved)
 
 
-def end_to_end(files: list[bytes], target: str, processes: int, root: Path) -> Measured:
+def end_to_end(
+    files: list[bytes], target: str, processes: int, root: Path, baseline: bool = False
+) -> Measured:
     """From the first enqueue to the last outcome, through the real stack: wall seconds
-    and the CPU seconds of the worker, the S3 server, Redis and the enqueuer."""
+    and the CPU seconds of the worker, the S3 server, Redis and the enqueuer; with
+    ``baseline``, then the scripted migration on the same objects and servers."""
     with (
         RedisServer(root / "redis") as redis_server,
         SeaweedS3(root / "s3") as s3,
@@ -153,7 +167,18 @@ def end_to_end(files: list[bytes], target: str, processes: int, root: Path) -> M
             assert counts.get("done") == len(files), counts
             stages = {k[6:]: v for k, v in counts.items() if k.startswith("stage:")}
         parts = breakdown(files, spec.model_copy(update={"batch": "bench-in-process"}), ledger)
-        return Measured(elapsed, cpu, parts, stages)
+        script = None
+        if baseline:  # after the worker stopped: RUSAGE_CHILDREN counts the script alone
+            # (CPU per object is what it gives: a few objects tell, each costs a second)
+            keys = [source_key(index) for index in range(min(len(files), BASELINE_OBJECTS))]
+            script = []
+            for style in STYLES:
+                result = run_baseline(
+                    s3, "bench-src", keys, "bench-dst", f"baseline-{style}/", target,
+                    root / f"baseline-{style}", style,
+                )  # fmt: skip
+                script.append(comparison(result, cpu, len(files)))
+        return Measured(elapsed, cpu, parts, stages, script)
 
 
 def _cpu_ms(calls: Iterable[Callable[[], object]]) -> float:
@@ -237,6 +262,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--target", default="jpeg-ls")
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="skip the scripted migration (aws, dcmcjpls)"
+    )
     args = parser.parse_args()
     files = [
         to_bytes(make_image(args.size, args.size, bits_stored=12, seed=index))
@@ -247,7 +275,9 @@ def main() -> None:
           f"{args.processes} processes")  # fmt: skip
     codec = codec_only(files, args.target, args.processes)
     with tempfile.TemporaryDirectory(prefix="dcmpress-bench-") as root:
-        full = end_to_end(files, args.target, args.processes, Path(root))
+        full = end_to_end(
+            files, args.target, args.processes, Path(root), baseline=not args.no_baseline
+        )
     print("  worker stage shares: " + " ".join(
         f"{name}={share:.0%}" for name, share in stage_shares(full.stages).items()))  # fmt: skip
     print("  worker stage ms per object (wall): " + " ".join(
@@ -265,6 +295,8 @@ def main() -> None:
     ))  # fmt: skip
     print(f"engine CPU / worker CPU per object: {engine / (full.cpu['worker'] / args.objects):.2f}")
     print(describe_parts(full.parts, full.cpu["worker"] / args.objects * 1000))
+    for compared in full.baseline or []:
+        print(describe(compared))
 
 
 def describe_parts(parts: dict[str, float], worker_ms: float) -> str:

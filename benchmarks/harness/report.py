@@ -55,6 +55,8 @@ def other_tables(results: dict[str, Any]) -> list[TextTable]:
     e2e = results["end_to_end"]
     if e2e:
         tables += end_to_end_tables(e2e)
+        if any("baseline" in run for run in e2e["runs"]):
+            tables.append(baseline_table(e2e))
     return tables
 
 
@@ -139,6 +141,59 @@ def end_to_end_tables(e2e: dict[str, Any]) -> list[TextTable]:
         text_columns=2,
     )
     return [throughput, where]
+
+
+def baseline_table(e2e: dict[str, Any]) -> TextTable:
+    """dcmpress's CPU per object in the stack against the migration a user would script
+    without it (``benchmarks.baseline``), on the same objects and servers."""
+
+    def row(run: dict[str, Any], script: dict[str, Any]) -> tuple[str, ...]:
+        if "skipped" in script:
+            return (run["target"], run["image"], f"skipped: {script['skipped']}", *["-"] * 7)
+        cpu, ours = script["cpu_ms_per_object"], script["dcmpress_cpu_ms_per_object"]
+        ratios = script["dcmpress_over_baseline_cpu"]
+        return (
+            run["target"],
+            run["image"],
+            f"{script['copier']}, {script['compressor']}",
+            f"{cpu['download'] + cpu['upload']:.1f}",
+            f"{cpu['compress']:.1f}",
+            f"{cpu['s3 server']:.1f}",
+            f"{ours['worker']:.1f}",
+            f"{ours['s3 server']:.1f}",
+            f"{ratios['client side']:.2f}",
+            f"{ratios['with the S3 server']:.2f}",
+        )
+
+    rows = tuple(
+        row(run, script)
+        for run in e2e["runs"]
+        for script in run.get("baseline") or [{"skipped": "not run"}]
+    )
+    return TextTable(
+        "dcmpress vs a scripted migration: CPU ms per object",
+        (
+            "target",
+            "images",
+            "script",
+            "script: copies",
+            "script: compress",
+            "S3 server during script",
+            "dcmpress worker",
+            "S3 server during dcmpress",
+            "dcmpress / script",
+            "with the S3 server",
+        ),
+        rows,
+        "script: per object, one object at a time, no verification (benchmarks.baseline), "
+        "after the stack run on the same objects and servers: download, compress and "
+        "upload each a new process (aws s3 cp), or one Python process with one boto3 "
+        "client and a new compressor process per object (its start-up not counted); "
+        "dcmpress: the Celery worker's tree in the stack run, with "
+        "verification; dcmpress / script: its CPU per object over the script's (< 1.00: "
+        "dcmpress uses less), without and with the S3 server's",
+        text_columns=3,
+    )
 
 
 def all_tables(results: dict[str, Any]) -> list[TextTable]:
