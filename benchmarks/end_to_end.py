@@ -200,7 +200,7 @@ def breakdown(files: list[bytes], spec: BatchSpec, ledger: Ledger) -> dict[str, 
     of the run just made, into a destination of their own) and of the engine alone on
     the same bytes; CPU ms of one HEAD, GET and PUT and of one Redis round trip."""
     settings = WorkerSettings()
-    storage = Storage(settings)
+    storage = Storage(settings, serves_objects=True)  # as a pool process has it
     dest = f"{spec.source.bucket}-in-process"
     storage.client.create_bucket(Bucket=dest)
     spec = spec.model_copy(update={"dest": S3Location(bucket=dest)})

@@ -79,8 +79,8 @@ def ledger(settings: WorkerSettings) -> Iterator[Ledger]:
 
 @pytest.fixture
 def storage(settings: WorkerSettings) -> Storage:
-    """A Storage client on the test S3 server."""
-    return Storage(settings)
+    """A Storage client on the test S3 server, as a pool process has it."""
+    return Storage(settings, serves_objects=True)
 
 
 @pytest.fixture

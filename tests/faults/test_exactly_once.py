@@ -41,7 +41,7 @@ def proxied(
     the data path (every guarantee here holds for both)."""
     monkeypatch.setenv("DCMPRESS_S3_ENDPOINT_URL", proxy.endpoint_url)
     monkeypatch.setenv("DCMPRESS_S3_CLIENT", request.param)
-    return Storage(WorkerSettings())
+    return Storage(WorkerSettings(), serves_objects=True)
 
 
 def _put_source(s3_server: SeaweedS3, bucket: str, key: str, seed: int = 0) -> tuple[Any, str]:

@@ -17,6 +17,7 @@ from worker.runtime import lean_s3
 from worker.runtime.ledger import Ledger
 from worker.runtime.pipeline import process_object
 from worker.runtime.storage import Storage
+from worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +58,15 @@ def test_its_errors_map_to_the_same_outcomes_as_boto3s() -> None:
     assert isinstance(denied, PermanentError) and denied.code == "access_denied"
     with pytest.raises(lean_s3.Unsupported):
         lean_s3.classify(GenericError("InvalidMetadata { value: ... }"), "get")
+
+
+def test_only_a_pool_process_serves_objects_through_obstore(settings: WorkerSettings) -> None:
+    """obstore's runtime does not survive a fork (a child's first request hangs): the
+    worker's main process, which forks pool processes at any time and calls storage
+    itself (feeder, archiver, breaker probe), and every command keep to boto3."""
+    assert Storage(settings).lean is None
+    assert Storage(settings, serves_objects=True).lean is not None
+    assert Storage(settings.model_copy(update={"s3_client": "boto3"}), True).lean is None
 
 
 def test_keys_obstore_cannot_address_are_compressed_through_boto3(

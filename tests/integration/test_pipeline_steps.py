@@ -278,7 +278,7 @@ def test_large_objects_use_a_spool_file_and_multipart_upload(
     temporary file - by either S3 client."""
     monkeypatch.setenv("DCMPRESS_MULTIPART_THRESHOLD_MB", "5")
     monkeypatch.setenv("DCMPRESS_S3_CLIENT", client)
-    storage = Storage(WorkerSettings())
+    storage = Storage(WorkerSettings(), serves_objects=True)
     source, dest = bucket_pair
     ds = make_image(1024, 1024, frames=frames, bits_stored=12)
     data = to_bytes(ds)

@@ -160,7 +160,12 @@ def _cannot_read(bucket: str, key: str) -> None:
 class Storage:
     """The S3 operations of the pipeline and the producer."""
 
-    def __init__(self, settings: WorkerSettings) -> None:
+    def __init__(self, settings: WorkerSettings, serves_objects: bool = False) -> None:
+        """``serves_objects``: this is a pool process's client, whose objects' HEAD, GET
+        and PUT go through obstore when the settings say so (lean_s3.py). Only there:
+        obstore's runtime does not survive a fork, and a Celery worker's main process,
+        which also calls storage (the feeder, the archiver, the breaker's probe), forks
+        pool processes at any time (a replaced child's first request would hang)."""
         session = boto3.session.Session()
 
         def client(attempts: int) -> Any:
@@ -194,7 +199,8 @@ class Storage:
             multipart_threshold=chunk, multipart_chunksize=chunk, use_threads=False
         )
         # HEAD, GET and PUT of objects through obstore (lean_s3.py); None: all boto3
-        self.lean = LeanS3(settings, session) if settings.s3_client == "obstore" else None
+        lean = serves_objects and settings.s3_client == "obstore"
+        self.lean = LeanS3(settings, session) if lean else None
 
     def _lean_for(self, key: str) -> LeanS3 | None:
         """The lean client if it may serve ``key`` (lean_s3.addressable), else None."""

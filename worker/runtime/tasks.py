@@ -143,7 +143,7 @@ def context() -> Context:
         settings = WorkerSettings()
         _context = Context(
             settings=settings,
-            storage=Storage(settings),
+            storage=Storage(settings, serves_objects=True),  # (a pool process)
             ledger=Ledger.from_url(
                 settings.redis_url, settings.retention_seconds, outbox=settings.archive
             ),
