@@ -29,6 +29,7 @@ import datetime as dt
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -58,6 +59,24 @@ _STANDARD_ATTRIBUTES = frozenset(
 _STATUS = re.compile(r"(?i)status(?: code)?:? (\d{3})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 CREDENTIALS_FOR = dt.timedelta(minutes=5)  # then boto3's session is asked again
+
+
+SPOOL_CHUNK = 8 * 1024 * 1024  # bytes a large download is written to its file by
+
+
+def spool(chunks: Iterable[Any]) -> BinaryIO:
+    """A temporary file holding ``chunks`` (buffers), read from its start; closed (and
+    so removed) if a chunk fails to arrive."""
+    data = tempfile.TemporaryFile(prefix="dcmpress-fetch-")  # noqa: SIM115
+    try:
+        for chunk in chunks:
+            data.write(chunk)
+        data.flush()
+        data.seek(0)
+    except BaseException:
+        data.close()
+        raise
+    return data
 
 
 class Unsupported(Exception):
@@ -215,11 +234,7 @@ class LeanS3:
             result = obstore.get(self.store(bucket), key, options=options or None)  # type: ignore[arg-type]
             meta = result.meta
             if meta["size"] >= spool_above:
-                data = tempfile.TemporaryFile(prefix="dcmpress-fetch-")  # noqa: SIM115
-                for chunk in result.stream(min_chunk_size=8 * 1024 * 1024):
-                    data.write(chunk)
-                data.flush()
-                data.seek(0)
+                data = spool(result.stream(min_chunk_size=SPOOL_CHUNK))
             else:
                 data = bytes(result.bytes())
             attributes = dict(result.attributes)

@@ -11,7 +11,6 @@ import contextlib
 import io
 import itertools
 import logging
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,7 +40,7 @@ from worker.errors import DcmpressError, PermanentError, TransientError
 from worker.retry import Backoff
 from worker.runtime import lean_s3
 from worker.runtime.contract import META_WRITE_ID
-from worker.runtime.lean_s3 import LeanS3, Unsupported, addressable
+from worker.runtime.lean_s3 import SPOOL_CHUNK, LeanS3, Unsupported, addressable, spool
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -224,11 +223,7 @@ class Storage:
             body = response["Body"]
             try:
                 if int(response.get("ContentLength", 0)) >= self.spool_above:
-                    data = tempfile.TemporaryFile(prefix="dcmpress-fetch-")  # noqa: SIM115
-                    for chunk in body.iter_chunks(chunk_size=8 * 1024 * 1024):
-                        data.write(chunk)
-                    data.flush()
-                    data.seek(0)
+                    data = spool(body.iter_chunks(chunk_size=SPOOL_CHUNK))
                 else:
                     data = body.read()
             finally:
