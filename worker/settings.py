@@ -100,7 +100,7 @@ class WorkerSettings(BaseSettings):
     )
     s3_client: Literal["obstore", "boto3"] = Field(
         default="obstore",
-        description="The client of each object's HEAD, GET and PUT: `obstore` (a fifth of "
+        description="The client of each object's HEAD, GET and PUT: `obstore` (a quarter of "
         "boto3's CPU; keys it cannot address, and listings, copies and manifests, still go "
         "through boto3) or `boto3` for all.",
     )

@@ -113,6 +113,23 @@ def test_an_object_whose_metadata_obstore_cannot_read_is_read_through_boto3(
     assert result["outcome"] == "done", result
 
 
+def test_a_write_obstore_refuses_before_sending_goes_through_boto3(
+    storage: Storage, s3_server: SeaweedS3, bucket_pair: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    assert storage.lean is not None
+    _, dest = bucket_pair
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("obstore refused an argument (injected)")
+
+    monkeypatch.setattr(lean_s3.obstore, "put", refused)
+    storage.put(dest, "out/k.dcm", b"DICM" * 10, {"dcmpress-outcome": "done/compressed"})
+    head = s3_server.client().head_object(Bucket=dest, Key="out/k.dcm")
+    assert head["Metadata"]["dcmpress-outcome"] == "done/compressed"
+    assert head["ContentLength"] == 40
+
+
 def test_a_missing_object_and_an_output_not_written_yet(
     storage: Storage, bucket_pair: tuple[str, str]
 ) -> None:

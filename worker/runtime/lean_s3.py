@@ -282,21 +282,25 @@ class LeanS3:
         multipart_above: int,
     ) -> None:
         """One PUT (multipart above ``multipart_above``, one part at a time, unless
-        conditional); raises obstore's own error for Storage._write_once to judge."""
+        conditional); raises obstore's own error for Storage._write_once to judge, or
+        Unsupported for what obstore refused before sending anything."""
         size = len(data) if isinstance(data, bytes) else data.seek(0, os.SEEK_END)
         if not isinstance(data, bytes):
             data.seek(0)
         attributes: dict[str, str] = {"Content-Type": content_type, **metadata}
-        if if_match is not None:
-            # in-place replacement, only if nobody changed the source meanwhile
+        store = self.store(bucket, writing=True)
+        try:
+            if if_match is not None:
+                # in-place replacement, only if nobody changed the source meanwhile
+                obstore.put(
+                    store, key, data, attributes=attributes, mode={"e_tag": f'"{if_match}"'},
+                    use_multipart=False,
+                )  # fmt: skip
+                return
             obstore.put(
-                self.store(bucket, writing=True), key, data, attributes=attributes,
-                mode={"e_tag": f'"{if_match}"'}, use_multipart=False,
+                store, key, data, attributes=attributes, use_multipart=size > multipart_above,
+                chunk_size=max(multipart_above, 5 * 1024 * 1024), max_concurrency=1,
             )  # fmt: skip
-            return
-        multipart = size > multipart_above
-        obstore.put(
-            self.store(bucket, writing=True), key, data, attributes=attributes,
-            use_multipart=multipart, chunk_size=max(multipart_above, 5 * 1024 * 1024),
-            max_concurrency=1,
-        )  # fmt: skip
+        except (ValueError, InvalidPathError) as exc:
+            # refused before anything was sent (a path, an argument): boto3 writes it
+            raise Unsupported(str(exc)) from exc

@@ -384,8 +384,13 @@ class Storage:
             if not isinstance(data, bytes):
                 data.seek(0)  # every attempt sends the whole file
             if lean is not None:
-                lean.put(bucket, key, data, metadata, content_type, if_match, self.threshold)
-            elif if_match is not None:
+                try:
+                    lean.put(bucket, key, data, metadata, content_type, if_match, self.threshold)
+                    return
+                except Unsupported:  # refused before sending: boto3 below writes it
+                    if not isinstance(data, bytes):
+                        data.seek(0)
+            if if_match is not None:
                 # in-place replacement: only if nobody changed the source meanwhile
                 self.writer.put_object(
                     Bucket=bucket, Key=key, Body=data, Metadata=metadata,
